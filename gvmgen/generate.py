@@ -1,0 +1,244 @@
+"""Music for a video of any length: sliding 30-s windows, batched sampling, crossfaded seams.
+
+A video longer than one window is scored in overlapping windows, and *the video window slides with
+the audio window*: each window's LM cross-attends only to the frames inside its own span (the
+official code gives every window the whole video, and its long results sound like several pieces).
+
+Two ways to join windows:
+- `continue`: window k is prompted with the last `overlap` seconds of window k-1's tokens (MusicGen's
+  extend_stride), so the music carries on; windows of different videos are batched stage by stage.
+- `parallel`: every window of every video is generated independently, all in large batches.
+Both are joined by an equal-power crossfade over the overlap, and a seam near a shot cut moves to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .media.audio import stitch
+from .model.decoding import CachedMusicgen
+from .model.delay import delay, undelay
+from .model.gvmgen import GVMGen
+
+STITCH_MODES = ("continue", "parallel")
+DEFAULT_OVERLAP_S = {"continue": 12.0, "parallel": 4.0}
+
+
+@dataclass
+class GenerationSettings:
+    stitch: str = "continue"
+    window_s: float = 30.0           # the length the model was trained on
+    overlap_s: float | None = None   # None: 12 s for continue (prompt length), 4 s for parallel
+    cut_snap_s: float = 4.0          # a seam at most this far after a shot cut moves back to it
+    batch_size: int = 8              # windows per forward pass (twice the rows with guidance)
+    seed: int | None = None
+    guidance_scale: float | None = None  # None: the model config's (3.0)
+    top_k: int | None = None             # None: the model config's (250)
+    temperature: float | None = None     # None: the model config's (1.0); 0 samples greedily
+
+    def __post_init__(self):
+        if self.stitch not in STITCH_MODES:
+            raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
+        if self.overlap_s is None:
+            self.overlap_s = DEFAULT_OVERLAP_S[self.stitch]
+        if not 0 < self.overlap_s < self.window_s:
+            raise ValueError(f"overlap_s must lie between 0 and window_s ({self.window_s}), got {self.overlap_s}")
+
+
+@dataclass
+class VisualTokens:
+    """What generation needs of a video: one token per sampled frame, and where the shots cut."""
+    tokens: torch.Tensor            # (N, D)
+    times: torch.Tensor             # (N,) seconds from the start of the video
+    duration: float                 # seconds
+    cuts: list[float] = field(default_factory=list)  # shot-cut times, seconds
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int   # codec frames
+    end: int
+    prompt: int  # leading frames repeated from the previous window (continue mode), else 0
+
+
+def plan_windows(num_frames: int, window: int, overlap: int, cuts: list[int] = (), snap: int = 0,
+                 prompted: bool = False) -> list[Window]:
+    """Cover [0, num_frames) with windows of at most `window` frames overlapping by `overlap`.
+
+    The seam between two windows is the middle of their overlap; when a cut lies up to `snap` frames
+    before the nominal seam, the seam moves to the cut (never later: a window cannot grow).
+    """
+    windows, start, half = [], 0, overlap // 2
+    cuts = sorted(cuts)
+    while start + window < num_frames:
+        seam = start + window - (overlap - half)
+        near = [c for c in cuts if seam - snap <= c <= seam and c - half > start]
+        if near:
+            seam = near[-1]
+        end = seam + (overlap - half)
+        windows.append(Window(start, end, overlap if prompted and windows else 0))
+        start = seam - half
+    windows.append(Window(start, num_frames, overlap if prompted and windows else 0))
+    return windows
+
+
+def sample_top_k(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """(..., V) logits -> (...) token ids; temperature 0 takes the argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)
+    probs = torch.softmax(values / temperature, dim=-1)
+    choice = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return indices.gather(-1, choice.view(*indices.shape[:-1], 1))[..., 0]
+
+
+class MusicGenerator:
+    """Batched, guided, windowed generation with a GVMGen model."""
+
+    def __init__(self, model: GVMGen, settings: GenerationSettings | None = None):
+        self.model = model.eval()
+        self.settings = settings or GenerationSettings()
+        cfg = model.config
+        s = self.settings
+        self.guidance = cfg.guidance_scale if s.guidance_scale is None else s.guidance_scale
+        self.top_k = cfg.top_k if s.top_k is None else s.top_k
+        self.temperature = cfg.temperature if s.temperature is None else s.temperature
+        self.rate = cfg.frame_rate
+        self.device = next(model.lm.parameters()).device
+        self.dtype = next(model.lm.parameters()).dtype
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(s.seed if s.seed is not None else torch.seed())
+
+    # ---- planning ----------------------------------------------------------------------------------
+    def plan(self, video: VisualTokens) -> list[Window]:
+        s = self.settings
+        return plan_windows(
+            num_frames=self.num_frames(video.duration), window=round(s.window_s * self.rate),
+            overlap=round(s.overlap_s * self.rate), cuts=[round(c * self.rate) for c in video.cuts],
+            snap=round(s.cut_snap_s * self.rate), prompted=s.stitch == "continue",
+        )
+
+    def num_frames(self, duration: float) -> int:
+        return max(1, math.ceil(self.num_samples(duration) * self.rate / self.model.config.sample_rate))
+
+    def num_samples(self, duration: float) -> int:
+        return round(duration * self.model.config.sample_rate)
+
+    def window_condition(self, video: VisualTokens, window: Window) -> torch.Tensor:
+        """(F, D) the tokens of the frames inside the window, timed from the window's start."""
+        start, end = window.start / self.rate, window.end / self.rate
+        inside = (video.times >= start) & (video.times < end)
+        if not inside.any():  # a window between two sampled frames: take the nearest one
+            inside = (video.times - (start + end) / 2).abs() == (video.times - (start + end) / 2).abs().min()
+        tokens = video.tokens[inside].to(self.device, self.dtype)
+        return self.model.window_condition(tokens, video.times[inside] - start)
+
+    # ---- generation --------------------------------------------------------------------------------
+    def generate(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+        """One mono track per video, exactly as long as the video (to the sample)."""
+        plans = [self.plan(v) for v in videos]
+        codes: dict[tuple[int, int], torch.Tensor] = {}
+        total = sum(w.end - w.start - w.prompt + self.model.config.num_codebooks for plan in plans for w in plan)
+        done = 0
+
+        def run(batch: list[tuple[int, int]]):
+            nonlocal done
+            conds = [self.window_condition(videos[v], plans[v][k]) for v, k in batch]
+            lengths = [plans[v][k].end - plans[v][k].start for v, k in batch]
+            prompts = [self._prompt(codes, plans, v, k) for v, k in batch]
+            for key, c in zip(batch, self.sample(conds, lengths, prompts)):
+                codes[key] = c
+            done += sum(n - (p.shape[-1] if p is not None else 0) + self.model.config.num_codebooks
+                        for n, p in zip(lengths, prompts))
+            if progress:
+                progress(done, total)
+
+        if self.settings.stitch == "parallel":
+            stages = [[(v, k) for v, plan in enumerate(plans) for k in range(len(plan))]]
+        else:  # window k of every video waits for window k-1 of the same video
+            stages = [[(v, k) for v, plan in enumerate(plans) if k < len(plan)]
+                      for k in range(max(len(p) for p in plans))]
+        for stage in stages:
+            for i in range(0, len(stage), self.settings.batch_size):
+                run(stage[i:i + self.settings.batch_size])
+
+        hop = self.model.config.sample_rate // self.rate
+        tracks = []
+        for v, video in enumerate(videos):
+            segments = [(w.start * hop, self.model.decode_audio(codes[(v, k)][None])[0].float().cpu().numpy())
+                        for k, w in enumerate(plans[v])]
+            tracks.append(stitch(segments, self.num_samples(video.duration)))
+        return tracks
+
+    @staticmethod
+    def _prompt(codes, plans, v: int, k: int) -> torch.Tensor | None:
+        window = plans[v][k]
+        if not window.prompt:
+            return None
+        previous = plans[v][k - 1]
+        return codes[(v, k - 1)][:, window.start - previous.start:][:, :window.prompt]
+
+    @torch.no_grad()
+    def sample(self, conditions: list[torch.Tensor], lengths: list[int],
+               prompts: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Sample token frames for a batch of windows.
+
+        conditions: per window (F_i, D) tokens; lengths: frames per window; prompts: per window
+        (K, P_i) frames it must start with, or None. Returns per window (K, lengths[i]) codes.
+        """
+        model, k = self.model, self.model.config.num_codebooks
+        pad = model.pad_token
+        b = len(conditions)
+        prompts = prompts or [None] * b
+        steps = max(lengths) + k - 1                       # delayed steps to produce
+
+        # Tokens fixed in advance: padding of the delay pattern and the prompt; -1 where we sample.
+        forced = torch.full((b, k, steps), -1, dtype=torch.long, device=self.device)
+        for i, (n, prompt) in enumerate(zip(lengths, prompts)):
+            frames = torch.full((1, k, n), -1, dtype=torch.long, device=self.device)
+            if prompt is not None:
+                frames[0, :, :prompt.shape[-1]] = prompt.to(self.device)
+            forced[i, :, :n + k - 1] = delay(frames, pad)[0]
+            forced[i, :, n + k - 1:] = pad
+        known = min(p.shape[-1] if p is not None else 0 for p in prompts)  # steps known in every row
+
+        condition, mask = self._condition_batch(conditions)
+        cache = CachedMusicgen(model.lm, condition, mask, max_steps=steps)
+        rows = condition.shape[0]
+        inputs = torch.full((b, k, steps + 1), pad, dtype=torch.long, device=self.device)  # [BOS, delayed...]
+        inputs[:, :, 1:known + 1] = forced[:, :, :known]
+        if known:
+            cache.step(self._rows(inputs[:, :, :known], rows))
+        for j in range(known, steps):
+            logits = cache.step(self._rows(inputs[:, :, j:j + 1], rows))  # (rows, K, V)
+            if rows > b:  # classifier-free guidance: conditional rows first, null rows after
+                logits = logits[b:] + self.guidance * (logits[:b] - logits[b:])
+            token = sample_top_k(logits, self.top_k, self.temperature, self.generator)
+            inputs[:, :, j + 1] = torch.where(forced[:, :, j] >= 0, forced[:, :, j], token)
+        frames = undelay(inputs[:, :, 1:])
+        return [frames[i, :, :n] for i, n in enumerate(lengths)]
+
+    @staticmethod
+    def _rows(tokens: torch.Tensor, rows: int) -> torch.Tensor:
+        return tokens.repeat(rows // tokens.shape[0], 1, 1)
+
+    def _condition_batch(self, conditions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the windows' tokens into (rows, F, D) with a (rows, F) mask; guidance adds null rows."""
+        b, f = len(conditions), max(c.shape[0] for c in conditions)
+        d = conditions[0].shape[-1]
+        with_null = self.guidance != 1.0
+        rows = 2 * b if with_null else b
+        condition = torch.zeros(rows, f, d, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(rows, f, dtype=torch.bool, device=self.device)
+        for i, c in enumerate(conditions):
+            condition[i, :len(c)] = c
+            mask[i, :len(c)] = True
+        if with_null:
+            condition[b:, :1] = self.model.null_tokens(b, self.dtype)
+            mask[b:, 0] = True
+        return condition, mask

@@ -1,0 +1,147 @@
+"""GVMGen: video frames -> visual tokens -> MusicGen LM -> EnCodec tokens -> audio.
+
+    frames (N, 3, S, S) --CLIP ViT (frozen)--> patch tokens (N, P, C)          spatial self-attention
+        --feature transformation (music queries)--> (N, C)                      spatial cross-attention
+        --CLIP post-LayerNorm, visual projection, output projection--> (N, D)   one token per frame
+    MusicGen decoder over delayed EnCodec codes, cross-attending to a window's
+    frame tokens                                                                temporal cross-attention
+    EnCodec decoder: codes (B, K, T) -> audio (B, T * hop)
+
+Hard choice: the visual side ends in *one token per frame*, kept instead of the frames, so a video's
+conditioning costs D floats per second (about 15 MB per hour at D = 1024) and generation can slide a
+window over it without ever touching pixels again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    EncodecConfig,
+    EncodecModel,
+    MusicgenDecoderConfig,
+    MusicgenForCausalLM,
+)
+
+from .config import GVMGenConfig
+from .delay import delay
+from .feature_transformation import FeatureTransformation
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of a frame's time (seconds from its window's start), linearly projected.
+
+    Beyond the paper: the official LM cross-attends to an unordered set of frame tokens.
+    The projection starts at zero, so switching it on changes nothing until it is trained.
+    """
+
+    def __init__(self, dim: int, num_frequencies: int = 16, max_period_s: float = 60.0):
+        super().__init__()
+        periods = torch.logspace(0, math.log10(max_period_s), num_frequencies)  # 1 s .. 60 s
+        self.register_buffer("angular", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * num_frequencies, dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, seconds: torch.Tensor) -> torch.Tensor:
+        phase = seconds[..., None].float() * self.angular  # (..., F)
+        return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))
+
+
+class GVMGen(nn.Module):
+    def __init__(self, config: GVMGenConfig):
+        super().__init__()
+        self.config = config
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**config.clip))
+        self.vision = clip.vision_model          # embeddings, pre-LN, encoder, post-LN
+        self.visual_projection = clip.visual_projection  # C -> 768 (pretrained, trained further)
+        width = config.clip["hidden_size"]
+        self.feature_transformation = FeatureTransformation(
+            width, config.num_queries, config.ft_layers, config.ft_heads, config.ft_ffn_dim,
+            config.ft_dropout, config.ft_layer_norm_eps, config.ft_cross_attention_every,
+        )
+        lm_width = config.lm["hidden_size"]
+        self.output_proj = nn.Linear(config.clip["projection_dim"], lm_width)
+        self.time_embedding = TimeEmbedding(lm_width) if config.time_embedding else None
+        self.null_condition = nn.Parameter(torch.zeros(lm_width)) if config.learned_null_condition else None
+        self.lm = MusicgenForCausalLM(MusicgenDecoderConfig(**config.lm))
+        self.codec = EncodecModel(EncodecConfig(**config.codec))
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.freeze_pretrained_encoders()
+
+    def freeze_pretrained_encoders(self) -> None:
+        """CLIP's transformer and EnCodec stay frozen; CLIP's post-LN and projection train on."""
+        for module in (self.vision.embeddings, self.vision.pre_layrnorm, self.vision.encoder, self.codec):
+            module.requires_grad_(False)
+
+    @property
+    def pad_token(self) -> int:
+        return self.config.lm["vocab_size"]
+
+    # ---- visual side ----------------------------------------------------------------------------
+    def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 RGB frames, already resized and centre-cropped -> (N, D) tokens."""
+        pixels = frames.permute(0, 3, 1, 2).to(self.pixel_mean.dtype) / 255.0
+        pixels = (pixels - self.pixel_mean) / self.pixel_std                    # (N, 3, S, S)
+        with torch.no_grad():
+            patches = self.vision(pixel_values=pixels).last_hidden_state        # (N, P, C), before post-LN
+        queried = self.feature_transformation(patches)                          # (N, C)
+        return self.output_proj(self.visual_projection(self.vision.post_layernorm(queried)))  # (N, D)
+
+    @torch.no_grad()
+    def encode_video_frames(self, frames: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Frame tokens for a whole video, `batch_size` frames at a time: memory does not grow with length."""
+        device = self.pixel_mean.device
+        out = [self.frame_tokens(frames[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(frames), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.config.lm["hidden_size"])
+
+    def window_condition(self, tokens: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
+        """A window's frame tokens (F, D) at `seconds` from the window's start -> (F, D) LM condition."""
+        if self.time_embedding is not None:
+            tokens = tokens + self.time_embedding(seconds.to(tokens.device)).to(tokens.dtype)
+        return tokens
+
+    def null_tokens(self, batch: int, dtype=None) -> torch.Tensor:
+        """(B, 1, D) the null condition: all zero (official), or a learned token."""
+        d = self.config.lm["hidden_size"]
+        dtype = dtype or self.output_proj.weight.dtype
+        if self.null_condition is None:
+            return torch.zeros(batch, 1, d, dtype=dtype, device=self.output_proj.weight.device)
+        return self.null_condition.to(dtype).expand(batch, 1, d)
+
+    # ---- language model -------------------------------------------------------------------------
+    def lm_logits(self, codes: torch.Tensor, condition: torch.Tensor, condition_mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits for training and tests.
+
+        codes (B, K, T) frames; condition (B, F, D); condition_mask (B, F) bool.
+        Returns (B, K, T + K - 1, V): the logits of every delayed step, each predicted from the steps before it.
+        """
+        b, k, _ = codes.shape
+        delayed = delay(codes, self.pad_token)                                   # (B, K, S)
+        inputs = torch.cat([delayed.new_full((b, k, 1), self.pad_token), delayed[:, :, :-1]], dim=2)
+        out = self.lm(input_ids=inputs.reshape(b * k, -1), encoder_hidden_states=condition,
+                      encoder_attention_mask=condition_mask.long(), use_cache=False)
+        return out.logits.reshape(b, k, -1, out.logits.shape[-1])
+
+    # ---- codec ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_audio(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, K, T) codes -> (B, T * hop) audio in [-1, 1]."""
+        embeddings = self.codec.quantizer.decode(codes.transpose(0, 1))
+        return self.codec.decoder(embeddings)[:, 0]
+
+    @torch.no_grad()
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, samples) mono audio at the codec's rate -> (B, K, T) codes."""
+        embeddings = self.codec.encoder(audio[:, None])
+        bandwidth = self.codec.config.target_bandwidths[-1]
+        return self.codec.quantizer.encode(embeddings, bandwidth).transpose(0, 1)
