@@ -39,7 +39,7 @@ def _musicgen_lm(hidden: int, layers: int, heads: int) -> dict:
         vocab_size=2048, num_codebooks=4, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, ffn_dim=4 * hidden, max_position_embeddings=2048,
         activation_function="gelu", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-        scale_embedding=False, tie_word_embeddings=False, pad_token_id=2048, bos_token_id=2048,
+        scale_embedding=False, tie_word_embeddings=False,
     )
 
 
@@ -111,11 +111,12 @@ class GVMGenConfig:
 def tiny_config() -> GVMGenConfig:
     """Random, untrained, seconds on a CPU: for tests and offline pipeline checks. It makes noise."""
     return GVMGenConfig(
-        clip=dict(CLIP_VIT_L14_336, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=32, patch_size=8, projection_dim=24),
+        # CLIP heads follow OpenAI's rule (width // 64), so a converted tiny checkpoint keeps its shape.
+        clip=dict(CLIP_VIT_L14_336, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=1, image_size=32, patch_size=8, projection_dim=24),
         lm=_musicgen_lm(64, 2, 4),
         codec=dict(ENCODEC_32KHZ, hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_dim=16),
-        num_queries=4, ft_layers=2, ft_heads=2, ft_ffn_dim=64,
+        num_queries=4, ft_layers=2, ft_heads=1, ft_ffn_dim=128,
     )
 
 

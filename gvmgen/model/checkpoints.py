@@ -1,0 +1,392 @@
+"""Loading and saving GVMGen weights, in every format a user may hold.
+
+- `tiny`: random weights from a fixed seed (untrained: it makes noise, for pipeline checks).
+- `small` / `medium`: pretrained CLIP ViT-L/14-336, MusicGen and EnCodec in Hugging Face format, from
+  a local directory, GVMGEN_HOME's download folder or the user's Hugging Face cache. The layers GVMGen
+  adds (music queries, feature transformation, output projection) start fresh until fine-tuned.
+- a directory holding `state_dict.bin` (+ `compression_state_dict.bin`): an audiocraft export, such
+  as the official GVMGen checkpoint or a plain MusicGen one, converted here without audiocraft.
+- a directory holding `gvmgen_config.json` + `model.safetensors`: our own format.
+
+Nothing here unpickles arbitrary objects: `.bin` files go through `torch.load(weights_only=True)`,
+which accepts tensors and plain containers only (audiocraft exports carry their config as a YAML
+string, so nothing else is needed), and everything we write is safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..home import weights_dir
+from .config import CLIP_REPO, ENCODEC_REPO, MUSICGEN_REPOS, GVMGenConfig, preset
+from .gvmgen import GVMGen
+
+OUR_CONFIG = "gvmgen_config.json"
+OUR_WEIGHTS = "model.safetensors"
+INIT_SEED = 0  # fresh layers start identically on every machine
+HF_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+
+
+class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+class UnsafeCheckpoint(ValueError):
+    pass
+
+
+# ---- entry points ---------------------------------------------------------------------------------
+def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GVMGen:
+    """`tiny`, `small`, `medium`, or a directory in one of the formats above."""
+    spec = str(spec)
+    if spec == "tiny":
+        model = fresh_model(preset("tiny"))
+    elif spec in MUSICGEN_REPOS:
+        model = load_pretrained(spec)
+    else:
+        path = Path(spec).expanduser()
+        if (path / OUR_CONFIG).is_file():
+            model = load_ours(path)
+        elif (path / "state_dict.bin").is_file():
+            model = load_audiocraft(path)
+        elif path.exists():
+            raise WeightsNotFound(f"{path}: not a GVMGen checkpoint (expected {OUR_CONFIG} + {OUR_WEIGHTS}, "
+                                  "or an audiocraft export with state_dict.bin)")
+        else:
+            raise WeightsNotFound(f"model {spec!r}: neither a preset (tiny, small, medium) nor an existing directory")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def fresh_model(config: GVMGenConfig) -> GVMGen:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        return GVMGen(config)
+
+
+def save_model(model: GVMGen, directory: Path) -> None:
+    """Our format: the config as JSON and every weight in one safetensors file, written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = directory / (OUR_WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    model.config.save(directory / (OUR_CONFIG + ".tmp"))
+    tmp.replace(directory / OUR_WEIGHTS)
+    (directory / (OUR_CONFIG + ".tmp")).replace(directory / OUR_CONFIG)
+
+
+def load_ours(directory: Path) -> GVMGen:
+    directory = Path(directory)
+    model = GVMGen(GVMGenConfig.load(directory / OUR_CONFIG))
+    _load_part(model, read_safetensors(directory), "", str(directory / OUR_WEIGHTS))
+    return model
+
+
+# ---- Hugging Face format ------------------------------------------------------------------------------
+def load_pretrained(name: str) -> GVMGen:
+    clip_dir = resolve_hf(CLIP_REPO, name)
+    musicgen_dir = resolve_hf(MUSICGEN_REPOS[name], name)
+    return load_hf(clip_dir, musicgen_dir, base=preset(name))
+
+
+def load_hf(clip_dir: Path, musicgen_dir: Path, encodec_dir: Path | None = None,
+            base: GVMGenConfig | None = None) -> GVMGen:
+    """CLIP (CLIPModel or CLIPVisionModelWithProjection), MusicGen (composite or CausalLM) and EnCodec
+    (inside the MusicGen repository, or a separate one) in Hugging Face format. The shapes of the
+    pretrained parts come from their config.json files, everything else from `base`."""
+    clip_cfg = _read_config(clip_dir)
+    clip_cfg = clip_cfg.get("vision_config", clip_cfg)
+    mg_cfg = _read_config(musicgen_dir)
+    lm_cfg = mg_cfg.get("decoder", mg_cfg)
+    codec_cfg = _read_config(encodec_dir) if encodec_dir else mg_cfg.get("audio_encoder")
+    if codec_cfg is None:
+        raise WeightsNotFound(f"{musicgen_dir}: holds no EnCodec (audio_encoder); pass an EnCodec directory")
+    config = copy.deepcopy(base or GVMGenConfig())
+    config.clip, config.lm, config.codec = (_pick(config.clip, clip_cfg), _pick(config.lm, lm_cfg),
+                                            _pick(config.codec, codec_cfg))
+    model = fresh_model(config)
+
+    clip = read_safetensors(clip_dir)
+    _load_part(model.vision, _strip(clip, "vision_model."), "vision", str(clip_dir))
+    _load_part(model.visual_projection, _strip(clip, "visual_projection."), "visual_projection", str(clip_dir))
+    mg = read_safetensors(musicgen_dir)
+    lm = _strip(mg, "decoder.") if any(k.startswith("decoder.model.") for k in mg) else mg
+    _load_part(model.lm, {k: v for k, v in lm.items() if k.startswith(("model.", "lm_heads."))}, "lm", str(musicgen_dir))
+    codec = read_safetensors(encodec_dir) if encodec_dir else _strip(mg, "audio_encoder.")
+    _load_part(model.codec, _encodec_names(codec), "codec", str(encodec_dir or musicgen_dir))
+    return model
+
+
+def resolve_hf(repo: str, preset_name: str | None = None) -> Path:
+    """A local directory, or the snapshot of `repo` in GVMGEN_HOME's download folder or the HF cache."""
+    if Path(repo).is_dir():
+        return Path(repo)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    looked = []
+    for cache_dir in (weights_dir(), None):  # ours first, then the user's own HF cache
+        try:
+            return Path(snapshot_download(repo, cache_dir=cache_dir, local_files_only=True, allow_patterns=HF_FILES))
+        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+            looked.append(str(cache_dir) if cache_dir else "the Hugging Face cache (HF_HOME)")
+    fetch = f"gvmgen weights fetch {preset_name}" if preset_name else f"huggingface-cli download {repo}"
+    raise WeightsNotFound(f"weights of {repo} (config.json, model.safetensors) not found; looked in "
+                          f"{' and '.join(looked)}. Fetch them with `{fetch}` on a machine with network access.")
+
+
+def fetch_weights(name: str) -> list[Path]:
+    """Download what `small`/`medium` need into GVMGEN_HOME (needs network access)."""
+    from huggingface_hub import snapshot_download
+
+    if name not in MUSICGEN_REPOS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(MUSICGEN_REPOS)}")
+    return [Path(snapshot_download(repo, cache_dir=weights_dir(), allow_patterns=HF_FILES))
+            for repo in (CLIP_REPO, MUSICGEN_REPOS[name])]
+
+
+# ---- audiocraft export (official GVMGen, plain MusicGen) ---------------------------------------------
+VISUAL = "condition_provider.conditioners.visual_content."
+
+_LM_RULES = [
+    (r"^emb\.(\d+)\.", r"model.decoder.embed_tokens.\1."),
+    (r"^transformer\.layers\.(\d+)\.", r"model.decoder.layers.\1."),
+    (r"\.cross_attention\.", ".encoder_attn."),
+    (r"\.linear1\.", ".fc1."), (r"\.linear2\.", ".fc2."),
+    (r"\.norm1\.", ".self_attn_layer_norm."), (r"\.norm_cross\.", ".encoder_attn_layer_norm."),
+    (r"\.norm2\.", ".final_layer_norm."),
+    (r"^out_norm\.", "model.decoder.layer_norm."), (r"^linears\.(\d+)\.", r"lm_heads.\1."),
+]
+_CLIP_RULES = [  # OpenAI CLIP visual tower -> transformers' CLIPVisionModel, GVMGen's queries -> ours
+    (r"^conv1\.", "vision.embeddings.patch_embedding."),
+    (r"^class_embedding$", "vision.embeddings.class_embedding"),
+    (r"^positional_embedding$", "vision.embeddings.position_embedding.weight"),
+    (r"^ln_pre\.", "vision.pre_layrnorm."), (r"^ln_post\.", "vision.post_layernorm."),
+    (r"^transformer\.resblocks\.(\d+)\.attn\.", r"vision.encoder.layers.\1.self_attn."),
+    (r"^transformer\.resblocks\.(\d+)\.ln_1\.", r"vision.encoder.layers.\1.layer_norm1."),
+    (r"^transformer\.resblocks\.(\d+)\.ln_2\.", r"vision.encoder.layers.\1.layer_norm2."),
+    (r"^transformer\.resblocks\.(\d+)\.mlp\.c_fc\.", r"vision.encoder.layers.\1.mlp.fc1."),
+    (r"^transformer\.resblocks\.(\d+)\.mlp\.c_proj\.", r"vision.encoder.layers.\1.mlp.fc2."),
+    (r"^query_tokens$", "feature_transformation.queries"),
+    (r"^qformer\.layernorm\.", "feature_transformation.norm."),
+    (r"^qformer\.encoder\.layer\.(\d+)\.intermediate_query\.dense\.", r"feature_transformation.layers.\1.ffn_in."),
+    (r"^qformer\.encoder\.layer\.(\d+)\.output_query\.dense\.", r"feature_transformation.layers.\1.ffn_out."),
+    (r"^qformer\.encoder\.layer\.(\d+)\.output_query\.LayerNorm\.", r"feature_transformation.layers.\1.ffn_norm."),
+    (r"^qformer\.encoder\.layer\.(\d+)\.", r"feature_transformation.layers.\1."),
+]
+_ENCODEC_RULES = [  # audiocraft SEANet/RVQ -> transformers' EncodecModel
+    (r"^(encoder|decoder)\.model\.(\d+)\.(?:conv\.conv|convtr\.convtr)\.", r"\1.layers.\2.conv."),
+    (r"^(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.", r"\1.layers.\2.block.\3.conv."),
+    (r"^(encoder|decoder)\.model\.(\d+)\.shortcut\.conv\.conv\.", r"\1.layers.\2.shortcut.conv."),
+    (r"^(encoder|decoder)\.model\.(\d+)\.lstm\.", r"\1.layers.\2.lstm."),
+    (r"^quantizer\.vq\.layers\.(\d+)\._codebook\.", r"quantizer.layers.\1.codebook."),
+]
+
+
+def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenConfig | None = None) -> GVMGen:
+    """An audiocraft export: `state_dict.bin` ({'xp.cfg': YAML, 'best_state': weights}) and
+    `compression_state_dict.bin` (EnCodec weights, or {'pretrained': HF name}).
+
+    A GVMGen export carries the whole OpenAI-format CLIP inside its conditioner; a plain MusicGen
+    export has none, so its visual side comes from `clip_source` and its new layers start fresh,
+    shaped as in `base` (default: the official configuration).
+    """
+    directory = Path(directory)
+    package = safe_torch_load(directory / "state_dict.bin")
+    xp = _xp_config(package, directory / "state_dict.bin")
+    state = package["best_state"]
+    lm = xp.get("transformer_lm", {})
+    config = copy.deepcopy(base or GVMGenConfig())
+    config.lm = dict(config.lm, hidden_size=lm["dim"], num_attention_heads=lm["num_heads"],
+                     num_hidden_layers=lm["num_layers"], ffn_dim=int(lm["dim"] * lm.get("hidden_scale", 4)),
+                     num_codebooks=lm.get("n_q", 4), vocab_size=lm.get("card", 2048))
+    config.codec = _audiocraft_codec_config(directory)
+    cfg_free = xp.get("classifier_free_guidance", {})
+    config.condition_dropout = cfg_free.get("training_dropout", config.condition_dropout)
+    config.guidance_scale = cfg_free.get("inference_coef", config.guidance_scale)
+
+    clip_prefix = VISUAL + "clip.visual."
+    visual = {k[len(clip_prefix):]: v for k, v in state.items() if k.startswith(clip_prefix)}
+    if visual:
+        qformer = xp.get("conditioners", {}).get("visual_content", {}).get("video", {}).get("qformer", {})
+        width = visual["conv1.weight"].shape[0]
+        patch = visual["conv1.weight"].shape[-1]
+        grid = round((visual["positional_embedding"].shape[0] - 1) ** 0.5)
+        config.clip = dict(config.clip, hidden_size=width, patch_size=patch, image_size=patch * grid,
+                           num_attention_heads=max(1, width // 64), projection_dim=visual["proj"].shape[1],
+                           intermediate_size=visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                           num_hidden_layers=len({k.split(".")[2] for k in visual if k.startswith("transformer.resblocks.")}))
+        config.num_queries = visual["query_tokens"].shape[1]
+        config.ft_heads = config.clip["num_attention_heads"]
+        config.ft_ffn_dim = visual["qformer.encoder.layer.0.intermediate_query.dense.weight"].shape[0]
+        config.ft_layers = qformer.get("qformer_layers", config.ft_layers)
+        config.ft_cross_attention_every = qformer.get("cross_attention_frequency", config.ft_cross_attention_every)
+        config.ft_layer_norm_eps = float(qformer.get("layer_norm_eps", config.ft_layer_norm_eps))
+        config.ft_dropout = qformer.get("hidden_dropout_prob", config.ft_dropout)
+    else:
+        clip_dir = resolve_hf(clip_source)
+        clip_cfg = _read_config(clip_dir)
+        config.clip = _pick(config.clip, clip_cfg.get("vision_config", clip_cfg))
+
+    model = fresh_model(config)
+    _load_part(model.lm, _split_in_proj(_rename(
+        {k: v for k, v in state.items() if not k.startswith("condition_provider.")}, _LM_RULES)), "lm", str(directory))
+    if visual:
+        converted = _rename(visual, _CLIP_RULES)
+        converted["visual_projection.weight"] = converted.pop("proj").t()
+        converted = _split_in_proj(converted, only=r"^vision\.")
+        converted.update({f"output_proj.{n}": state[f"{VISUAL}output_proj.{n}"] for n in ("weight", "bias")})
+        parts = ("vision.", "visual_projection.", "feature_transformation.", "output_proj.")
+        _load_part(model, converted, "visual side", str(directory), only=parts)
+    else:
+        clip = read_safetensors(clip_dir)
+        _load_part(model.vision, _strip(clip, "vision_model."), "vision", str(clip_dir))
+        _load_part(model.visual_projection, _strip(clip, "visual_projection."), "visual_projection", str(clip_dir))
+    _load_part(model.codec, _audiocraft_codec_state(directory), "codec", str(directory / "compression_state_dict.bin"))
+    return model
+
+
+def _audiocraft_compression(directory: Path) -> dict:
+    path = directory / "compression_state_dict.bin"
+    if not path.is_file():
+        raise WeightsNotFound(f"{path} not found: an audiocraft export needs its compression model beside state_dict.bin")
+    return safe_torch_load(path)
+
+
+def _audiocraft_codec_config(directory: Path) -> dict:
+    package = _audiocraft_compression(directory)
+    if "pretrained" in package:
+        cfg = _read_config(resolve_hf(_hf_encodec_name(package["pretrained"])))
+        return _pick(GVMGenConfig().codec, cfg)
+    xp = _xp_config(package, directory / "compression_state_dict.bin")
+    seanet, rvq = xp["seanet"], xp.get("rvq", {})
+    ratios = list(seanet.get("ratios", [8, 5, 4, 4]))
+    hop = 1
+    for r in ratios:
+        hop *= r
+    n_q, bins = rvq.get("n_q", 4), rvq.get("bins", 2048)
+    rate = xp["sample_rate"]
+    return dict(
+        GVMGenConfig().codec, sampling_rate=rate, audio_channels=xp.get("channels", 1),
+        hidden_size=seanet["dimension"], num_filters=seanet["n_filters"],
+        num_residual_layers=seanet.get("n_residual_layers", 1), upsampling_ratios=ratios,
+        norm_type=seanet.get("norm", "weight_norm"), kernel_size=seanet.get("kernel_size", 7),
+        last_kernel_size=seanet.get("last_kernel_size", 7), residual_kernel_size=seanet.get("residual_kernel_size", 3),
+        dilation_growth_rate=seanet.get("dilation_base", 2), use_causal_conv=seanet.get("causal", False),
+        pad_mode=seanet.get("pad_mode", "reflect"), compress=seanet.get("compress", 2),
+        num_lstm_layers=seanet.get("lstm", 2), use_conv_shortcut=not seanet.get("true_skip", True),
+        codebook_size=bins, codebook_dim=seanet["dimension"],
+        target_bandwidths=[n_q * (bins - 1).bit_length() * (rate // hop) / 1000],
+    )
+
+
+def _audiocraft_codec_state(directory: Path) -> dict:
+    package = _audiocraft_compression(directory)
+    if "pretrained" in package:
+        directory = resolve_hf(_hf_encodec_name(package["pretrained"]))
+        return _encodec_names(read_safetensors(directory))
+    return _encodec_names(_rename(package["best_state"], _ENCODEC_RULES))
+
+
+def _hf_encodec_name(pretrained: str) -> str:
+    name = pretrained.removeprefix("//pretrained/")
+    return ENCODEC_REPO if name in ("facebook/encodec_32khz", "encodec_32khz") else name
+
+
+def _xp_config(package: dict, path: Path) -> dict:
+    cfg = package.get("xp.cfg")
+    if not isinstance(cfg, str):
+        raise ValueError(f"{path}: no 'xp.cfg' YAML string; is it an exported audiocraft checkpoint?")
+    return yaml.safe_load(cfg) or {}
+
+
+# ---- small helpers ------------------------------------------------------------------------------------
+def safe_torch_load(path: Path) -> dict:
+    """torch.load that accepts tensors and plain data only, never arbitrary pickled objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(
+            f"refusing to load {path}: it holds pickled Python objects other than tensors and plain data, "
+            f"which could run code on load ({str(e).splitlines()[0]})") from None
+
+
+def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise WeightsNotFound(f"no model.safetensors (or its index) in {directory}")
+    state = {}
+    for name in files:
+        with safe_open(str(directory / name), framework="pt") as f:
+            state.update({k: f.get_tensor(k) for k in f.keys()})
+    return state
+
+
+def _read_config(directory: Path) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise WeightsNotFound(f"{path} not found")
+    return json.loads(path.read_text())
+
+
+def _pick(defaults: dict, found: dict) -> dict:
+    """Our architecture fields, taken from a Hugging Face config where it sets them."""
+    return {k: found.get(k, v) if found.get(k) is not None else v for k, v in defaults.items()}
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _rename(state: dict, rules) -> dict:
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def _split_in_proj(state: dict, only: str = "") -> dict:
+    """Fused (3D, D) in-projections -> separate q/k/v projections (where `only` matches)."""
+    out = {}
+    for key, value in state.items():
+        m = re.match(r"(.*)\.in_proj_(weight|bias)$", key)
+        if m and re.search(only, key):
+            for name, part in zip("qkv", value.chunk(3)):
+                out[f"{m.group(1)}.{name}_proj.{m.group(2)}"] = part
+        else:
+            out[key] = value
+    return out
+
+
+def _encodec_names(state: dict) -> dict:
+    """Old weight-norm names (weight_g/weight_v) -> torch's parametrization names."""
+    return {re.sub(r"\.weight_g$", ".parametrizations.weight.original0",
+                   re.sub(r"\.weight_v$", ".parametrizations.weight.original1", k)): v for k, v in state.items()}
+
+
+def _load_part(module: torch.nn.Module, state: dict, part: str, source: str, only: tuple[str, ...] = ()) -> None:
+    expected = {k for k in module.state_dict() if not only or k.startswith(only)}
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # old HF files kept this buffer
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise WeightsNotFound(f"{source}: the {part or 'model'} weights do not fit this architecture; "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    module.load_state_dict(state, strict=not only)

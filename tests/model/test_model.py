@@ -1,0 +1,136 @@
+"""Shapes of every stage, the delay pattern, cached decoding, guidance and the parameter count."""
+
+import torch
+
+from gvmgen.model import GVMGen, preset
+from gvmgen.model.decoding import CachedMusicgen
+from gvmgen.model.delay import delay, delayed_valid_mask, undelay
+
+
+def test_every_stage_has_the_documented_shape(tiny_model):
+    cfg = tiny_model.config
+    frames = torch.randint(0, 256, (7, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8)
+    pixels = frames.permute(0, 3, 1, 2).float()
+    patches = tiny_model.vision(pixel_values=pixels).last_hidden_state
+    grid = cfg.image_size // cfg.clip["patch_size"]
+    assert patches.shape == (7, grid * grid + 1, cfg.clip["hidden_size"])          # (N, P, C)
+    assert tiny_model.feature_transformation(patches).shape == (7, cfg.clip["hidden_size"])  # (N, C)
+    tokens = tiny_model.encode_video_frames(frames, batch_size=3)
+    assert tokens.shape == (7, cfg.lm["hidden_size"])                                # (N, D)
+    codes = torch.randint(0, 2048, (2, 4, 25))
+    logits = tiny_model.lm_logits(codes, tokens[None].expand(2, -1, -1), torch.ones(2, 7, dtype=torch.bool))
+    assert logits.shape == (2, 4, 25 + 3, 2048)                                      # (B, K, T + K - 1, V)
+    audio = tiny_model.decode_audio(codes)
+    assert audio.shape == (2, 25 * 640)                                              # 50 Hz at 32 kHz
+    assert tiny_model.encode_audio(audio).shape == (2, 4, 25)
+
+
+def test_frame_tokens_do_not_depend_on_batching(tiny_model):
+    frames = torch.randint(0, 256, (9, 32, 32, 3), dtype=torch.uint8)
+    torch.testing.assert_close(tiny_model.encode_video_frames(frames, batch_size=2),
+                               tiny_model.encode_video_frames(frames, batch_size=9), atol=1e-5, rtol=1e-5)
+
+
+def test_delay_pattern_round_trips_and_pads():
+    codes = torch.randint(0, 2048, (3, 4, 11))
+    delayed = delay(codes, pad=2048)
+    assert delayed.shape == (3, 4, 14)
+    assert torch.equal(undelay(delayed), codes)
+    valid = delayed_valid_mask(4, 11)
+    assert torch.all(delayed[:, ~valid] == 2048) and torch.all(delayed[:, valid] < 2048)
+    assert torch.equal(delayed[:, 2, 2:13], codes[:, 2])  # codebook k starts k steps late
+
+
+def test_cached_decoding_matches_the_transformers_forward(tiny_model):
+    codes = torch.randint(0, 2048, (2, 4, 30))
+    cond = torch.randn(2, 6, 64)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
+    with torch.no_grad():
+        reference = tiny_model.lm_logits(codes, cond, mask)                         # (B, K, S, V)
+    inputs = torch.cat([torch.full((2, 4, 1), 2048), delay(codes, 2048)[:, :, :-1]], dim=2)
+    cache = CachedMusicgen(tiny_model.lm, cond, mask, max_steps=inputs.shape[2])
+    steps = [cache.step(inputs[:, :, :10])]                                           # prefill, then one by one
+    steps += [cache.step(inputs[:, :, j:j + 1]) for j in range(10, inputs.shape[2])]
+    torch.testing.assert_close(torch.stack(steps, dim=2), reference[:, :, 9:], atol=1e-4, rtol=1e-4)
+
+
+def test_masked_condition_tokens_are_ignored(tiny_model):
+    codes = torch.randint(0, 2048, (1, 4, 12))
+    cond = torch.randn(1, 5, 64)
+    mask = torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)
+    other = cond.clone()
+    other[:, 3:] = torch.randn(1, 2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model.lm_logits(codes, cond, mask), tiny_model.lm_logits(codes, other, mask))
+
+
+def test_zero_null_condition_means_no_cross_attention(tiny_model):
+    """The official null condition (an all-masked zero video) adds nothing through cross-attention."""
+    null = tiny_model.null_tokens(1)
+    assert torch.count_nonzero(null) == 0
+    x = torch.randn(1, 3, 64)
+    for layer in tiny_model.lm.model.decoder.layers:
+        out, _ = layer.encoder_attn(x, key_value_states=null)
+        assert torch.count_nonzero(out) == 0
+
+
+def test_learned_null_condition_is_a_trainable_token():
+    cfg = preset("tiny")
+    cfg.learned_null_condition = True
+    model = GVMGen(cfg)
+    assert model.null_condition.requires_grad
+    assert model.null_tokens(3).shape == (3, 1, 64)
+
+
+def test_time_embedding_starts_neutral_and_depends_on_time():
+    cfg = preset("tiny")
+    cfg.time_embedding = True
+    model = GVMGen(cfg)
+    tokens = torch.randn(4, 64)
+    seconds = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    assert torch.equal(model.window_condition(tokens, seconds), tokens)  # zero-initialised
+    torch.nn.init.normal_(model.time_embedding.proj.weight)
+    shifted = model.window_condition(tokens, seconds)
+    assert not torch.allclose(shifted[0] - tokens[0], shifted[1] - tokens[1])
+
+
+def test_frozen_and_trainable_parts_follow_the_paper(tiny_model):
+    trainable = {n.split(".")[0] for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert {"feature_transformation", "output_proj", "visual_projection", "lm"} <= trainable
+    assert "codec" not in trainable
+    assert not any(p.requires_grad for p in tiny_model.vision.encoder.parameters())
+    assert all(p.requires_grad for p in tiny_model.vision.post_layernorm.parameters())
+
+
+def _official_small_parameter_count() -> dict[str, int]:
+    """Counted from the official configuration (ViT-L/14@336px, qformer of video2music.yaml,
+    transformer_lm small: dim 1024, 24 layers, n_q 4, card 2048, no biases)."""
+    w, layers, grid, patch, out = 1024, 24, 24, 14, 768
+    block = (3 * w * w + 3 * w) + (w * w + w) + 2 * w + (w * 4 * w + 4 * w) + (4 * w * w + w) + 2 * w
+    clip = 3 * patch * patch * w + w + (grid * grid + 1) * w + 2 * w + layers * block + 2 * w + w * out
+    attn = (3 * w * w + 3 * w) + (w * w + w) + (w * w + w) + 2 * w    # MHA + dense + LayerNorm
+    ffn = (w * 2 * w + 2 * w) + (2 * w * w + w) + 2 * w
+    qformer = 16 * w + 2 * w + 6 * (attn + ffn) + 3 * attn           # cross-attention in layers 0, 2, 4
+    output_proj = out * 1024 + 1024
+    d = 1024
+    lm = 4 * 2049 * d + 24 * (4 * d * d + 4 * d * d + 2 * d * 4 * d + 3 * 2 * d) + 2 * d + 4 * d * 2048
+    return {"clip": clip, "feature_transformation": qformer, "output_proj": output_proj, "lm": lm}
+
+
+def test_small_parameter_count_matches_the_official_configuration():
+    with torch.device("meta"):
+        model = GVMGen(preset("small"))
+    count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+    expected = _official_small_parameter_count()
+    assert count(model.vision, model.visual_projection) == expected["clip"]
+    assert count(model.feature_transformation) == expected["feature_transformation"]
+    assert count(model.output_proj) == expected["output_proj"]
+    assert count(model.lm) == expected["lm"]
+
+
+def test_small_trainable_parameters_match_the_official_493m():
+    """small.yaml of the official repository states '493M Param.' for what GVMGen trains."""
+    with torch.device("meta"):
+        model = GVMGen(preset("small"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 493_000_000 <= trainable < 494_000_000
