@@ -73,6 +73,8 @@ class GVMGen(nn.Module):
         self.null_condition = nn.Parameter(torch.zeros(lm_width)) if config.learned_null_condition else None
         self.lm = MusicgenForCausalLM(MusicgenDecoderConfig(**config.lm))
         self.codec = EncodecModel(EncodecConfig(**config.codec))
+        for layer in self.codec.quantizer.layers:  # transformers starts codebooks at zero: every code would sound alike
+            nn.init.normal_(layer.codebook.embed)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze_pretrained_encoders()
