@@ -1,0 +1,23 @@
+# Two commands on a fresh machine: `make demo` (the main job on a sample catalog) and `make test`.
+.PHONY: demo test test-fast bench bench-gpu clean
+
+.venv/.installed: pyproject.toml scripts/bootstrap.sh
+	./scripts/bootstrap.sh
+
+demo: .venv/.installed
+	./scripts/demo.sh
+
+test: .venv/.installed
+	.venv/bin/python -m pytest -q
+
+test-fast: .venv/.installed
+	.venv/bin/python -m pytest -q -m "not slow"
+
+bench: .venv/.installed
+	.venv/bin/python bench/generation.py
+
+bench-gpu: .venv/.installed
+	bash bench/gpu.sh
+
+clean:
+	rm -rf .gvmgen

@@ -1,0 +1,37 @@
+"""`gvmgen generate` end to end, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gvmgen.media.audio import read_wav
+from gvmgen.media.video import probe
+
+
+def _gvmgen(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "gvmgen", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_generate_writes_a_playable_video_whose_music_lasts_as_long_as_the_picture(fixtures, tmp_path):
+    video = fixtures / "video" / "testvideo.mp4"
+    result = _gvmgen("generate", video, "-o", tmp_path / "out.mp4", "--model", "tiny", "--seed", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["video"] == str(tmp_path / "out.mp4") and summary["windows"] == 1
+    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-f", "null", "-"],
+                            capture_output=True, text=True)
+    assert decode.returncode == 0 and decode.stderr == ""
+    track, rate = read_wav(tmp_path / "out.wav")
+    assert abs(len(track) / rate - probe(video).duration) <= 0.02
+
+
+def test_a_bad_video_exits_2_with_the_file_named(tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    result = _gvmgen("generate", bad, "-o", tmp_path / "out.mp4", "--model", "tiny")
+    assert result.returncode == 2
+    assert "notes.mp4" in result.stderr
+    assert not (tmp_path / "out.mp4").exists()
