@@ -21,6 +21,16 @@ class Stitch(str, Enum):
     parallel = "parallel"
 
 
+class Detector(str, Enum):
+    content = "content"
+    adaptive = "adaptive"
+
+
+class MuxMode(str, Enum):
+    replace = "replace"
+    mix = "mix"
+
+
 class Preset(str, Enum):
     small = "small"
     medium = "medium"
@@ -33,6 +43,10 @@ def generate(
     model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling; the same seed gives the same music."),
     stitch: Stitch = typer.Option(Stitch.continue_, "--stitch", help="How windows of a long video are joined."),
+    mux_mode: MuxMode = typer.Option(MuxMode.replace, "--mux", help="replace the original audio, or mix the music over it."),
+    duck_db: float = typer.Option(12.0, "--duck-db", help="With --mux mix: how far the original audio is lowered."),
+    loudness: float = typer.Option(-14.0, "--loudness", help="Target integrated loudness, LUFS (-23 for EBU R128)."),
+    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
@@ -40,15 +54,18 @@ def generate(
     import torch
 
     from .generate import GenerationSettings
-    from .media.video import MediaError
+    from .media.frames import ShotDetection
+    from .media.probe import MediaError
     from .model.checkpoints import WeightsNotFound, load_model
-    from .pipeline import score_video
+    from .pipeline import ScoreSettings, score_video
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         with console.status(f"loading model {model}"):
             loaded = load_model(model, device=device)
-        settings = GenerationSettings(stitch=stitch.value, seed=seed)
+        settings = ScoreSettings(generation=GenerationSettings(stitch=stitch.value, seed=seed),
+                                 detection=ShotDetection(detector.value), target_lufs=loudness,
+                                 mux_mode=mux_mode.value, duck_db=duck_db)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TimeRemainingColumn(), console=console, disable=as_json) as bar:
             task = bar.add_task(f"scoring {video.name}", total=None)
@@ -58,11 +75,39 @@ def generate(
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     summary = {"video": str(result.video), "track": str(result.track), "duration": result.duration,
-               "frames": result.frames, "windows": result.windows, "model": model}
+               "shots": result.shots, "frames": result.frames, "windows": result.windows, "model": model,
+               "loudness_lufs": round(result.loudness.output_lufs, 2), "true_peak_dbtp": round(result.loudness.true_peak_dbtp, 2)}
     if as_json:
         print(json.dumps(summary))
     else:
         console.print(f"wrote {result.video} and {result.track} ({result.duration:.2f} s, {result.windows} window(s))")
+
+
+@app.command()
+def inspect(
+    video: Path = typer.Argument(..., help="The video to look at."),
+    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+):
+    """Show what the pipeline sees in VIDEO: timing, orientation, shots and the frames it would use."""
+    from .media.frames import ShotDetection, analyse
+    from .media.probe import MediaError
+
+    try:
+        with console.status(f"analysing {video.name}"):
+            report = analyse(video, size=32, detection=ShotDetection(detector.value)).to_json()
+    except MediaError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(report))
+        return
+    console.print(f"{video}: {report['duration']:.3f} s from {report['start']:.3f} s, {report['width']}x{report['height']} "
+                  f"(rotation {report['rotation']}, SAR {report['sar']}), {report['fps']} fps{' VFR' if report['vfr'] else ''}, "
+                  f"{report['audio_streams']} audio stream(s)")
+    for i, shot in enumerate(report["shots"]):
+        console.print(f"  shot {i}: {shot['start']:8.3f} - {shot['end']:8.3f} s")
+    console.print(f"  {len(report['frames'])} frames")
 
 
 @weights_app.command("fetch")

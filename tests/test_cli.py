@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from gvmgen.media.audio import read_wav
-from gvmgen.media.video import probe
+from gvmgen.media.probe import probe
 
 
 def _gvmgen(*args, **kw):
@@ -26,6 +26,7 @@ def test_generate_writes_a_playable_video_whose_music_lasts_as_long_as_the_pictu
     assert decode.returncode == 0 and decode.stderr == ""
     track, rate = read_wav(tmp_path / "out.wav")
     assert abs(len(track) / rate - probe(video).duration) <= 0.02
+    assert summary["shots"] == 4 and abs(summary["loudness_lufs"] + 14) <= 0.5 and summary["true_peak_dbtp"] <= -1
 
 
 def test_a_bad_video_exits_2_with_the_file_named(tmp_path):
@@ -35,3 +36,12 @@ def test_a_bad_video_exits_2_with_the_file_named(tmp_path):
     assert result.returncode == 2
     assert "notes.mp4" in result.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_inspect_prints_what_the_pipeline_sees(fixtures):
+    result = _gvmgen("inspect", fixtures / "video" / "testvideo.mp4", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"duration", "start", "width", "height", "fps", "vfr", "sar", "audio_streams", "shots", "frames"}
+    assert [s["start"] for s in report["shots"]] == [0.0, 1.001, 6.006, 13.146]
+    assert len(report["frames"]) == 24 and report["frames"][1] == {"t": 1.502, "shot": 1}

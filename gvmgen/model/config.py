@@ -58,8 +58,7 @@ class GVMGenConfig:
     ft_dropout: float = 0.1
     ft_layer_norm_eps: float = 1e-12
 
-    # Conditioning and guidance.
-    frames_per_second: float = 1.0
+    # Conditioning and guidance (the visual side sees one frame per second of video).
     condition_dropout: float = 0.3     # training: share of examples given the null condition
     guidance_scale: float = 3.0
     learned_null_condition: bool = False  # False: the official all-zero null condition

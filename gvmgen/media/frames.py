@@ -1,0 +1,263 @@
+"""Shots and shot-aware 1 fps frames from a single decode of the video.
+
+One ffmpeg process decodes the file once; its filter graph turns every frame upright, applies the
+pixel aspect, and splits it into a small copy for shot detection and a CLIP-sized, centre-cropped
+copy. Python reads both streams frame by frame, runs PySceneDetect's detector on the small one, and
+keeps only about a second of CLIP-sized frames in memory while it chooses:
+
+- one frame for every second of video, from inside that second and from a single shot: the middle
+  frame of the longest stretch of one shot within the second, so it never straddles a cut;
+- one more frame for any shot that no second chose (a shot shorter than a second, between two cuts).
+
+Frame times come from the decoded frames' own timestamps (variable frame rate safe), counted from the
+video stream's first frame. Selected frames leave in chunks through a callback, so memory stays the
+same for a 2-minute and a 2-hour video.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Callable
+
+import numpy as np
+
+from .probe import MediaError, VideoInfo, probe, tool
+
+DETECTION_WIDTH = 256  # PySceneDetect's own working width (it downscales bilinearly, as we do)
+
+
+@dataclass
+class ShotDetection:
+    detector: str = "content"          # "content" (PySceneDetect ContentDetector) or "adaptive"
+    threshold: float | None = None     # None: PySceneDetect's default (27 content, 3.0 adaptive)
+    min_shot_frames: int = 15          # PySceneDetect's default minimum shot length
+
+    def build(self):
+        from scenedetect import AdaptiveDetector, ContentDetector
+
+        if self.detector == "content":
+            return ContentDetector(threshold=self.threshold or 27.0, min_scene_len=self.min_shot_frames)
+        if self.detector == "adaptive":
+            return AdaptiveDetector(adaptive_threshold=self.threshold or 3.0, min_scene_len=self.min_shot_frames)
+        raise ValueError(f"unknown shot detector {self.detector!r}; choose content or adaptive")
+
+
+@dataclass
+class Frame:
+    t: float      # seconds from the first frame
+    shot: int
+    kind: str     # "second": the frame of its second; "shot": the extra frame of a short shot
+
+
+@dataclass
+class Analysis:
+    info: VideoInfo
+    shots: list[tuple[float, float]]   # (start, end) seconds
+    frames: list[Frame]                # in time order
+    fps: float                         # measured from the frame timestamps
+    vfr: bool
+    decoded_frames: int
+
+    @property
+    def cuts(self) -> list[float]:
+        return [start for start, _ in self.shots[1:]]
+
+    def to_json(self) -> dict:
+        i = self.info
+        return {"duration": round(i.duration, 6), "start": round(i.start, 6), "width": i.width, "height": i.height,
+                "rotation": i.rotation, "fps": round(self.fps, 3), "vfr": self.vfr, "sar": i.sar,
+                "audio_streams": i.audio_streams,
+                "shots": [{"start": round(a, 3), "end": round(b, 3)} for a, b in self.shots],
+                "frames": [{"t": round(f.t, 3), "shot": f.shot} for f in self.frames]}
+
+
+FrameSink = Callable[[np.ndarray, list[Frame]], None]
+
+
+def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
+            on_frames: FrameSink | None = None, chunk: int = 32) -> Analysis:
+    """Detect shots and choose frames in one decode; chosen (N, size, size, 3) RGB frames go to `on_frames`."""
+    info = probe(path)
+    detection = detection or ShotDetection()
+    reader = _DecodedFrames(info, size)
+    chooser = _FrameChooser(detection, on_frames, chunk)
+    count = 0
+    for t, small, clip in reader:
+        chooser.add(t, small, clip)
+        count += 1
+    if count == 0:
+        raise MediaError(f"{path}: no frame could be decoded")
+    frames, cut_indices = chooser.finish()
+    times = reader.times
+    starts = [0.0] + [times[c] for c in cut_indices]
+    shots = list(zip(starts, starts[1:] + [max(info.duration, times[-1])]))
+    intervals = np.diff(times)
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else info.nominal_fps
+    vfr = bool(len(intervals) > 1 and np.abs(intervals - np.median(intervals)).max() > 0.1 * np.median(intervals))
+    return Analysis(info, shots, frames, float(fps), vfr, count)
+
+
+class _DecodedFrames:
+    """Iterates (t, detection frame, CLIP frame) from one ffmpeg decode, reading its three outputs
+    (two raw video pipes and the showinfo log with each frame's timestamp) on threads."""
+
+    def __init__(self, info: VideoInfo, size: int):
+        self.info, self.size = info, size
+        self.times: list[float] = []
+        w, h = info.width, info.height  # as displayed
+        self.small_shape = (max(2, 2 * round(DETECTION_WIDTH * h / w / 2)), DETECTION_WIDTH, 3)
+        cw, ch = (max(size, 2 * math.ceil(size * w / h / 2)), size) if w >= h else (size, max(size, 2 * math.ceil(size * h / w / 2)))
+        self.graph = (f"[0:v:0]showinfo,split=2[d][c];"
+                      f"[d]scale={self.small_shape[1]}:{self.small_shape[0]}:flags=bilinear,setsar=1[small];"
+                      f"[c]scale={cw}:{ch}:flags=bicubic,setsar=1,crop={size}:{size}[clip]")
+
+    def __iter__(self):
+        read_fd, write_fd = os.pipe()
+        cmd = [tool("ffmpeg"), "-hide_banner", "-nostats", "-loglevel", "info", "-i", str(self.info.path),
+               "-filter_complex", self.graph,
+               "-map", "[small]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+               "-map", "[clip]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", f"pipe:{write_fd}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,))
+        os.close(write_fd)
+        clip_pipe = os.fdopen(read_fd, "rb")
+        queues = small_q, clip_q, time_q = Queue(maxsize=64), Queue(maxsize=64), Queue()
+        log: deque[str] = deque(maxlen=20)
+        threads = [threading.Thread(target=_read_frames, args=(proc.stdout, self.small_shape, small_q), daemon=True),
+                   threading.Thread(target=_read_frames, args=(clip_pipe, (self.size, self.size, 3), clip_q), daemon=True),
+                   threading.Thread(target=_read_times, args=(proc.stderr, time_q, log), daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            while (small := small_q.get()) is not None and (clip := clip_q.get()) is not None:
+                pts = time_q.get()
+                t = max(0.0, pts - self.info.start) if pts is not None else self.times[-1] if self.times else 0.0
+                self.times.append(t)
+                yield t, small, clip
+        finally:
+            if proc.poll() is None and small is not None:  # the caller stopped early
+                proc.kill()
+            code = proc.wait()
+            for q in queues:                               # unblock the readers, then let them end
+                while not q.empty():
+                    q.get_nowait()
+            for thread in threads:
+                thread.join(timeout=5)
+            clip_pipe.close()
+        if code != 0 and not self.times:
+            raise MediaError(f"{self.info.path}: decoding failed ({' '.join(log)[-300:]})")
+
+
+def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
+    size = shape[0] * shape[1] * shape[2]
+    while True:
+        data = pipe.read(size)
+        if len(data) < size:
+            out.put(None)
+            return
+        out.put(np.frombuffer(data, dtype=np.uint8).reshape(shape))
+
+
+_PTS = re.compile(rb"\] n:\s*\d+ pts:\s*-?\d+ pts_time:(-?[0-9.eE+-]+)")
+
+
+def _read_times(pipe, out: Queue, log: deque) -> None:
+    for line in pipe:
+        match = _PTS.search(line)
+        if match:
+            out.put(float(match.group(1)))
+        else:
+            log.append(line.decode(errors="replace").strip())
+    out.put(None)
+
+
+class _FrameChooser:
+    """Streams decoded frames through the shot detector and picks the frames to keep."""
+
+    def __init__(self, detection: ShotDetection, sink: FrameSink | None, chunk: int):
+        self.detector = detection.build()
+        self.sink, self.chunk = sink, chunk
+        self.lag = getattr(self.detector, "event_buffer_length", 0) + 2
+        self.cuts: list[int] = []                     # frame indices that start a new shot
+        self.pending: deque = deque()                 # (index, t, clip) of seconds not yet decided
+        self.candidates: dict[int, tuple[int, float, np.ndarray]] = {}  # shot -> (length, t, clip)
+        self.covered: set[int] = set()                # shots that have a frame
+        self.chosen: list[Frame] = []
+        self.batch: list[tuple[np.ndarray, Frame]] = []
+        self.index = -1
+
+    def add(self, t: float, small: np.ndarray, clip: np.ndarray) -> None:
+        from scenedetect import FrameTimecode
+
+        self.index += 1
+        cuts = self.detector.process_frame(FrameTimecode(self.index, 30.0), small[:, :, ::-1])  # BGR, as OpenCV reads
+        self.cuts.extend(int(c.frame_num) if hasattr(c, "frame_num") else int(c) for c in cuts)
+        self.pending.append((self.index, t, clip))
+        self._decide(final_index=self.index - self.lag)
+
+    def finish(self) -> tuple[list[Frame], list[int]]:
+        from scenedetect import FrameTimecode
+
+        if hasattr(self.detector, "post_process"):
+            tail = self.detector.post_process(FrameTimecode(self.index, 30.0))
+            self.cuts.extend(int(c.frame_num) if hasattr(c, "frame_num") else int(c) for c in tail or [])
+        self.cuts = sorted(set(c for c in self.cuts if 0 < c <= self.index))
+        self._decide(final_index=self.index)
+        for shot in sorted(self.candidates):          # short shots no second chose
+            self._keep(shot, "shot", *self.candidates[shot][1:])
+        self._flush()
+        self.chosen.sort(key=lambda f: f.t)
+        return self.chosen, self.cuts
+
+    def _shot_of(self, index: int) -> int:
+        return sum(c <= index for c in self.cuts)
+
+    def _decide(self, final_index: int) -> None:
+        """Choose frames for every second that is complete and whose cuts are all known."""
+        while self.pending:
+            second = math.floor(self.pending[0][1])
+            frames = [f for f in itertools.takewhile(lambda f: math.floor(f[1]) == second, self.pending)]
+            still_growing = len(frames) == len(self.pending) and final_index < self.index
+            if still_growing or frames[-1][0] > final_index:
+                return
+            for _ in frames:
+                self.pending.popleft()
+            runs: list[tuple[int, list]] = []              # stretches of one shot within the second
+            for f in frames:
+                shot = self._shot_of(f[0])
+                if runs and runs[-1][0] == shot:
+                    runs[-1][1].append(f)
+                else:
+                    runs.append((shot, [f]))
+            longest = max(range(len(runs)), key=lambda r: len(runs[r][1]))
+            for r, (shot, run) in enumerate(runs):
+                _, t, clip = run[len(run) // 2]
+                if r == longest:
+                    self._keep(shot, "second", t, clip)
+                elif shot not in self.covered and len(run) > self.candidates.get(shot, (0,))[0]:
+                    self.candidates[shot] = (len(run), t, clip)
+            last_shot = self._shot_of(frames[-1][0])
+            for shot in [s for s in self.candidates if s < last_shot]:  # ended without a frame of its own
+                self._keep(shot, "shot", *self.candidates[shot][1:])
+
+    def _keep(self, shot: int, kind: str, t: float, clip: np.ndarray) -> None:
+        self.covered.add(shot)
+        self.candidates.pop(shot, None)
+        frame = Frame(t=t, shot=shot, kind=kind)
+        self.chosen.append(frame)
+        self.batch.append((clip, frame))
+        if len(self.batch) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.batch and self.sink is not None:
+            self.sink(np.stack([c for c, _ in self.batch]), [f for _, f in self.batch])
+        self.batch = []

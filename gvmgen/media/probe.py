@@ -1,0 +1,83 @@
+"""What a media file holds, from ffprobe: streams, timing, orientation and pixel shape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+
+class MediaError(ValueError):
+    """A file that cannot be used as a video, with the file and the cause in the message."""
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found on PATH; install ffmpeg (Debian: apt-get install ffmpeg)")
+    return path
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    duration: float              # seconds of picture
+    start: float                 # the video stream's first timestamp, seconds
+    width: int                   # as displayed: rotation and pixel aspect applied
+    height: int
+    rotation: int                # degrees the picture is turned for display (0, 90, 180, 270)
+    sar: str                     # sample (pixel) aspect ratio, "1:1" for square pixels
+    nominal_fps: float           # the container's average rate; exact times come from the frames
+    codec: str
+    audio_streams: int
+    streams: list[dict] = field(default_factory=list)  # every stream: index, type, codec
+
+
+def _fraction(text: str | None) -> Fraction | None:
+    """"16:11" or "30000/1001" -> a Fraction; None for "0:1", "0/0" or nothing."""
+    try:
+        num, den = (text or "").replace("/", ":").split(":")
+        return Fraction(int(num), int(den)) if int(num) > 0 and int(den) > 0 else None
+    except ValueError:
+        return None
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return int(round(-float(side["rotation"]))) % 360  # display matrix: counter-clockwise
+    return int(stream.get("tags", {}).get("rotate", 0)) % 360
+
+
+def probe(path: Path) -> VideoInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file")
+    cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1]
+        raise MediaError(f"{path}: not a readable media file ({cause})")
+    data = json.loads(result.stdout)
+    streams = data.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
+    if not video:
+        raise MediaError(f"{path}: has no video stream")
+    v, fmt = video[0], data.get("format", {})
+    duration = float(v.get("duration") or fmt.get("duration") or 0)
+    if duration <= 0:
+        raise MediaError(f"{path}: the video stream has no duration")
+    rotation = _rotation(v)
+    sar = _fraction(v.get("sample_aspect_ratio")) or Fraction(1)
+    width, height = round(int(v["width"]) * sar), int(v["height"])
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(
+        path=path, duration=duration, start=float(v.get("start_time") or 0), width=width, height=height,
+        rotation=rotation, sar=f"{sar.numerator}:{sar.denominator}", nominal_fps=float(_fraction(v.get("avg_frame_rate")) or 0),
+        codec=v.get("codec_name", "?"), audio_streams=sum(s.get("codec_type") == "audio" for s in streams),
+        streams=[{"index": s["index"], "type": s.get("codec_type"), "codec": s.get("codec_name")} for s in streams],
+    )

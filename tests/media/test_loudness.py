@@ -1,0 +1,51 @@
+"""Loudness to target and true peak under the ceiling, checked by an independent meter (ffmpeg ebur128)."""
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+from gvmgen.media.audio import write_wav
+from gvmgen.media.loudness import EBU_R128, STREAMING, normalise
+
+SR = 32000
+
+
+def _ebur128(path):
+    log = subprocess.run(["ffmpeg", "-nostats", "-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"],
+                         capture_output=True, text=True).stderr
+    summary = log[log.rindex("Summary:"):]
+    integrated = float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
+    peak = float(re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1))
+    return integrated, peak
+
+
+def _decoded(fixtures, name):
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(fixtures / "music" / name), "-ac", "1", "-ar", str(SR),
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(pcm, np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("target", [STREAMING, EBU_R128])
+def test_real_music_reaches_the_target_under_the_ceiling(fixtures, tmp_path, target):
+    music = _decoded(fixtures, "bach.mp3") * 4.0          # far too loud, clipping-prone
+    out, report = normalise(music, SR, target_lufs=target, ceiling_dbtp=-1.0)
+    write_wav(tmp_path / "out.wav", out, SR)
+    integrated, peak = _ebur128(tmp_path / "out.wav")
+    assert abs(integrated - target) <= 0.5
+    assert peak <= -1.0 + 0.1                                # ebur128 reads 0.1 dB steps
+    assert abs(report.output_lufs - target) <= 0.5
+
+
+def test_dense_loud_noise_is_limited_without_missing_the_target(tmp_path):
+    noise = np.random.default_rng(0).normal(0, 0.5, 20 * SR)
+    out, _ = normalise(noise, SR)
+    write_wav(tmp_path / "out.wav", out, SR)
+    integrated, peak = _ebur128(tmp_path / "out.wav")
+    assert abs(integrated - STREAMING) <= 0.5 and peak <= -0.9
+
+
+def test_silence_stays_silent():
+    out, report = normalise(np.zeros(SR * 3), SR)
+    assert not np.any(out) and report.gain_db == 0.0
