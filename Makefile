@@ -14,6 +14,7 @@ test-fast: .venv/.installed
 	.venv/bin/python -m pytest -q -m "not slow"
 
 bench: .venv/.installed
+	.venv/bin/python bench/extraction.py
 	.venv/bin/python bench/generation.py
 
 bench-gpu: .venv/.installed

@@ -13,6 +13,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", no_args_is_help=True)
 weights_app = typer.Typer(help="Pretrained weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+db_app = typer.Typer(help="The metadata database (SQLite under GVMGEN_HOME, or GVMGEN_DATABASE_URL).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 
 
@@ -117,6 +120,22 @@ def weights_fetch(name: Preset = typer.Argument(..., help="Which pretrained pres
 
     for path in fetch_weights(name.value):
         console.print(f"fetched {path}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="The revision to migrate to.")):
+    """Apply the schema migrations (the embedded SQLite database is also migrated on first use)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.db import database_url, upgrade
+
+    try:
+        upgrade(database_url(), revision)
+    except SQLAlchemyError as e:  # the message names the server, never the password
+        console.print(f"[red]error:[/red] database unreachable or refused the migration: {e.__class__.__name__}: "
+                      f"{str(e.orig if hasattr(e, 'orig') else e).splitlines()[0]}")
+        raise typer.Exit(2)
+    console.print(f"database at revision {revision}")
 
 
 def main():

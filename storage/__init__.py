@@ -1,0 +1,1 @@
+"""Where catalogs live (object stores) and what is known about them (SQL)."""

@@ -1,0 +1,129 @@
+"""The SQL schema: catalogs, videos, shots, runs, jobs (leases), outputs, errors, model versions.
+
+A video's result is keyed by (content hash or ETag, model version, generation settings hash): a
+catalog rerun finds it done and skips it, and a changed file (new hash) is scored again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Catalog(Base):
+    __tablename__ = "catalogs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    source_uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    videos: Mapped[list[Video]] = relationship(back_populates="catalog")
+
+
+class Video(Base):
+    __tablename__ = "videos"
+    __table_args__ = (UniqueConstraint("catalog_id", "key"), Index("ix_videos_content_hash", "content_hash"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    catalog_id: Mapped[int] = mapped_column(ForeignKey("catalogs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(Text)                       # below the catalog's source
+    source_uri: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(160))       # "sha256:..." or "etag:..."
+    size: Mapped[int] = mapped_column(Integer)
+    modified_at: Mapped[datetime | None] = mapped_column(DateTime)
+    duration: Mapped[float | None] = mapped_column(Float)        # probe facts, once probed
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    fps: Mapped[float | None] = mapped_column(Float)
+    rotation: Mapped[int | None] = mapped_column(Integer)
+    audio_streams: Mapped[int | None] = mapped_column(Integer)
+    probed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    catalog: Mapped[Catalog] = relationship(back_populates="videos")
+    shots: Mapped[list[Shot]] = relationship(cascade="all, delete-orphan", order_by="Shot.index")
+
+
+class Shot(Base):
+    __tablename__ = "shots"
+    __table_args__ = (UniqueConstraint("video_id", "content_hash", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(160))
+    index: Mapped[int] = mapped_column(Integer)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    base: Mapped[str | None] = mapped_column(String(255))
+    checkpoint_uri: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_catalog_started", "catalog_id", "started_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    catalog_id: Mapped[int] = mapped_column(ForeignKey("catalogs.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    settings_hash: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, completed, failed
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    scored: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Job(Base):
+    """One video to score with one model and settings; its lease keeps two workers off it."""
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("content_hash", "model_version_id", "settings_hash"),
+                      Index("ix_jobs_status_lease", "status", "lease_expires_at"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(160))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    settings_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Output(Base):
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("content_hash", "model_version_id", "settings_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(160))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    settings_hash: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    video_uri: Mapped[str] = mapped_column(Text)
+    track_uri: Mapped[str] = mapped_column(Text)
+    report_uri: Mapped[str | None] = mapped_column(Text)
+    loudness_lufs: Mapped[float | None] = mapped_column(Float)
+    true_peak_dbtp: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class VideoError(Base):
+    __tablename__ = "video_errors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    cause: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -1,0 +1,193 @@
+"""Object stores behind one small interface: a local folder (the embedded default) and S3.
+
+URIs: `s3://bucket/prefix`, `file:///path`, or a plain path. Keys are relative, '/'-separated paths
+below the store's root; a key that could reach outside it (`..`, an absolute path) is refused.
+Uploads appear atomically: local files are written under a temporary name and renamed, and S3
+objects only exist once their (multipart) upload completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+from urllib.parse import urlparse
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
+
+
+class UnsafeKey(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str | None          # S3's ETag; None for local files (hash them with content_hash)
+    modified: datetime
+
+
+def safe_key(key: str) -> str:
+    """A normalised relative key, or UnsafeKey if it could land outside the store's root."""
+    if not key or "\\" in key or "\0" in key:
+        raise UnsafeKey(f"object key {key!r} is empty or holds a backslash or NUL")
+    path = PurePosixPath(key)
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafeKey(f"object key {key!r} would land outside the store (absolute, or '..')")
+    return str(path)
+
+
+class LocalStore:
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root})"
+
+    def uri(self, key: str) -> str:
+        return self.path(key).as_uri()
+
+    def path(self, key: str) -> Path:
+        path = (self.root / safe_key(key)).resolve()
+        if not path.is_relative_to(self.root):  # a symlink pointing out
+            raise UnsafeKey(f"object key {key!r} resolves outside {self.root}")
+        return path
+
+    def list(self, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Iterator[ObjectInfo]:
+        """Every file below the root with one of `extensions`, recursively, in a stable order."""
+        stack = [self.root]
+        while stack:
+            folder = stack.pop()
+            with os.scandir(folder) as entries:
+                for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file() and entry.name.lower().endswith(extensions) and not entry.name.startswith("."):
+                        st = entry.stat()
+                        yield ObjectInfo(Path(entry.path).relative_to(self.root).as_posix(), st.st_size, None,
+                                         datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def content_hash(self, key: str) -> str:
+        digest = hashlib.sha256()
+        with open(self.path(key), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def download(self, key: str, workdir: Path) -> Path:
+        """A local file holding the object: for a local store, the file itself."""
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(key)}: no such object")
+        return path
+
+    def upload(self, source: Path, key: str) -> str:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.uri(key)
+
+
+class S3Store:
+    """An S3 bucket and prefix. Endpoint, region and credentials come from the standard AWS chain
+    (environment, profile, instance role; AWS_ENDPOINT_URL for S3-compatible services) unless given."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
+                 multipart_mb: int = 16):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"}, connect_timeout=10, read_timeout=60)
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=retries)
+        self.transfer = TransferConfig(multipart_threshold=multipart_mb << 20, multipart_chunksize=multipart_mb << 20)
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"S3Store(s3://{self.bucket}/{self.prefix})"
+
+    def _key(self, key: str) -> str:
+        key = safe_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def list(self, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Iterator[ObjectInfo]:
+        """Page by page (1000 keys at a time): memory does not grow with the size of the library."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(start):]
+                if key.lower().endswith(extensions) and not PurePosixPath(key).name.startswith("."):
+                    yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"])
+
+    def content_hash(self, key: str) -> str:
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return "etag:" + head["ETag"].strip('"')
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def download(self, key: str, workdir: Path) -> Path:
+        """Streams the object to a file below `workdir` (written, then renamed) and returns it."""
+        workdir = Path(workdir).resolve()
+        target = (workdir / safe_key(key)).resolve()
+        if not target.is_relative_to(workdir):
+            raise UnsafeKey(f"object key {key!r} resolves outside {workdir}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def upload(self, source: Path, key: str) -> str:
+        self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer)
+        return self.uri(key)
+
+
+Store = LocalStore | S3Store
+
+
+def open_store(uri: str | Path) -> Store:
+    """`s3://bucket/prefix`, `file:///path` or a plain path."""
+    text = str(uri)
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"{text}: an S3 URI needs a bucket (s3://bucket/prefix)")
+        return S3Store(parsed.netloc, parsed.path.lstrip("/"))
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return LocalStore(Path(text))
+    raise ValueError(f"{text}: unsupported storage URI (use s3://bucket/prefix, file:///path or a path)")

@@ -1,0 +1,161 @@
+"""Data access for the flows and the CLI: one function for each thing they record or ask."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from .models import Catalog, Job, ModelVersion, Output, Run, Shot, Video, VideoError
+from .objects import ObjectInfo
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored naive, always UTC
+
+
+def settings_hash(settings: dict) -> str:
+    """What makes two results interchangeable: the generation settings, canonically hashed."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def catalog(session: Session, name: str, source_uri: str) -> Catalog:
+    found = session.scalar(select(Catalog).where(Catalog.name == name))
+    if found is None:
+        found = Catalog(name=name, source_uri=source_uri, created_at=utcnow())
+        session.add(found)
+        session.commit()
+    return found
+
+
+def model_version(session: Session, name: str, checkpoint_uri: str, base: str | None = None,
+                  metrics: dict | None = None) -> ModelVersion:
+    found = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+    if found is None:
+        found = ModelVersion(name=name, base=base, checkpoint_uri=checkpoint_uri, metrics=metrics or {},
+                             created_at=utcnow())
+        session.add(found)
+        session.commit()
+    return found
+
+
+def register_video(session: Session, cat: Catalog, obj: ObjectInfo, uri: str, content_hash: str) -> tuple[Video, bool]:
+    """Insert a new video or refresh a changed one; returns (video, whether it is new or changed)."""
+    video = session.scalar(select(Video).where(Video.catalog_id == cat.id, Video.key == obj.key))
+    modified = obj.modified.astimezone(timezone.utc).replace(tzinfo=None) if obj.modified else None
+    if video is None:
+        video = Video(catalog_id=cat.id, key=obj.key, source_uri=uri, content_hash=content_hash,
+                      size=obj.size, modified_at=modified)
+        session.add(video)
+        session.commit()
+        return video, True
+    changed = video.content_hash != content_hash
+    if changed:
+        video.content_hash, video.size, video.modified_at, video.probed_at = content_hash, obj.size, modified, None
+        session.commit()
+    return video, changed
+
+
+def record_probe(session: Session, video: Video, *, duration: float, width: int, height: int, fps: float,
+                 rotation: int, audio_streams: int, shots: list[tuple[float, float]]) -> None:
+    video.duration, video.width, video.height, video.fps = duration, width, height, fps
+    video.rotation, video.audio_streams, video.probed_at = rotation, audio_streams, utcnow()
+    session.query(Shot).filter(Shot.video_id == video.id, Shot.content_hash == video.content_hash).delete()
+    session.add_all(Shot(video_id=video.id, content_hash=video.content_hash, index=i, start=a, end=b)
+                    for i, (a, b) in enumerate(shots))
+    session.commit()
+
+
+def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dict, parameters: dict,
+              flow_run_id: str | None = None) -> Run:
+    run = Run(catalog_id=cat.id, model_version_id=model.id, settings_hash=settings_hash(settings),
+              parameters=parameters, flow_run_id=flow_run_id, status="running", started_at=utcnow())
+    session.add(run)
+    session.commit()
+    return run
+
+
+def finish_run(session: Session, run: Run, status: str, scored: int, skipped: int, failed: int) -> None:
+    run.status, run.finished_at, run.scored, run.skipped, run.failed = status, utcnow(), scored, skipped, failed
+    session.commit()
+
+
+def _job(session: Session, video: Video, model_id: int, key: str) -> Job:
+    where = (Job.content_hash == video.content_hash, Job.model_version_id == model_id, Job.settings_hash == key)
+    job = session.scalar(select(Job).where(*where))
+    if job is None:
+        try:
+            with session.begin_nested():
+                session.add(Job(video_id=video.id, content_hash=video.content_hash, model_version_id=model_id,
+                                settings_hash=key, status="pending"))
+        except Exception:  # another worker inserted it first: the unique key holds
+            pass
+        session.commit()
+        job = session.scalar(select(Job).where(*where))
+    return job
+
+
+def claim(session: Session, video: Video, model: ModelVersion, key: str, owner: str, lease_s: float = 900,
+          retry_failed: bool = False) -> Job | None:
+    """Take the lease on scoring `video` with `model` and settings `key`, or None if it is done, or
+    failed (unless retry_failed), or leased by a worker whose lease has not expired.
+
+    One UPDATE with the conditions in its WHERE clause: atomic on SQLite and PostgreSQL alike, so of
+    two workers racing for a video exactly one gets it.
+    """
+    job = _job(session, video, model.id, key)
+    now = utcnow()
+    statuses = ("pending", "failed") if retry_failed else ("pending",)
+    taken = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(statuses), or_(Job.owner.is_(None), Job.lease_expires_at < now))
+        .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_s), attempts=Job.attempts + 1,
+                status="pending", video_id=video.id)
+    ).rowcount
+    session.commit()
+    if not taken:
+        return None
+    session.refresh(job)
+    return job
+
+
+def renew(session: Session, job: Job, owner: str, lease_s: float = 900) -> bool:
+    """Extend a lease we still hold (long videos); False if it expired and someone else took it."""
+    ok = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
+                         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))).rowcount
+    session.commit()
+    return bool(ok)
+
+
+def release(session: Session, job: Job, owner: str, status: str) -> None:
+    """End our lease: status 'done', 'failed', or 'pending' (to be taken again)."""
+    session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
+                    .values(owner=None, lease_expires_at=None, status=status))
+    session.commit()
+
+
+def done(session: Session, video: Video, model: ModelVersion, key: str) -> Output | None:
+    return session.scalar(select(Output).where(Output.content_hash == video.content_hash,
+                                               Output.model_version_id == model.id, Output.settings_hash == key))
+
+
+def record_output(session: Session, video: Video, model: ModelVersion, run: Run | None, settings: dict, *,
+                  video_uri: str, track_uri: str, report_uri: str | None = None, loudness_lufs: float | None = None,
+                  true_peak_dbtp: float | None = None, seed: int | None = None) -> Output:
+    output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
+                    model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
+                    video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
+                    true_peak_dbtp=true_peak_dbtp, created_at=utcnow())
+    session.add(output)
+    session.commit()
+    return output
+
+
+def record_error(session: Session, video: Video, run: Run | None, stage: str, cause: str) -> VideoError:
+    error = VideoError(video_id=video.id, run_id=run.id if run else None, stage=stage, cause=cause, created_at=utcnow())
+    session.add(error)
+    session.commit()
+    return error

@@ -1,0 +1,120 @@
+"""Schema, migrations, idempotency and leases against SQLite and a real PostgreSQL server."""
+
+import multiprocessing
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, update
+from sqlalchemy.orm import sessionmaker
+
+from storage import repository as repo
+from storage.db import connect, downgrade, make_engine, upgrade
+from storage.models import Base, Job
+from storage.objects import ObjectInfo
+
+TABLES = {"catalogs", "videos", "shots", "model_versions", "runs", "jobs", "outputs", "video_errors"}
+
+
+def _session(url):
+    upgrade(url)
+    return sessionmaker(make_engine(url), expire_on_commit=False)()
+
+
+def _videos(session, n):
+    cat = repo.catalog(session, "library", "file:///library")
+    now = datetime.now(timezone.utc)
+    return [repo.register_video(session, cat, ObjectInfo(f"v{i}.mp4", 10 + i, None, now), f"file:///library/v{i}.mp4",
+                                f"sha256:{i:064d}")[0] for i in range(n)]
+
+
+def test_migrations_go_up_down_and_up_again(database_url):
+    upgrade(database_url)
+    assert TABLES <= set(inspect(make_engine(database_url)).get_table_names())
+    downgrade(database_url)
+    assert not TABLES & set(inspect(make_engine(database_url)).get_table_names())
+    upgrade(database_url)
+    assert TABLES <= set(inspect(make_engine(database_url)).get_table_names())
+
+
+def test_models_and_migrations_agree(database_url):
+    upgrade(database_url)
+    with make_engine(database_url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_a_fresh_embedded_database_is_created_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("GVMGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GVMGEN_DATABASE_URL", raising=False)
+    with connect()() as session:
+        assert repo.catalog(session, "c", "file:///c").id == 1
+    assert (tmp_path / "home" / "gvmgen.db").is_file()
+
+
+def test_a_changed_file_is_a_new_video_to_score(database_url):
+    session = _session(database_url)
+    cat = repo.catalog(session, "library", "s3://b/library")
+    info = ObjectInfo("a.mp4", 5, "e1", datetime.now(timezone.utc))
+    video, new = repo.register_video(session, cat, info, "s3://b/library/a.mp4", "etag:e1")
+    assert new
+    assert repo.register_video(session, cat, info, "s3://b/library/a.mp4", "etag:e1") == (video, False)
+    again, changed = repo.register_video(session, cat, info, "s3://b/library/a.mp4", "etag:e2")
+    assert changed and again.id == video.id and again.content_hash == "etag:e2"
+
+
+def test_done_work_is_not_done_again(database_url):
+    session = _session(database_url)
+    (video,) = _videos(session, 1)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    settings = {"stitch": "continue", "seed": 0}
+    key = repo.settings_hash(settings)
+    job = repo.claim(session, video, model, key, owner="w1")
+    repo.record_output(session, video, model, None, settings, video_uri="file:///o/v0.mp4", track_uri="file:///o/v0.wav")
+    repo.release(session, job, "w1", "done")
+    assert repo.done(session, video, model, key) is not None
+    assert repo.claim(session, video, model, key, owner="w2") is None
+    assert repo.claim(session, video, model, repo.settings_hash({**settings, "seed": 1}), owner="w2") is not None
+
+
+def test_failed_work_waits_for_an_explicit_retry(database_url):
+    session = _session(database_url)
+    (video,) = _videos(session, 1)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    job = repo.claim(session, video, model, "k", owner="w1")
+    repo.record_error(session, video, None, "probe", "not a video")
+    repo.release(session, job, "w1", "failed")
+    assert repo.claim(session, video, model, "k", owner="w2") is None
+    assert repo.claim(session, video, model, "k", owner="w2", retry_failed=True) is not None
+
+
+def test_an_expired_lease_is_taken_again(database_url):
+    session = _session(database_url)
+    (video,) = _videos(session, 1)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    job = repo.claim(session, video, model, "k", owner="crashed-worker", lease_s=600)
+    assert repo.claim(session, video, model, "k", owner="w2") is None       # still leased
+    session.execute(update(Job).where(Job.id == job.id)
+                    .values(lease_expires_at=repo.utcnow() - timedelta(seconds=1)))  # the crash, 10 min on
+    session.commit()
+    taken = repo.claim(session, video, model, "k", owner="w2")
+    assert taken is not None and taken.owner == "w2" and taken.attempts == 2
+    assert not repo.renew(session, job, "crashed-worker")                    # the old holder lost it
+
+
+def _claim_all(url, owner, n):
+    session = sessionmaker(make_engine(url), expire_on_commit=False)()
+    videos = _videos(session, n)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    return [v.key for v in videos if repo.claim(session, v, model, "k", owner=owner) is not None]
+
+
+def test_two_processes_claiming_the_same_videos_get_each_once(database_url):
+    upgrade(database_url)
+    session = _session(database_url)
+    _videos(session, 40)
+    repo.model_version(session, "tiny", "preset:tiny")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        a, b = pool.starmap(_claim_all, [(database_url, "w1", 40), (database_url, "w2", 40)])
+    assert not set(a) & set(b)
+    assert sorted(a + b) == sorted(f"v{i}.mp4" for i in range(40))
