@@ -112,7 +112,10 @@ class MusicGenerator:
         self.device = next(model.lm.parameters()).device
         self.dtype = next(model.lm.parameters()).dtype
         self.generator = torch.Generator(self.device)
-        self.generator.manual_seed(s.seed if s.seed is not None else torch.seed())
+        if s.seed is None:
+            self.generator.seed()  # non-deterministic, and leaves torch's global generator alone
+        else:
+            self.generator.manual_seed(s.seed)
 
     # ---- planning ----------------------------------------------------------------------------------
     def plan(self, video: VisualTokens) -> list[Window]:

@@ -1,7 +1,11 @@
-"""Score one video: the single path that the CLI and the flows both take.
+"""Score videos: the single path that the CLI and the flows both take, in three stages.
 
-    video file -> probe -> shots + 1 fps frames (one decode) -> visual tokens -> windows of music
-    tokens -> audio -> stitched, loudness-normalised track (WAV) -> muxed video
+    prepare (media, CPU):  video file -> probe -> shots + 1 fps frames (one decode) -> visual tokens
+    compose (model, GPU):  visual tokens of one or more videos -> windows of music tokens -> audio
+    finish  (media, CPU):  stitched track -> loudness-normalised WAV -> muxed video
+
+A catalog run overlaps them: the next videos are prepared while the model composes, and the windows
+of videos prepared together share the model's batches.
 """
 
 from __future__ import annotations
@@ -57,20 +61,53 @@ def visual_tokens(model: GVMGen, video: Path, detection: ShotDetection | None = 
     return tokens, analysis
 
 
+@dataclass
+class PreparedVideo:
+    """A video ready for the model: its tokens and what the media stage learnt of it."""
+    path: Path
+    tokens: VisualTokens
+    analysis: Analysis
+
+
+@dataclass
+class FinishedTrack:
+    video: Path
+    track: Path
+    loudness: LoudnessReport
+
+
+def prepare(model: GVMGen, video: Path, settings: ScoreSettings) -> PreparedVideo:
+    """The media stage: probe, shots, frames and visual tokens (CPU work, and CLIP)."""
+    tokens, analysis = visual_tokens(model, Path(video), settings.detection)
+    return PreparedVideo(Path(video), tokens, analysis)
+
+
+def compose(model: GVMGen, videos: list[PreparedVideo], settings: ScoreSettings,
+            progress: Callable[[int, int], None] | None = None) -> list:
+    """The model stage: music for several videos at once, their windows sharing batches."""
+    return MusicGenerator(model, settings.generation).generate([v.tokens for v in videos], progress=progress)
+
+
+def finish(video: PreparedVideo, track, sample_rate: int, out: Path, settings: ScoreSettings) -> FinishedTrack:
+    """Normalise, write the track beside `out` as .wav, and mux it into `out` (both atomically)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    track, loudness = normalise(track, sample_rate, settings.target_lufs, settings.ceiling_dbtp)
+    wav = out.with_suffix(".wav")
+    tmp = wav.with_name(f".{wav.stem}.partial.wav")
+    write_wav(tmp, track, sample_rate)
+    tmp.replace(wav)
+    mux(video.analysis.info, wav, out, settings.mux_mode, settings.duck_db)
+    return FinishedTrack(out, wav, loudness)
+
+
 def score_video(model: GVMGen, video: Path, out: Path, settings: ScoreSettings | None = None,
                 progress: Callable[[int, int], None] | None = None) -> ScoredVideo:
     """Write `out` (the video with the music muxed in) and the track beside it as `out`.wav."""
     settings = settings or ScoreSettings()
-    video, out = Path(video), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tokens, analysis = visual_tokens(model, video, settings.detection)
-    generator = MusicGenerator(model, settings.generation)
-    track = generator.generate([tokens], progress=progress)[0]
-    track, loudness = normalise(track, model.config.sample_rate, settings.target_lufs, settings.ceiling_dbtp)
-    wav = out.with_suffix(".wav")
-    tmp = wav.with_name(f".{wav.stem}.partial.wav")
-    write_wav(tmp, track, model.config.sample_rate)
-    tmp.replace(wav)
-    mux(analysis.info, wav, out, settings.mux_mode, settings.duck_db)
-    return ScoredVideo(out, wav, analysis.info.duration, len(analysis.shots), len(analysis.frames),
-                       len(generator.plan(tokens)), loudness)
+    prepared = prepare(model, video, settings)
+    (track,) = compose(model, [prepared], settings, progress)
+    done = finish(prepared, track, model.config.sample_rate, out, settings)
+    windows = len(MusicGenerator(model, settings.generation).plan(prepared.tokens))
+    return ScoredVideo(done.video, done.track, prepared.analysis.info.duration, len(prepared.analysis.shots),
+                       len(prepared.analysis.frames), windows, done.loudness)

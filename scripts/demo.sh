@@ -26,4 +26,4 @@ for video in "$catalog"/*.mp4; do
 done
 echo
 echo "Scored videos and their music tracks are in $scored"
-echo "(tiny preset: untrained weights, so the music is noise; see README 'Real weights')."
+echo "(tiny preset: untrained weights, so the music is noise; see README, 'Models and real weights')."
