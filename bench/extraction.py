@@ -3,8 +3,8 @@
     python bench/extraction.py [--seconds 60]
 
 1. A 60-s 1080p30 H.264 video with six shots (made here with ffmpeg's lavfi sources).
-2. Wall time of `ffmpeg -i X -f null -` (the bare decode), of our single-pass analyse(), and of the
-   naive two-pass way (PySceneDetect's detect(), then ffmpeg fps=1 for the frames), in one run.
+2. Wall time (median of 3) of `ffmpeg -i X -f null -` (the bare decode), of our single-pass analyse(),
+   and of the naive two-pass way (PySceneDetect's detect(), then ffmpeg fps=1 for the frames), in one run.
 3. Peak RSS of analyse() on a 2-minute and a 2-hour video of the same (low) resolution.
 """
 
@@ -32,10 +32,14 @@ def make_video(path: Path, seconds: float, size: str, rate: int) -> Path:
     return path
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+def timed(fn, repeats: int = 3) -> float:
+    """The median wall time of `repeats` runs."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def bare_decode(path: Path) -> None:
