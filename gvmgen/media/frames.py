@@ -35,7 +35,7 @@ import numpy as np
 from .probe import MediaError, VideoInfo, probe, tool
 
 DETECTION_WIDTH = 128      # half PySceneDetect's 256: the known cuts still land on their frames, at a quarter of the CPU
-CANDIDATE_SPACING_S = 0.25  # CLIP-sized candidates: a shot of PySceneDetect's minimum length holds one
+CANDIDATE_SPACING_S = 1 / 3  # CLIP-sized candidates: a shot of PySceneDetect's minimum length (0.5 s at 30 fps) holds one
 
 
 @dataclass
@@ -107,7 +107,7 @@ def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
 
 
 class _DecodedFrames:
-    """Iterates (t, detection frame) from one ffmpeg decode and hands out the CLIP-sized candidates on
+    """Iterates (t, BGR detection frame) from one ffmpeg decode and hands out the CLIP-sized candidates on
     request; ffmpeg's three outputs (two raw video pipes and the timestamp log) are read on threads."""
 
     def __init__(self, info: VideoInfo, size: int):
@@ -117,21 +117,20 @@ class _DecodedFrames:
         self.candidates_done = False
         w, h = info.width, info.height  # as displayed
         self.small_shape = (max(2, 2 * round(DETECTION_WIDTH * h / w / 2)), DETECTION_WIDTH, 3)
-        cw, ch = ((max(size, 2 * math.ceil(size * w / h / 2)), size) if w >= h
-                  else (size, max(size, 2 * math.ceil(size * h / w / 2))))
         s = f"{info.start:.6f}"
         pick = (f"isnan(prev_selected_t)+gte(t-prev_selected_t\\,{CANDIDATE_SPACING_S})"
                 f"+gt(floor(t-{s})\\,floor(prev_selected_t-{s}))")
         self.graph = (f"[0:v:0]showinfo@all=checksum=0,split=2[d][c];"
                       f"[d]scale={self.small_shape[1]}:{self.small_shape[0]}:flags=neighbor,setsar=1[small];"
                       f"[c]select='{pick}',showinfo@candidate=checksum=0,"
-                      f"scale={cw}:{ch}:flags=bicubic,setsar=1,crop={size}:{size}[clip]")
+                      # the centre square as displayed (pixel aspect applied), cropped before scaling
+                      f"crop=w='min(iw\\,ih/sar)':h='min(ih\\,iw*sar)',scale={size}:{size}:flags=area,setsar=1[clip]")
 
     def __iter__(self):
         read_fd, write_fd = os.pipe()
         cmd = [tool("ffmpeg"), "-hide_banner", "-nostats", "-loglevel", "info", "-i", str(self.info.path),
                "-filter_complex", self.graph,
-               "-map", "[small]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+               "-map", "[small]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
                "-map", "[clip]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", f"pipe:{write_fd}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,))
         os.close(write_fd)
@@ -182,7 +181,7 @@ class _DecodedFrames:
         h, w = small.shape[:2]
         side = min(h, w)
         square = small[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-        return cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_CUBIC)
+        return cv2.resize(square[:, :, ::-1], (self.size, self.size), interpolation=cv2.INTER_CUBIC)  # BGR -> RGB
 
 
 def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
@@ -228,7 +227,7 @@ class _FrameChooser:
         from scenedetect import FrameTimecode
 
         self.index += 1
-        cuts = self.detector.process_frame(FrameTimecode(self.index, 30.0), small[:, :, ::-1])  # BGR, as OpenCV reads
+        cuts = self.detector.process_frame(FrameTimecode(self.index, 30.0), small)  # BGR, as OpenCV decodes
         self.cuts.extend(c.frame_num for c in cuts)
         self.pending.append((self.index, t, small))
         self._decide(final_index=self.index - self.lag)
