@@ -1,9 +1,9 @@
 """Shots and shot-aware 1 fps frames from a single decode of the video.
 
 One ffmpeg process decodes the file once. Its filter graph (after ffmpeg's own autorotation) logs
-every frame's timestamp and splits the picture in two: every frame, decimated to 256 px wide, for
-PySceneDetect's detector; and a few candidate frames per second (at least every 0.25 s, and the first
-of each second), scaled and centre-cropped for CLIP with square pixels. Scaling only the candidates
+every frame's timestamp and splits the picture in two: every frame, decimated to 128 px wide, for
+PySceneDetect's detector; and a few candidate frames per second (at least every 1/3 s, and the first
+of each second), centre-cropped and scaled for CLIP with square pixels. Scaling only the candidates
 keeps the whole pass close to the cost of the bare decode. Python then chooses:
 
 - one frame for every second of video, from inside that second and from a single shot: the candidate
