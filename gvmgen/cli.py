@@ -87,6 +87,41 @@ def generate(
 
 
 @app.command()
+def score(
+    source: str = typer.Argument(..., help="The library: a folder, file:///path or s3://bucket/prefix."),
+    out: str = typer.Option(..., "--out", help="Where the scored videos and tracks go (folder or s3://...)."),
+    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
+    stitch: Stitch = typer.Option(Stitch.continue_, "--stitch"),
+    seed: int = typer.Option(0, "--seed"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Score every video of a library with the score-catalog flow (Prefect, no server needed).
+
+    Exit status: 0 all scored (or already done), 1 some videos failed, 2 usage or infrastructure error.
+    """
+    import os
+
+    from .home import home
+
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.score_catalog import score_catalog
+
+    try:
+        summary = score_catalog(source, out, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed)
+    except Exception as e:  # the flow itself fails only when storage or the database does
+        console.print(f"[red]error:[/red] the catalog run failed: {type(e).__name__}: {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        console.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped "
+                      f"(done before), {summary['failed']} failed; results in {out}")
+    raise typer.Exit(1 if summary["failed"] else 0)
+
+
+@app.command()
 def inspect(
     video: Path = typer.Argument(..., help="The video to look at."),
     detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),

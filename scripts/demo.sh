@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: makes a small sample catalog with ffmpeg (lavfi, so nothing is downloaded), then scores it
-# with the tiny preset on the embedded defaults. Results land under $GVMGEN_HOME/demo/scored.
+# with the catalog flow and the tiny preset on the embedded defaults. Results land under $GVMGEN_HOME/demo/scored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GVMGEN_HOME=${GVMGEN_HOME:-$PWD/.gvmgen}
@@ -20,10 +20,9 @@ make_clip city-lights 4 "testsrc2=s=640x360:r=25" "mandelbrot=s=640x360:r=25" "l
 make_clip ocean 6 "gradients=s=640x360:r=25:speed=0.02" "cellauto=s=640x360:r=25:rule=110"
 make_clip long-take 40 "testsrc=s=640x360:r=25"
 
-for video in "$catalog"/*.mp4; do
-  name=$(basename "$video" .mp4)
-  .venv/bin/gvmgen generate "$video" -o "$scored/$name.mp4" --model tiny --seed 0
-done
+# The catalog flow (Prefect, no server) on the embedded defaults: the folder above, SQLite under GVMGEN_HOME.
+.venv/bin/gvmgen score "$catalog" --out "$scored" --model tiny --seed 0
 echo
 echo "Scored videos and their music tracks are in $scored"
-echo "(tiny preset: untrained weights, so the music is noise; see README, 'Models and real weights')."
+echo "Run metadata is in $GVMGEN_HOME/gvmgen.db; run 'make demo' again and nothing is scored twice."
+echo "(tiny preset: untrained weights, so the music is noise; see README, 'Models and real weights'.)"

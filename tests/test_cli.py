@@ -45,3 +45,19 @@ def test_inspect_prints_what_the_pipeline_sees(fixtures):
     assert set(report) >= {"duration", "start", "width", "height", "fps", "vfr", "sar", "audio_streams", "shots", "frames"}
     assert [s["start"] for s in report["shots"]] == [0.0, 1.001, 6.006, 13.146]
     assert len(report["frames"]) == 24 and report["frames"][1]["shot"] == 1 and 1.001 <= report["frames"][1]["t"] < 2
+
+
+@pytest.mark.slow
+def test_score_runs_the_catalog_flow_and_exits_1_when_a_video_failed(fixtures, tmp_path):
+    import shutil
+
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
+    (library / "broken.mp4").write_text("not a video")
+    env = {**__import__("os").environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = _gvmgen("score", library, "--out", tmp_path / "scored", "--json", env=env)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["scored"], summary["failed"]) == (1, 1)
+    assert (tmp_path / "scored" / "counter.mp4").is_file()
