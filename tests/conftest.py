@@ -1,4 +1,5 @@
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -31,3 +32,38 @@ def fixtures() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"shared fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function that returns a free TCP port on 127.0.0.1."""
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(free_port):
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing-key-id", AWS_SECRET_ACCESS_KEY="testing-secret-key",
+                      AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+_buckets = iter(range(10_000))
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    import boto3
+
+    name = f"bucket-{next(_buckets)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

@@ -1,10 +1,7 @@
-"""score_catalog on a real Prefect engine, the tiny model and the shared fixtures plus two bad files."""
-
-import shutil
+"""score_catalog on a real Prefect engine, the tiny model and the shared fixtures plus two bad files,
+from a local folder and from a real HTTP S3 endpoint."""
 
 import pytest
-
-pytest.importorskip("prefect")
 
 
 @pytest.fixture(scope="module")
@@ -19,31 +16,53 @@ def prefect_engine(tmp_path_factory):
         yield
 
 
+def _library(fixtures) -> dict[str, bytes]:
+    video = fixtures / "video"
+    data = (video / "testvideo.mp4").read_bytes()
+    return {"counter.mp4": (video / "counter.mp4").read_bytes(),
+            "nested/delayed.mp4": (video / "delayed_start.mp4").read_bytes(),
+            "truncated.mp4": data[: len(data) // 3],
+            "notes.mp4": b"this is not a video"}
+
+
+@pytest.fixture(params=["local", "s3"])
+def places(request, fixtures, tmp_path, monkeypatch):
+    """(source URI, output URI, a function listing the output keys) with the library in place."""
+    files = _library(fixtures)
+    if request.param == "local":
+        for key, data in files.items():
+            (tmp_path / "library" / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "library" / key).write_bytes(data)
+        out = tmp_path / "scored"
+        return str(tmp_path / "library"), str(out), lambda: sorted(
+            p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    import boto3
+
+    endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("bucket")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the standard AWS chain, as in production
+    client = boto3.client("s3", endpoint_url=endpoint)
+    for key, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"library/{key}", Body=data)
+    return f"s3://{bucket}/library", f"s3://{bucket}/scored", lambda: sorted(
+        o["Key"].removeprefix("scored/") for o in client.list_objects_v2(Bucket=bucket, Prefix="scored/").get("Contents", []))
+
+
 @pytest.mark.slow
-def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(prefect_engine, fixtures, tmp_path):
+def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(prefect_engine, places):
     from sqlalchemy import select
 
     from flows.score_catalog import score_catalog
     from storage.db import connect
     from storage.models import Output, VideoError
 
-    library = tmp_path / "library"
-    (library / "nested").mkdir(parents=True)
-    shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
-    shutil.copy(fixtures / "video" / "delayed_start.mp4", library / "nested" / "delayed.mp4")
-    data = (fixtures / "video" / "testvideo.mp4").read_bytes()
-    (library / "truncated.mp4").write_bytes(data[: len(data) // 3])
-    (library / "notes.mp4").write_text("this is not a video")
-    out = tmp_path / "scored"
-
-    first = score_catalog(str(library), str(out), model="tiny")
+    source, output, outputs = places
+    first = score_catalog(source, output, model="tiny")
     assert (first["scored"], first["failed"], first["skipped"]) == (2, 2, 0)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "counter.mp4", "counter.wav", "nested/delayed.mp4", "nested/delayed.wav"]
+    assert outputs() == ["counter.mp4", "counter.wav", "nested/delayed.mp4", "nested/delayed.wav"]
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 2
         causes = {e.cause for e in session.scalars(select(VideoError))}
     assert any("truncated.mp4" in c for c in causes) and any("notes.mp4" in c for c in causes)
 
-    second = score_catalog(str(library), str(out), model="tiny")
+    second = score_catalog(source, output, model="tiny")
     assert (second["scored"], second["failed"], second["skipped"]) == (0, 0, 4)

@@ -1,23 +1,16 @@
-"""Real servers for the storage tests: PostgreSQL (Debian's package, a throwaway cluster) and an S3
-endpoint (moto's ThreadedMotoServer) on 127.0.0.1. CI sets GVMGEN_REQUIRE_POSTGRES=1, so a missing
-PostgreSQL fails there instead of skipping."""
+"""A real PostgreSQL server for the storage tests (Debian's package, a throwaway cluster on 127.0.0.1).
+CI sets GVMGEN_REQUIRE_POSTGRES=1, so a missing PostgreSQL fails there instead of skipping.
+The S3 endpoint fixtures live in tests/conftest.py (the flows use them too)."""
 
 import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str | None:
@@ -26,7 +19,7 @@ def _pg_bin(name: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server():
+def postgres_server(free_port):
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
         if os.environ.get("GVMGEN_REQUIRE_POSTGRES"):
@@ -38,7 +31,7 @@ def postgres_server():
         pw = pwd.getpwnam("postgres")
         os.chown(data, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "gvmgen", "--no-sync"],
                    check=True, capture_output=True)
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
@@ -68,28 +61,3 @@ def database_url(request, tmp_path):
         conn.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
     return f"{server}/{name}"
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(AWS_ACCESS_KEY_ID="testing-key-id", AWS_SECRET_ACCESS_KEY="testing-secret-key",
-                      AWS_DEFAULT_REGION="us-east-1")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-_buckets = iter(range(10_000))
-
-
-@pytest.fixture
-def bucket(s3_endpoint):
-    import boto3
-
-    name = f"bucket-{next(_buckets)}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    return name
