@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import socket
 import tempfile
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from gvmgen.generate import GenerationSettings
+from gvmgen.generate import GenerationSettings, MusicGenerator
 from gvmgen.model.checkpoints import load_model
 from gvmgen.pipeline import ScoreSettings, compose, finish, prepare
 from storage import repository as repo
@@ -54,18 +55,22 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
 
 @task
 def score_one(video_id: int, source: str, output: str, model_name: str, settings: dict, run_id: int,
-              retry_failed: bool) -> str:
-    """'scored', 'skipped' (done, failed before, or leased elsewhere) or 'failed'."""
+              retry_failed: bool) -> dict:
+    """One row of the run's table; its status is 'scored', 'skipped' (done, failed before, or leased
+    elsewhere) or 'failed'."""
     from storage.models import ModelVersion, Run, Video
 
     sessions = connect()
+    started = time.perf_counter()
     with sessions() as session:
         video, run = session.get(Video, video_id), session.get(Run, run_id)
         model_row = session.get(ModelVersion, run.model_version_id)
+        row = {"video": video.key, "duration": None, "shots": None, "windows": None, "loudness_lufs": None,
+               "seconds": None, "status": "skipped"}
         key = repo.settings_hash(settings)
         job = repo.claim(session, video, model_row, key, owner=WORKER, retry_failed=retry_failed)
         if job is None:
-            return "skipped"
+            return row
         stage = "download"
         try:
             with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
@@ -90,11 +95,16 @@ def score_one(video_id: int, source: str, output: str, model_name: str, settings
                                loudness_lufs=done.loudness.output_lufs, true_peak_dbtp=done.loudness.true_peak_dbtp,
                                seed=settings.get("seed"))
             repo.release(session, job, WORKER, "done")
-            return "scored"
+            info = prepared.analysis.info
+            windows = len(MusicGenerator(model, score.generation).plan(prepared.tokens))
+            row.update(duration=round(info.duration, 2), shots=len(prepared.analysis.shots), windows=windows,
+                       loudness_lufs=round(done.loudness.output_lufs, 1), status="scored")
         except Exception as e:  # one bad video never stops the catalog
             repo.record_error(session, video, run, stage, f"{type(e).__name__}: {e}")
             repo.release(session, job, WORKER, "failed")
-            return "failed"
+            row["status"] = "failed"
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        return row
 
 
 @flow(name="score-catalog")
@@ -112,8 +122,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
                              flow_run_id=str(flow_run.get_id() or ""))
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     counts = {"scored": 0, "skipped": 0, "failed": 0}
+    rows = []
     for i, video_id in enumerate(video_ids, 1):
-        counts[score_one(video_id, source, output, model, settings, run.id, retry_failed)] += 1
+        rows.append(score_one(video_id, source, output, model, settings, run.id, retry_failed))
+        counts[rows[-1]["status"]] += 1
         update_progress_artifact(progress, 100.0 * i / max(1, len(video_ids)))
     with sessions() as session:
         from storage.models import Run, VideoError, Video
@@ -121,7 +133,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
         run = session.get(Run, run.id)
         repo.finish_run(session, run, "completed", **counts)
         failures = session.query(VideoError, Video).join(Video).filter(VideoError.run_id == run.id).all()
-    create_table_artifact([{"metric": k, "videos": v} for k, v in counts.items()], key="score-catalog-summary")
+    create_table_artifact(rows, key="score-catalog-results", description=f"run {run.id}: {counts}")
     if failures:
         create_markdown_artifact("## Failed videos\n\n" + "\n".join(
             f"- `{video.key}` ({error.stage}): {error.cause}" for error, video in failures), key="score-catalog-failures")

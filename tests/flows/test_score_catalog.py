@@ -1,6 +1,8 @@
 """score_catalog on a real Prefect engine, the tiny model and the shared fixtures plus two bad files,
 from a local folder and from a real HTTP S3 endpoint."""
 
+import json
+
 import pytest
 
 
@@ -47,6 +49,15 @@ def places(request, fixtures, tmp_path, monkeypatch):
         o["Key"].removeprefix("scored/") for o in client.list_objects_v2(Bucket=bucket, Prefix="scored/").get("Contents", []))
 
 
+def _latest_artifact(key):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created)
+
+
 @pytest.mark.slow
 def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(prefect_engine, places):
     from sqlalchemy import select
@@ -63,6 +74,10 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
         assert len(session.scalars(select(Output)).all()) == 2
         causes = {e.cause for e in session.scalars(select(VideoError))}
     assert any("truncated.mp4" in c for c in causes) and any("notes.mp4" in c for c in causes)
+    results = _latest_artifact("score-catalog-results")
+    assert sorted((r["video"], r["status"]) for r in json.loads(results.data)) == [
+        ("counter.mp4", "scored"), ("nested/delayed.mp4", "scored"), ("notes.mp4", "failed"), ("truncated.mp4", "failed")]
+    assert "truncated.mp4" in _latest_artifact("score-catalog-failures").data
 
     second = score_catalog(source, output, model="tiny")
     assert (second["scored"], second["failed"], second["skipped"]) == (0, 0, 4)
