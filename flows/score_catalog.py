@@ -55,7 +55,7 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
 
 @task
 def score_one(video_id: int, source: str, output: str, model_name: str, settings: dict, run_id: int,
-              retry_failed: bool) -> dict:
+              retry_failed: bool, lease_s: float) -> dict:
     """One row of the run's table; its status is 'scored', 'skipped' (done, failed before, or leased
     elsewhere) or 'failed'."""
     from storage.models import ModelVersion, Run, Video
@@ -68,7 +68,7 @@ def score_one(video_id: int, source: str, output: str, model_name: str, settings
         row = {"video": video.key, "duration": None, "shots": None, "windows": None, "loudness_lufs": None,
                "seconds": None, "status": "skipped"}
         key = repo.settings_hash(settings)
-        job = repo.claim(session, video, model_row, key, owner=WORKER, retry_failed=retry_failed)
+        job = repo.claim(session, video, model_row, key, owner=WORKER, lease_s=lease_s, retry_failed=retry_failed)
         if job is None:
             return row
         stage = "download"
@@ -109,7 +109,9 @@ def score_one(video_id: int, source: str, output: str, model_name: str, settings
 
 @flow(name="score-catalog")
 def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "continue", seed: int | None = 0,
-                  catalog_name: str | None = None, retry_failed: bool = False) -> dict:
+                  catalog_name: str | None = None, retry_failed: bool = False, lease_s: float = 900) -> dict:
+    """`lease_s`: how long a worker's claim on a video lasts; a crashed worker's videos are taken
+    again once it runs out."""
     settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
     objects = list_library(source)
@@ -124,7 +126,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     rows = []
     for i, video_id in enumerate(video_ids, 1):
-        rows.append(score_one(video_id, source, output, model, settings, run.id, retry_failed))
+        rows.append(score_one(video_id, source, output, model, settings, run.id, retry_failed, lease_s))
         counts[rows[-1]["status"]] += 1
         update_progress_artifact(progress, 100.0 * i / max(1, len(video_ids)))
     with sessions() as session:

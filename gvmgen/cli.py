@@ -94,6 +94,8 @@ def score(
     stitch: Stitch = typer.Option(Stitch.continue_, "--stitch"),
     seed: int = typer.Option(0, "--seed"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
+    lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
+                                  "worker's videos are taken again after it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Score every video of a library with the score-catalog flow (Prefect, no server needed).
@@ -109,7 +111,8 @@ def score(
     from flows.score_catalog import score_catalog
 
     try:
-        summary = score_catalog(source, out, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed)
+        summary = score_catalog(source, out, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed,
+                                lease_s=lease_s)
     except Exception as e:  # the flow itself fails only when storage or the database does
         console.print(f"[red]error:[/red] the catalog run failed: {type(e).__name__}: {e}")
         raise typer.Exit(2)

@@ -1,0 +1,48 @@
+"""A catalog run killed with SIGKILL midway, then run again: every video scored exactly once, and no
+partial output anywhere."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path, monkeypatch):
+    from storage.db import connect
+    from storage.models import Output, Video
+
+    library, out = tmp_path / "library", tmp_path / "scored"
+    library.mkdir()
+    names = ["counter", "delayed_start", "fades"]
+    for name in names:
+        shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    score = [sys.executable, "-m", "gvmgen", "score", str(library), "--out", str(out), "--lease", "3", "--json"]
+
+    # Its own process group, so the kill takes everything it started (Prefect's temporary server too),
+    # as a machine losing power would.
+    first = subprocess.Popen(score, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("*.mp4")):
+        time.sleep(0.05)
+    assert list(out.glob("*.mp4")), "the first run scored nothing before the deadline"
+    os.killpg(first.pid, signal.SIGKILL)              # mid-catalog: at least one video is still to do
+    first.wait()
+    with connect()() as session:
+        assert session.scalar(select(func.count()).select_from(Output)) < len(names)
+
+    time.sleep(3.5)                                   # the killed worker's lease runs out
+    second = subprocess.run(score, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    with connect()() as session:
+        per_video = session.execute(select(Video.key, func.count(Output.id)).join(Output).group_by(Video.key)).all()
+    assert sorted(per_video) == [(f"{n}.mp4", 1) for n in names]
+    files = sorted(p.name for p in out.rglob("*"))
+    assert files == sorted(f"{n}.{ext}" for n in names for ext in ("mp4", "wav"))
