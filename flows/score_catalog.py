@@ -120,7 +120,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     with sessions() as session:
         cat = repo.catalog(session, catalog_name, source)
         model_row = repo.model_version(session, model, checkpoint_uri=f"preset:{model}" if "/" not in model else model)
-        run = repo.start_run(session, cat, model_row, settings, {"source": source, "output": output, "model": model},
+        run = repo.start_run(session, cat, model_row, settings, {"source": source, "output": output, "model": model,
+                                                                 "stitch": stitch, "seed": seed},
                              flow_run_id=str(flow_run.get_id() or ""))
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     counts = {"scored": 0, "skipped": 0, "failed": 0}
@@ -130,11 +131,11 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
         counts[rows[-1]["status"]] += 1
         update_progress_artifact(progress, 100.0 * i / max(1, len(video_ids)))
     with sessions() as session:
-        from storage.models import Run, VideoError, Video
+        from storage.models import Run
 
         run = session.get(Run, run.id)
         repo.finish_run(session, run, "completed", **counts)
-        failures = session.query(VideoError, Video).join(Video).filter(VideoError.run_id == run.id).all()
+        failures = repo.errors(session, run)
     create_table_artifact(rows, key="score-catalog-results", description=f"run {run.id}: {counts}")
     if failures:
         create_markdown_artifact("## Failed videos\n\n" + "\n".join(

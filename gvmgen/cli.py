@@ -13,6 +13,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", no_args_is_help=True)
 weights_app = typer.Typer(help="Pretrained weights.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+runs_app = typer.Typer(help="Catalog runs recorded in the database.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+videos_app = typer.Typer(help="Videos recorded in the database.", no_args_is_help=True)
+app.add_typer(videos_app, name="videos")
 db_app = typer.Typer(help="The metadata database (SQLite under GVMGEN_HOME, or GVMGEN_DATABASE_URL).",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -158,6 +162,86 @@ def weights_fetch(name: Preset = typer.Argument(..., help="Which pretrained pres
 
     for path in fetch_weights(name.value):
         console.print(f"fetched {path}")
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+@runs_app.command("list")
+def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Option(False, "--json")):
+    """The latest catalog runs."""
+    from storage import repository as repo
+    from storage.db import connect
+
+    with connect()() as session:
+        rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
+                 "scored": r.scored, "skipped": r.skipped, "failed": r.failed, "source": r.parameters.get("source")}
+                for r in repo.runs(session, limit)]
+    _emit(rows, as_json, ["id", "status", "started", "finished", "scored", "skipped", "failed", "source"])
+
+
+@runs_app.command("show")
+def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")):
+    """One run: its parameters, counts and the videos that failed, with their causes."""
+    from storage import repository as repo
+    from storage.db import connect
+    from storage.models import Run
+
+    with connect()() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            console.print(f"[red]error:[/red] no run {run_id}")
+            raise typer.Exit(2)
+        report = {"id": run.id, "status": run.status, "started": run.started_at, "finished": run.finished_at,
+                  "parameters": run.parameters, "scored": run.scored, "skipped": run.skipped, "failed": run.failed,
+                  "failures": [{"video": v.key, "stage": e.stage, "cause": e.cause} for e, v in repo.errors(session, run)]}
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    console.print(f"run {report['id']} ({report['status']}): {report['scored']} scored, {report['skipped']} skipped, "
+                  f"{report['failed']} failed; {report['parameters']}")
+    for failure in report["failures"]:
+        console.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}")
+
+
+@videos_app.command("list")
+def videos_list(status: str = typer.Option(None, "--status", help="Only videos whose latest job has this status "
+                                           "(new, pending, done, failed)."),
+                as_json: bool = typer.Option(False, "--json")):
+    """Videos of every catalog, with the status of their latest job."""
+    from storage import repository as repo
+    from storage.db import connect
+
+    with connect()() as session:
+        rows = [{"id": v.id, "key": v.key, "status": s, "duration": v.duration, "source": v.source_uri}
+                for v, s in repo.videos(session, status)]
+    _emit(rows, as_json, ["id", "key", "status", "duration", "source"])
+
+
+@app.command("retry-failed")
+def retry_failed(run_id: int = typer.Argument(..., help="The run whose failed videos to score again.")):
+    """Run the catalog of RUN again with the same parameters, taking its failed videos again."""
+    from storage.db import connect
+    from storage.models import Run
+
+    with connect()() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            console.print(f"[red]error:[/red] no run {run_id}")
+            raise typer.Exit(2)
+        params = dict(run.parameters)
+    score(params["source"], out=params["output"], model=params.get("model", "tiny"),
+          stitch=Stitch(params.get("stitch", "continue")), seed=params.get("seed", 0), retry_failed=True,
+          lease_s=900, as_json=False)
 
 
 @db_app.command("upgrade")

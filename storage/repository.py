@@ -159,3 +159,22 @@ def record_error(session: Session, video: Video, run: Run | None, stage: str, ca
     session.add(error)
     session.commit()
     return error
+
+
+def runs(session: Session, limit: int = 20) -> list[Run]:
+    return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)))
+
+
+def videos(session: Session, status: str | None = None) -> list[tuple[Video, str]]:
+    """Every video with the status of its latest job ('new' when never tried), optionally only one status."""
+    latest = (select(Job.video_id, Job.status).order_by(Job.id.desc()))
+    status_of: dict[int, str] = {}
+    for video_id, job_status in session.execute(latest):
+        status_of.setdefault(video_id, job_status)
+    found = [(v, status_of.get(v.id, "new")) for v in session.scalars(select(Video).order_by(Video.id))]
+    return [(v, s) for v, s in found if status is None or s == status]
+
+
+def errors(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
+    return list(session.execute(select(VideoError, Video).join(Video).where(VideoError.run_id == run.id)
+                                .order_by(VideoError.id)).tuples())

@@ -61,3 +61,38 @@ def test_score_runs_the_catalog_flow_and_exits_1_when_a_video_failed(fixtures, t
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["scored"], summary["failed"]) == (1, 1)
     assert (tmp_path / "scored" / "counter.mp4").is_file()
+
+    retry = _gvmgen("retry-failed", str(summary["run"]), env=env)       # the broken file is tried again
+    assert retry.returncode == 1, retry.stderr
+    latest = json.loads(_gvmgen("runs", "list", "--json", env=env).stdout)[0]
+    assert (latest["scored"], latest["skipped"], latest["failed"]) == (0, 1, 1)
+
+
+def test_runs_and_videos_are_listed_from_the_database(tmp_path):
+    """What `runs list|show` and `videos list --status failed` report, on a database filled as a run would."""
+    from datetime import datetime, timezone
+
+    from storage import repository as repo
+    from storage.db import connect
+    from storage.objects import ObjectInfo
+
+    with connect()() as session:
+        cat = repo.catalog(session, "lib", "file:///lib")
+        model = repo.model_version(session, "tiny", "preset:tiny")
+        now = datetime.now(timezone.utc)
+        good, _ = repo.register_video(session, cat, ObjectInfo("good.mp4", 1, None, now), "file:///lib/good.mp4", "sha256:1")
+        bad, _ = repo.register_video(session, cat, ObjectInfo("bad.mp4", 1, None, now), "file:///lib/bad.mp4", "sha256:2")
+        run = repo.start_run(session, cat, model, {"seed": 0}, {"source": "/lib", "output": "/out", "model": "tiny"})
+        for video, status in ((good, "done"), (bad, "failed")):
+            job = repo.claim(session, video, model, "k", owner="w")
+            repo.release(session, job, "w", status)
+        repo.record_error(session, bad, run, "score", "MediaError: bad.mp4: not a readable media file")
+        repo.finish_run(session, run, "completed", scored=1, skipped=0, failed=1)
+
+    listed = json.loads(_gvmgen("runs", "list", "--json").stdout)
+    assert [(r["id"], r["scored"], r["failed"]) for r in listed] == [(run.id, 1, 1)]
+    shown = json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)
+    assert shown["failures"] == [{"video": "bad.mp4", "stage": "score", "cause": "MediaError: bad.mp4: not a readable media file"}]
+    failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
+    assert [v["key"] for v in failed] == ["bad.mp4"]
+    assert _gvmgen("runs", "show", "999").returncode == 2
