@@ -90,6 +90,32 @@ def generate(
         console.print(f"wrote {result.video} and {result.track} ({result.duration:.2f} s, {result.windows} window(s))")
 
 
+def _prefect_environment() -> None:
+    """Prefect keeps its state under GVMGEN_HOME too, unless the user points it elsewhere."""
+    import os
+
+    from .home import home
+
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command()
+def server(port: int = typer.Option(4200, "--port", help="Port of the UI and API on 127.0.0.1.")):
+    """Serve the Prefect UI and API on 127.0.0.1, to watch catalog runs (point workers at it with
+    PREFECT_API_URL=http://127.0.0.1:PORT/api)."""
+    import os
+    import shutil
+    import sys
+
+    _prefect_environment()
+    prefect = shutil.which("prefect", path=os.path.dirname(sys.executable)) or shutil.which("prefect")
+    if prefect is None:
+        console.print("[red]error:[/red] the prefect command is not installed")
+        raise typer.Exit(2)
+    os.execv(prefect, [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+
+
 @app.command()
 def score(
     source: str = typer.Argument(..., help="The library: a folder, file:///path or s3://bucket/prefix."),
@@ -106,12 +132,7 @@ def score(
 
     Exit status: 0 all scored (or already done), 1 some videos failed, 2 usage or infrastructure error.
     """
-    import os
-
-    from .home import home
-
-    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _prefect_environment()
     from flows.score_catalog import score_catalog
 
     try:
