@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import Catalog, Job, ModelVersion, Output, Run, Shot, Video, VideoError
@@ -91,7 +92,7 @@ def _job(session: Session, video: Video, model_id: int, key: str) -> Job:
             with session.begin_nested():
                 session.add(Job(video_id=video.id, content_hash=video.content_hash, model_version_id=model_id,
                                 settings_hash=key, status="pending"))
-        except Exception:  # another worker inserted it first: the unique key holds
+        except IntegrityError:  # another worker inserted it first: the unique key holds
             pass
         session.commit()
         job = session.scalar(select(Job).where(*where))
