@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", no_args_is_help=True)
 weights_app = typer.Typer(help="Pretrained weights.", no_args_is_help=True)
@@ -81,13 +82,15 @@ def generate(
     except (MediaError, WeightsNotFound, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
-    summary = {"video": str(result.video), "track": str(result.track), "duration": result.duration,
+    summary = {"video": str(result.video), "track": str(result.track), "report": str(result.report),
+               "duration": result.duration,
                "shots": result.shots, "frames": result.frames, "windows": result.windows, "model": model,
                "loudness_lufs": round(result.loudness.output_lufs, 2), "true_peak_dbtp": round(result.loudness.true_peak_dbtp, 2)}
     if as_json:
         print(json.dumps(summary))
     else:
-        console.print(f"wrote {result.video} and {result.track} ({result.duration:.2f} s, {result.windows} window(s))")
+        console.print(f"wrote {result.video}, {result.track} and {result.report} "
+                      f"({result.duration:.2f} s, {result.windows} window(s))")
 
 
 def _prefect_environment() -> None:
@@ -120,12 +123,16 @@ def server(port: int = typer.Option(4200, "--port", help="Port of the UI and API
 def score(
     source: str = typer.Argument(..., help="The library: a folder, file:///path or s3://bucket/prefix."),
     out: str = typer.Option(..., "--out", help="Where the scored videos and tracks go (folder or s3://...)."),
-    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
+    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
+                              "model's name, or a checkpoint directory."),
     stitch: Stitch = typer.Option(Stitch.continue_, "--stitch"),
     seed: int = typer.Option(0, "--seed"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
     lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
                                   "worker's videos are taken again after it)."),
+    batch_videos: int = typer.Option(4, "--batch-videos", help="Ready videos whose windows share the model's batches."),
+    dask: str = typer.Option(None, "--dask", help="Run media work on a Dask cluster: its scheduler address, "
+                             "or 'local' for a local cluster (needs prefect-dask)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Score every video of a library with the score-catalog flow (Prefect, no server needed).
@@ -135,9 +142,18 @@ def score(
     _prefect_environment()
     from flows.score_catalog import score_catalog
 
+    flow = score_catalog
+    if dask:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            console.print("[red]error:[/red] --dask needs prefect-dask: pip install prefect-dask")
+            raise typer.Exit(2)
+        flow = score_catalog.with_options(task_runner=DaskTaskRunner() if dask == "local" else DaskTaskRunner(address=dask))
     try:
-        summary = score_catalog(source, out, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed,
-                                lease_s=lease_s)
+        with _run_progress(disable=as_json):
+            summary = flow(source, out, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed,
+                           lease_s=lease_s, batch_videos=batch_videos)
     except Exception as e:  # the flow itself fails only when storage or the database does
         console.print(f"[red]error:[/red] the catalog run failed: {type(e).__name__}: {e}")
         raise typer.Exit(2)
@@ -145,8 +161,43 @@ def score(
         print(json.dumps(summary))
     else:
         console.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped "
-                      f"(done before), {summary['failed']} failed; results in {out}")
+                      f"(done before), {summary['failed']} failed; videos, tracks (.wav) and reports "
+                      f"(.report.png) in {out}")
     raise typer.Exit(1 if summary["failed"] else 0)
+
+
+@contextlib.contextmanager
+def _run_progress(disable: bool):
+    """A bar of videos handled by the run this command starts, read from its row in SQL as it goes."""
+    import threading
+
+    from storage import repository as repo
+    from storage.db import connect
+
+    if disable:
+        yield
+        return
+    began, stop = repo.utcnow(), threading.Event()
+
+    def follow(bar: Progress, task) -> None:
+        sessions = connect()
+        while not stop.wait(0.5):
+            with sessions() as session:
+                run = next((r for r in repo.runs(session, limit=1) if r.started_at >= began), None)
+            if run is not None:
+                bar.update(task, total=run.videos, completed=run.scored + run.skipped + run.failed,
+                           description=f"run {run.id}: {run.scored} scored, {run.failed} failed")
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        watcher = threading.Thread(target=follow, args=(bar, bar.add_task("listing the library", total=None)),
+                                   daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
 
 
 @app.command()
@@ -262,7 +313,7 @@ def retry_failed(run_id: int = typer.Argument(..., help="The run whose failed vi
         params = dict(run.parameters)
     score(params["source"], out=params["output"], model=params.get("model", "tiny"),
           stitch=Stitch(params.get("stitch", "continue")), seed=params.get("seed", 0), retry_failed=True,
-          lease_s=900, as_json=False)
+          lease_s=900, batch_videos=4, dask=None, as_json=False)
 
 
 @db_app.command("upgrade")

@@ -2,7 +2,7 @@
 
     prepare (media, CPU):  video file -> probe -> shots + 1 fps frames (one decode) -> visual tokens
     compose (model, GPU):  visual tokens of one or more videos -> windows of music tokens -> audio
-    finish  (media, CPU):  stitched track -> loudness-normalised WAV -> muxed video
+    finish  (media, CPU):  stitched track -> loudness-normalised WAV -> muxed video -> PNG report
 
 A catalog run overlaps them: the next videos are prepared while the model composes, and the windows
 of videos prepared together share the model's batches.
@@ -22,6 +22,7 @@ from .media.frames import Analysis, Frame, ShotDetection, analyse
 from .media.loudness import STREAMING, LoudnessReport, normalise
 from .media.mux import mux
 from .model.gvmgen import GVMGen
+from .report import ReportData, write_report
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ScoreSettings:
 class ScoredVideo:
     video: Path
     track: Path
+    report: Path
     duration: float
     shots: int
     frames: int
@@ -63,23 +65,33 @@ def visual_tokens(model: GVMGen, video: Path, detection: ShotDetection | None = 
 
 @dataclass
 class PreparedVideo:
-    """A video ready for the model: its tokens and what the media stage learnt of it."""
+    """A video ready for the model: its tokens, what the media stage learnt of it, and its windows."""
     path: Path
     tokens: VisualTokens
     analysis: Analysis
+    windows: list[tuple[float, float]]   # (start, end) seconds of each window the model will generate
+
+    @property
+    def seams(self) -> list[float]:
+        """Where each window hands over to the next: the middle of their overlap (as `stitch` fades)."""
+        return [(b[0] + a[1]) / 2 for a, b in zip(self.windows, self.windows[1:])]
 
 
 @dataclass
 class FinishedTrack:
     video: Path
     track: Path
+    report: Path
     loudness: LoudnessReport
 
 
 def prepare(model: GVMGen, video: Path, settings: ScoreSettings) -> PreparedVideo:
     """The media stage: probe, shots, frames and visual tokens (CPU work, and CLIP)."""
     tokens, analysis = visual_tokens(model, Path(video), settings.detection)
-    return PreparedVideo(Path(video), tokens, analysis)
+    rate = model.config.frame_rate
+    windows = [(w.start / rate, min(w.end / rate, analysis.info.duration))
+               for w in MusicGenerator(model, settings.generation).plan(tokens)]
+    return PreparedVideo(Path(video), tokens, analysis, windows)
 
 
 def compose(model: GVMGen, videos: list[PreparedVideo], settings: ScoreSettings,
@@ -89,7 +101,8 @@ def compose(model: GVMGen, videos: list[PreparedVideo], settings: ScoreSettings,
 
 
 def finish(video: PreparedVideo, track, sample_rate: int, out: Path, settings: ScoreSettings) -> FinishedTrack:
-    """Normalise, write the track beside `out` as .wav, and mux it into `out` (both atomically)."""
+    """Normalise, write the track beside `out` as .wav, mux it into `out` and draw the report beside it
+    as .report.png (all atomically)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     track, loudness = normalise(track, sample_rate, settings.target_lufs, settings.ceiling_dbtp)
@@ -98,7 +111,12 @@ def finish(video: PreparedVideo, track, sample_rate: int, out: Path, settings: S
     write_wav(tmp, track, sample_rate)
     tmp.replace(wav)
     mux(video.analysis.info, wav, out, settings.mux_mode, settings.duck_db)
-    return FinishedTrack(out, wav, loudness)
+    info = video.analysis.info
+    report = write_report(out.with_suffix(".report.png"), ReportData(
+        title=out.name, duration=info.duration,
+        shots=video.analysis.shots, windows=video.windows, seams=video.seams, integrated_lufs=loudness.output_lufs,
+        true_peak_dbtp=loudness.true_peak_dbtp, target_lufs=settings.target_lufs), track, sample_rate)
+    return FinishedTrack(out, wav, report, loudness)
 
 
 def score_video(model: GVMGen, video: Path, out: Path, settings: ScoreSettings | None = None,
@@ -108,6 +126,5 @@ def score_video(model: GVMGen, video: Path, out: Path, settings: ScoreSettings |
     prepared = prepare(model, video, settings)
     (track,) = compose(model, [prepared], settings, progress)
     done = finish(prepared, track, model.config.sample_rate, out, settings)
-    windows = len(MusicGenerator(model, settings.generation).plan(prepared.tokens))
-    return ScoredVideo(done.video, done.track, prepared.analysis.info.duration, len(prepared.analysis.shots),
-                       len(prepared.analysis.frames), windows, done.loudness)
+    return ScoredVideo(done.video, done.track, done.report, prepared.analysis.info.duration,
+                       len(prepared.analysis.shots), len(prepared.analysis.frames), len(prepared.windows), done.loudness)

@@ -79,6 +79,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")  # running, completed, failed
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    videos: Mapped[int | None] = mapped_column(Integer)   # in the library when the run began
     scored: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)

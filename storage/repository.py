@@ -71,9 +71,9 @@ def record_probe(session: Session, video: Video, *, duration: float, width: int,
 
 
 def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dict, parameters: dict,
-              flow_run_id: str | None = None) -> Run:
+              flow_run_id: str | None = None, videos: int | None = None) -> Run:
     run = Run(catalog_id=cat.id, model_version_id=model.id, settings_hash=settings_hash(settings),
-              parameters=parameters, flow_run_id=flow_run_id, status="running", started_at=utcnow())
+              parameters=parameters, flow_run_id=flow_run_id, status="running", started_at=utcnow(), videos=videos)
     session.add(run)
     session.commit()
     return run
@@ -81,6 +81,13 @@ def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dic
 
 def finish_run(session: Session, run: Run, status: str, scored: int, skipped: int, failed: int) -> None:
     run.status, run.finished_at, run.scored, run.skipped, run.failed = status, utcnow(), scored, skipped, failed
+    session.commit()
+
+
+def count_handled(session: Session, run_id: int, status: str) -> None:
+    """Count one more video of a running run as scored, skipped or failed (what progress bars read)."""
+    column = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed}[status]
+    session.execute(update(Run).where(Run.id == run_id).values({column: column + 1}))
     session.commit()
 
 
@@ -143,14 +150,18 @@ def done(session: Session, video: Video, model: ModelVersion, key: str) -> Outpu
                                                Output.model_version_id == model.id, Output.settings_hash == key))
 
 
-def record_output(session: Session, video: Video, model: ModelVersion, run: Run | None, settings: dict, *,
-                  video_uri: str, track_uri: str, report_uri: str | None = None, loudness_lufs: float | None = None,
-                  true_peak_dbtp: float | None = None, seed: int | None = None) -> Output:
+def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
+             settings: dict, *, video_uri: str, track_uri: str, report_uri: str | None = None,
+             loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None) -> Output:
+    """Record the output and end the job as done in one transaction: a worker killed in between
+    leaves neither, and the video is simply scored again."""
     output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
                     model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
                     true_peak_dbtp=true_peak_dbtp, created_at=utcnow())
     session.add(output)
+    session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
+                    .values(owner=None, lease_expires_at=None, status="done"))
     session.commit()
     return output
 

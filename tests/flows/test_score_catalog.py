@@ -69,7 +69,8 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
     source, output, outputs = places
     first = score_catalog(source, output, model="tiny")
     assert (first["scored"], first["failed"], first["skipped"]) == (2, 2, 0)
-    assert outputs() == ["counter.mp4", "counter.wav", "nested/delayed.mp4", "nested/delayed.wav"]
+    assert outputs() == ["counter.mp4", "counter.report.png", "counter.wav",
+                         "nested/delayed.mp4", "nested/delayed.report.png", "nested/delayed.wav"]
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 2
         causes = {e.cause for e in session.scalars(select(VideoError))}

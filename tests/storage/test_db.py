@@ -70,8 +70,8 @@ def test_done_work_is_not_done_again(database_url):
     settings = {"stitch": "continue", "seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.record_output(session, video, model, None, settings, video_uri="file:///o/v0.mp4", track_uri="file:///o/v0.wav")
-    repo.release(session, job, "w1", "done")
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+                  track_uri="file:///o/v0.wav")
     assert repo.done(session, video, model, key) is not None
     assert repo.claim(session, video, model, key, owner="w2") is None
     assert repo.claim(session, video, model, repo.settings_hash({**settings, "seed": 1}), owner="w2") is not None

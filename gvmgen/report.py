@@ -1,0 +1,83 @@
+"""A one-page PNG per scored video: where the shots cut, where the windows were joined, how loud it is.
+
+The question an editor asks of a scored video is "why does the music change *there*?"; the answer is
+nearly always a cut or a window seam, so the page puts both on one time axis above the short-term
+loudness curve (BS.1770 K-weighted, 3-s blocks, as EBU R128 defines "short-term").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyloudnorm  # noqa: E402
+
+
+@dataclass
+class ReportData:
+    title: str
+    duration: float                      # seconds
+    shots: list[tuple[float, float]]     # (start, end) seconds
+    windows: list[tuple[float, float]]   # (start, end) seconds of each generated window
+    seams: list[float]                   # seconds where one window's music hands over to the next
+    integrated_lufs: float
+    true_peak_dbtp: float
+    target_lufs: float
+
+
+def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
+                        block_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """(times, LUFS): K-weighted loudness of the 3 s ending at each time (-inf in silence)."""
+    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
+    block, hop = int(block_s * sample_rate), max(1, int(hop_s * sample_rate))
+    audio = np.asarray(audio, dtype=np.float64)
+    ends = np.arange(block, len(audio) + 1, hop)
+    # One gating block per segment: the gated "integrated" value of exactly block_s is the short-term value.
+    values = np.array([meter.integrated_loudness(audio[e - block:e]) for e in ends])
+    return ends / sample_rate, values
+
+
+def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: int) -> Path:
+    """Render the page to `path` (atomically: a partial file never carries the final name)."""
+    path = Path(path)
+    fig, (timeline, curve) = plt.subplots(2, 1, figsize=(12, 4.8), sharex=True,
+                                          gridspec_kw={"height_ratios": [1, 1.6]})
+    fig.suptitle(f"{data.title} — {data.duration:.1f} s, {len(data.shots)} shots, {len(data.windows)} windows, "
+                 f"{data.integrated_lufs:.1f} LUFS, {data.true_peak_dbtp:.1f} dBTP", fontsize=10)
+
+    for i, (a, b) in enumerate(data.shots):
+        timeline.axvspan(a, b, ymin=0.55, ymax=0.95, color=("#9ecae1", "#c6dbef")[i % 2], lw=0)
+    for cut in (a for a, _ in data.shots[1:]):
+        timeline.axvline(cut, ymin=0.5, ymax=1.0, color="#d62728", lw=1.2)
+    for i, (a, b) in enumerate(data.windows):
+        y = 0.3 if i % 2 == 0 else 0.1
+        timeline.broken_barh([(a, b - a)], (y, 0.15), color="#fdae6b")
+    for seam in data.seams:
+        timeline.axvline(seam, ymin=0.0, ymax=0.5, color="#31a354", lw=1.2, ls="--")
+    timeline.set_yticks([0.75, 0.25], ["shots / cuts", "windows / seams"])
+    timeline.set_ylim(0, 1)
+
+    times, lufs = short_term_loudness(audio, sample_rate)
+    curve.plot(times, np.where(np.isfinite(lufs), lufs, np.nan), color="#3182bd", lw=1.2, label="short-term (3 s)")
+    curve.axhline(data.target_lufs, color="grey", ls=":", lw=1, label=f"target {data.target_lufs:g} LUFS")
+    for cut in (a for a, _ in data.shots[1:]):
+        curve.axvline(cut, color="#d62728", lw=0.6, alpha=0.5)
+    for seam in data.seams:
+        curve.axvline(seam, color="#31a354", lw=0.6, ls="--", alpha=0.6)
+    curve.set_ylabel("LUFS")
+    curve.set_xlabel("seconds")
+    curve.set_xlim(0, max(data.duration, 1e-3))
+    curve.legend(loc="lower right", fontsize=8)
+
+    fig.tight_layout()
+    partial = path.with_name(f".{path.name}.partial.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    partial.replace(path)
+    return path
