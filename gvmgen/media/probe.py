@@ -79,5 +79,6 @@ def probe(path: Path) -> VideoInfo:
         path=path, duration=duration, start=float(v.get("start_time") or 0), width=width, height=height,
         rotation=rotation, sar=f"{sar.numerator}:{sar.denominator}", nominal_fps=float(_fraction(v.get("avg_frame_rate")) or 0),
         codec=v.get("codec_name", "?"), audio_streams=sum(s.get("codec_type") == "audio" for s in streams),
-        streams=[{"index": s["index"], "type": s.get("codec_type"), "codec": s.get("codec_name")} for s in streams],
+        streams=[{"index": s["index"], "type": s.get("codec_type"), "codec": s.get("codec_name"),
+                  "start": float(s.get("start_time") or 0)} for s in streams],
     )

@@ -21,6 +21,7 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
@@ -67,9 +68,29 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 
 def fresh_model(config: GVMGenConfig) -> GVMGen:
+    """A randomly initialised model, the same every time; its codec's codebooks are seeded on
+    `calibration_audio`, so that different sounds get different codes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
-        return GVMGen(config)
+        model = GVMGen(config)
+        model.init_codebooks(calibration_audio(config.sample_rate))
+        return model
+
+
+def calibration_audio(sample_rate: int, seconds: float = 20.0, seed: int = INIT_SEED) -> torch.Tensor:
+    """(1, samples) a fixed, varied signal: half-second notes of 1-8 harmonics over five octaves,
+    some over noise, some as noise alone, at random levels."""
+    rng = np.random.default_rng(seed)
+    n = int(0.5 * sample_rate)
+    t = np.arange(n) / sample_rate
+    notes = []
+    for _ in range(int(seconds / 0.5)):
+        f0 = 440.0 * 2 ** ((rng.integers(36, 97) - 69) / 12)
+        tone = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, rng.integers(1, 9) + 1) if f0 * h < sample_rate / 2)
+        noise = rng.normal(size=n) * rng.choice([0.0, 0.1, 1.0])
+        notes.append(10 ** rng.uniform(-2, 0) * (tone * rng.choice([0.0, 1.0], p=[0.2, 0.8]) + noise) * np.exp(-3 * t))
+    audio = np.concatenate(notes)
+    return torch.from_numpy(audio / max(1e-9, np.abs(audio).max())).float()[None]
 
 
 def save_model(model: GVMGen, directory: Path) -> None:

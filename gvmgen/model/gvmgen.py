@@ -72,9 +72,7 @@ class GVMGen(nn.Module):
         self.time_embedding = TimeEmbedding(lm_width) if config.time_embedding else None
         self.null_condition = nn.Parameter(torch.zeros(lm_width)) if config.learned_null_condition else None
         self.lm = MusicgenForCausalLM(MusicgenDecoderConfig(**config.lm))
-        self.codec = EncodecModel(EncodecConfig(**config.codec))
-        for layer in self.codec.quantizer.layers:  # transformers starts codebooks at zero: every code would sound alike
-            nn.init.normal_(layer.codebook.embed)
+        self.codec = EncodecModel(EncodecConfig(**config.codec))  # codebooks start at zero: see init_codebooks
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.freeze_pretrained_encoders()
@@ -91,10 +89,17 @@ class GVMGen(nn.Module):
     # ---- visual side ----------------------------------------------------------------------------
     def frame_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, S, S, 3) uint8 RGB frames, already resized and centre-cropped -> (N, D) tokens."""
+        return self.tokens_from_patches(self.patch_tokens(frames))
+
+    @torch.no_grad()
+    def patch_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 RGB -> (N, P, C) the frozen CLIP's patch tokens (before its post-LN)."""
         pixels = frames.permute(0, 3, 1, 2).to(self.pixel_mean.dtype) / 255.0
         pixels = (pixels - self.pixel_mean) / self.pixel_std                    # (N, 3, S, S)
-        with torch.no_grad():
-            patches = self.vision(pixel_values=pixels).last_hidden_state        # (N, P, C), before post-LN
+        return self.vision(pixel_values=pixels).last_hidden_state
+
+    def tokens_from_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, P, C) patch tokens -> (N, D): the trainable part of the visual side."""
         queried = self.feature_transformation(patches)                          # (N, C)
         return self.output_proj(self.visual_projection(self.vision.post_layernorm(queried)))  # (N, D)
 
@@ -140,6 +145,20 @@ class GVMGen(nn.Module):
         """(B, K, T) codes -> (B, T * hop) audio in [-1, 1]."""
         embeddings = self.codec.quantizer.decode(codes.transpose(0, 1))
         return self.codec.decoder(embeddings)[:, 0]
+
+    @torch.no_grad()
+    def init_codebooks(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Give a randomly initialised codec usable codebooks: each stage's codes are drawn from the
+        residuals that the encoder and the stages before it leave on `audio` (B, samples), the way
+        EnCodec seeds its k-means. Random N(0, 1) codes would sit far from the encoder's small
+        outputs, and every sound would get the same nearest code."""
+        residual = self.codec.encoder(audio[:, None]).permute(0, 2, 1)       # (B, T, D)
+        residual = residual.reshape(-1, residual.shape[-1])
+        for layer in self.codec.quantizer.layers:
+            book = layer.codebook
+            picks = torch.randint(len(residual), (book.codebook_size,), generator=generator)
+            book.embed.copy_(residual[picks])
+            residual = residual - book.decode(book.quantize(residual))
 
     @torch.no_grad()
     def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:

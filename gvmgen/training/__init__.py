@@ -1,0 +1,1 @@
+"""Fine-tuning GVMGen on a catalog: training clips (dataset) and the training loop (trainer)."""
