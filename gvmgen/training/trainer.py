@@ -176,8 +176,11 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> GVMGen:
-        """Train to `settings.steps`, resuming from the last checkpoint if there is one."""
-        self.resume()
+        """Train to `settings.steps`, resuming from the last checkpoint if there is one.
+
+        A fresh run seeds torch's global RNG (which dropout draws from) with `settings.seed`."""
+        if not self.resume():
+            torch.manual_seed(self.s.seed)
         self.model.train()
         self.model.vision.eval()
         self.model.codec.eval()

@@ -1,0 +1,93 @@
+"""The trainer: it can memorise a clip (the paper's first sanity check), resumes exactly after a kill,
+and trains LoRA adapters that fold back into a plain model."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gvmgen.generate import GenerationSettings, MusicGenerator
+from gvmgen.model.checkpoints import load_model
+from gvmgen.training.dataset import build_clips, save_shard
+from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, merge_adapters
+
+
+@pytest.fixture(scope="module")
+def ten_second_clip(fixtures):
+    model = load_model("tiny")
+    (clip,) = build_clips(model, fixtures / "video" / "fades.mp4", fixtures / "music" / "bach.mp3")
+    return clip
+
+
+@pytest.mark.slow
+def test_one_clip_is_memorised_and_greedy_generation_reproduces_it(ten_second_clip, tmp_path):
+    model = load_model("tiny")
+    log = []
+    settings = TrainSettings(steps=300, batch_size=1, lr=3e-3, warmup_steps=10, weight_decay=0.0, lm="full",
+                             eval_every=300, checkpoint_every=300)
+    Trainer(model, [ten_second_clip], [ten_second_clip], settings, tmp_path, on_metrics=log.append).run()
+    train = [m["loss"] for m in log if m["split"] == "train"]
+    assert train[-1] < 0.1 * train[0], (train[0], train[-1])
+    with torch.no_grad():
+        condition = model.window_condition(model.tokens_from_patches(ten_second_clip.patches.float()),
+                                           ten_second_clip.times)
+    generator = MusicGenerator(model, GenerationSettings(temperature=0, seed=0))
+    codes = generator.sample([condition], [ten_second_clip.codes.shape[-1]])[0]
+    assert (codes == ten_second_clip.codes.long()).float().mean() >= 0.9
+
+
+TRAIN = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from gvmgen.model.checkpoints import load_model
+    from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings
+    shards, out, kill_at = [Path(p) for p in sys.argv[1:3]], Path(sys.argv[3]), int(sys.argv[4])
+    clips = [ShardClip(p, 0) for p in shards]
+    def metrics(m):
+        if m["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)   # as a lost machine would: no cleanup, no last save
+    settings = TrainSettings(steps=8, batch_size=2, accumulation=2, lr=1e-3, warmup_steps=2, checkpoint_every=2,
+                             eval_every=4)
+    Trainer(load_model("tiny"), clips[:1] * 3 + clips[1:], clips[1:], settings, out, on_metrics=metrics).run()
+""")
+
+
+def test_a_killed_training_resumes_to_the_same_weights(ten_second_clip, fixtures, tmp_path):
+    model = load_model("tiny")
+    (other,) = build_clips(model, fixtures / "video" / "testvideo.mp4", fixtures / "music" / "bach.mp3")
+    shards = [str(save_shard(tmp_path / f"{i}.safetensors", [c])) for i, c in enumerate([ten_second_clip, other])]
+    run = lambda out, kill_at: subprocess.run([sys.executable, "-c", TRAIN, *shards, str(out), str(kill_at)],  # noqa: E731
+                                              capture_output=True, text=True)
+    whole = run(tmp_path / "whole", 0)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run(tmp_path / "resumed", 5)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["step"] == 4
+    resumed = run(tmp_path / "resumed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8 and a["trainable"].keys() == b["trainable"].keys()
+    assert all(torch.equal(a["trainable"][k], b["trainable"][k]) for k in a["trainable"])
+    assert not torch.equal(a["trainable"]["output_proj.weight"], model.output_proj.weight.detach())
+
+
+def test_lora_adapters_train_and_fold_into_a_plain_lm(ten_second_clip, tmp_path):
+    model = load_model("tiny")
+    before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    settings = TrainSettings(steps=3, batch_size=1, lr=1e-2, warmup_steps=1, lm="lora", lora_rank=4)
+    trainer = Trainer(model, [ten_second_clip], [], settings, tmp_path)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in names) and any("encoder_attn" in n for n in names)
+    assert not any("self_attn.q_proj.base_layer" in n for n in names)        # the base LM stays frozen
+    trainer.run()
+    merge_adapters(model)
+    after = model.lm.state_dict()
+    assert after.keys() == before.keys()                                     # a plain MusicGen LM again
+    assert not torch.equal(after["model.decoder.layers.0.self_attn.q_proj.weight"],
+                           before["model.decoder.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(after["lm_heads.0.weight"], before["lm_heads.0.weight"])
