@@ -38,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gvmgen.generate import GenerationSettings
 from gvmgen.model.checkpoints import load_model
 from gvmgen.pipeline import PreparedVideo, ScoreSettings, compose, finish, prepare
+from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video
@@ -50,8 +51,13 @@ RETRY = dict(retries=3, retry_delay_seconds=[2, 10, 30])  # where a retry can he
 
 @functools.lru_cache(maxsize=2)
 def cached_model(name: str):
-    """Loaded once per worker process, not once per video."""
-    return load_model(name)
+    """Loaded once per worker process, not once per video, on the GPU when there is one. `name` is a
+    preset, a checkpoint folder, or a model version published by the finetune flow."""
+    import torch
+
+    with sessions() as session:
+        spec = registry.resolve(session, name)
+    return load_model(spec, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 @functools.lru_cache(maxsize=4)

@@ -81,3 +81,30 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
     plt.close(fig)
     partial.replace(path)
     return path
+
+
+def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
+    """Training and validation loss (log scale) and token accuracy against the step, atomically."""
+    path = Path(path)
+    fig, (loss, accuracy) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig.suptitle(title, fontsize=10)
+    for split, colour in (("train", "#3182bd"), ("validation", "#e6550d")):
+        points = [m for m in metrics if m["split"] == split]
+        if points:
+            steps = [m["step"] for m in points]
+            marker = "o" if split == "validation" else None
+            loss.plot(steps, [m["loss"] for m in points], color=colour, marker=marker, label=split)
+            accuracy.plot(steps, [m["accuracy"] for m in points], color=colour, marker=marker, label=split)
+    loss.set_yscale("log")
+    loss.set_ylabel("cross-entropy")
+    accuracy.set_ylabel("token accuracy")
+    for ax in (loss, accuracy):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    partial = path.with_name(f".{path.name}.partial.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    partial.replace(path)
+    return path

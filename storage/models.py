@@ -128,3 +128,32 @@ class VideoError(Base):
     stage: Mapped[str] = mapped_column(String(32))
     cause: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TrainingClip(Base):
+    """The manifest of a training set: one row per cached clip, which shard holds it, which split."""
+    __tablename__ = "training_clips"
+    __table_args__ = (UniqueConstraint("encoders", "content_hash", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encoders: Mapped[str] = mapped_column(String(64), index=True)   # which frozen CLIP + EnCodec made it
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(160))
+    index: Mapped[int] = mapped_column(Integer)                     # the clip's place in its shard
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    split: Mapped[str] = mapped_column(String(16))                  # train, validation
+    shard_uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TrainingMetric(Base):
+    __tablename__ = "training_metrics"
+    __table_args__ = (UniqueConstraint("model_name", "step", "split"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(255), index=True)  # the model version it is training
+    step: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(16))
+    loss: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

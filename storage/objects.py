@@ -178,6 +178,20 @@ class S3Store:
 Store = LocalStore | S3Store
 
 
+def fetch_copy(store: Store, key: str, target: Path) -> Path:
+    """A private copy of the object at `target`, appearing atomically (a local store's `download`
+    hands out the stored file itself, which must never be moved or changed)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as staging:
+        got = store.download(key, Path(staging))
+        if not got.resolve().is_relative_to(Path(staging).resolve()):
+            shutil.copyfile(got, Path(staging) / "copy")
+            got = Path(staging) / "copy"
+        got.replace(target)
+    return target
+
+
 def open_store(uri: str | Path) -> Store:
     """`s3://bucket/prefix`, `file:///path` or a plain path."""
     text = str(uri)

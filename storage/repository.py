@@ -6,11 +6,11 @@ import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import Catalog, Job, ModelVersion, Output, Run, Shot, Video, VideoError
+from .models import Catalog, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric, Video, VideoError
 from .objects import ObjectInfo
 
 
@@ -190,3 +190,46 @@ def videos(session: Session, status: str | None = None) -> list[tuple[Video, str
 def errors(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
     return list(session.execute(select(VideoError, Video).join(Video).where(VideoError.run_id == run.id)
                                 .order_by(VideoError.id)).tuples())
+
+
+# ---- training --------------------------------------------------------------------------------------
+def training_clips(session: Session, encoders: str, content_hash: str) -> list[TrainingClip]:
+    return list(session.scalars(select(TrainingClip).where(TrainingClip.encoders == encoders,
+                                                           TrainingClip.content_hash == content_hash)
+                                .order_by(TrainingClip.index)))
+
+
+def record_training_clips(session: Session, encoders: str, video: Video, spans: list[tuple[float, float]],
+                          split: str, shard_uri: str) -> list[TrainingClip]:
+    rows = [TrainingClip(encoders=encoders, video_id=video.id, content_hash=video.content_hash, index=i, start=a,
+                         end=b, split=split, shard_uri=shard_uri, created_at=utcnow()) for i, (a, b) in enumerate(spans)]
+    session.add_all(rows)
+    session.commit()
+    return rows
+
+
+def training_set(session: Session, encoders: str, video_ids: list[int]) -> list[TrainingClip]:
+    return list(session.scalars(select(TrainingClip).where(TrainingClip.encoders == encoders,
+                                                           TrainingClip.video_id.in_(video_ids))
+                                .order_by(TrainingClip.video_id, TrainingClip.index)))
+
+
+def move_to_validation(session: Session, encoders: str, content_hash: str) -> None:
+    session.execute(update(TrainingClip).where(TrainingClip.encoders == encoders,
+                                               TrainingClip.content_hash == content_hash).values(split="validation"))
+    session.commit()
+
+
+def record_metric(session: Session, model_name: str, step: int, split: str, loss: float, accuracy: float,
+                  lr: float | None = None) -> None:
+    """One point of a training curve; a resumed run writes the steps after its checkpoint again."""
+    session.execute(delete(TrainingMetric).where(TrainingMetric.model_name == model_name,
+                                                 TrainingMetric.step == step, TrainingMetric.split == split))
+    session.add(TrainingMetric(model_name=model_name, step=step, split=split, loss=loss, accuracy=accuracy, lr=lr,
+                               created_at=utcnow()))
+    session.commit()
+
+
+def training_metrics(session: Session, model_name: str) -> list[TrainingMetric]:
+    return list(session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == model_name)
+                                .order_by(TrainingMetric.step, TrainingMetric.split)))

@@ -123,3 +123,10 @@ def load_shard(path: Path) -> list[Clip]:
     return [Clip(a, b, tensors[f"{i}.times"], tensors[f"{i}.patches"], tensors[f"{i}.codes"])
             for i, (a, b) in enumerate(spans)]
 
+
+
+def encoder_key(config) -> str:
+    """Names the frozen encoders a shard was made with: clips are shared by every model built on them
+    (small and medium share CLIP ViT-L/14-336 and EnCodec 32 kHz) and by no other."""
+    frozen = json.dumps({"clip": config.clip, "codec": config.codec}, sort_keys=True)
+    return hashlib.sha256(frozen.encode()).hexdigest()[:16]

@@ -6,18 +6,6 @@ import json
 import pytest
 
 
-@pytest.fixture(scope="module")
-def prefect_engine(tmp_path_factory):
-    import os
-
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def _library(fixtures) -> dict[str, bytes]:
     video = fixtures / "video"
     data = (video / "testvideo.mp4").read_bytes()

@@ -1,0 +1,163 @@
+"""Fine-tune GVMGen on a catalog of videos that already carry music.
+
+    list -> register -> per video: clips cut at shots -> frozen CLIP patch tokens + EnCodec codes
+         -> a shard in object storage + its manifest rows in SQL (skipped when cached)
+    -> train (under the `gpu` limit; checkpoints, exact resume) -> publish the model version
+
+The music of a video is a file beside it with the same name (`a.mp4` + `a.wav`, .flac, .mp3, ...)
+or, failing that, its own audio track. `score_catalog(model=NAME)` then scores with the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from gvmgen.home import home
+from gvmgen.model.checkpoints import load_model, save_model
+from gvmgen.report import write_loss_curve
+from gvmgen.training.dataset import MUSIC_EXTENSIONS, build_clips, encoder_key, paired_music_key, save_shard, split_of
+from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, merge_adapters
+from storage import registry
+from storage import repository as repo
+from storage.models import Video
+from storage.objects import fetch_copy, open_store
+
+from .score_catalog import GPU_LIMIT, RETRY, ensure_gpu_limit, list_library, register_videos, sessions
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@task(**RETRY)
+def list_music(source: str) -> list[str]:
+    return [o.key for o in open_store(source).list(MUSIC_EXTENSIONS)]
+
+
+@task(cache_policy=NO_CACHE)
+def build_shard(video_id: int, source: str, store: str, base: str, music: list[str], clip_s: float) -> dict:
+    """One video's clips as a shard in `store`/datasets/, recorded in the manifest; a video whose shard
+    exists is skipped. Returns a row of the dataset table."""
+    with sessions() as session:
+        video = session.get(Video, video_id)
+        model = load_model(registry.resolve(session, base), device=_device())
+        encoders = encoder_key(model.config)
+        cached = repo.training_clips(session, encoders, video.content_hash)
+        row = {"video": video.key, "clips": len(cached), "split": cached[0].split if cached else None,
+               "status": "cached", "cause": None}
+        if cached:
+            return row
+        music_key = paired_music_key(video.key, set(music))
+        try:
+            with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+                src = open_store(source)
+                local = src.download(video.key, Path(work) / "in")
+                paired = src.download(music_key, Path(work) / "in") if music_key else None
+                clips = build_clips(model, local, paired, clip_s)
+                if not clips:
+                    return {**row, "status": "skipped", "cause": "shorter than the shortest clip (5 s)"}
+                name = video.content_hash.replace(":", "-") + ".safetensors"
+                shard_uri = open_store(store).upload(save_shard(Path(work) / name, clips), f"datasets/{encoders}/{name}")
+        except Exception as e:  # one bad video never stops the dataset
+            return {**row, "status": "failed", "cause": f"{type(e).__name__}: {e}"}
+        split = split_of(video.content_hash)
+        repo.record_training_clips(session, encoders, video, [(c.start, c.end) for c in clips], split, shard_uri)
+        return {**row, "clips": len(clips), "split": split, "status": "built"}
+
+
+@task(cache_policy=NO_CACHE)
+def train_model(name: str, base: str, store: str, video_ids: list[int], settings: dict) -> dict:
+    """Train on the manifest's clips of these videos, publish the model, draw its loss curve."""
+    with sessions() as session:
+        model = load_model(registry.resolve(session, base), device=_device())
+        encoders = encoder_key(model.config)
+        clips = repo.training_set(session, encoders, video_ids)
+        videos = sorted({c.content_hash for c in clips})
+        if len(videos) > 1 and all(c.split == "train" for c in clips):  # a small catalog: hold one video out
+            repo.move_to_validation(session, encoders, min(videos, key=lambda h: hashlib.sha256(h.encode()).digest()))
+            clips = repo.training_set(session, encoders, video_ids)
+    local = {uri: _cached_shard(open_store(store), f"datasets/{encoders}/{uri.rsplit('/', 1)[-1]}")
+             for uri in {c.shard_uri for c in clips}}
+    train = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "train"]
+    validation = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "validation"]
+
+    train_settings = TrainSettings(**settings)
+    progress = create_progress_artifact(0.0, key="finetune-progress", description=f"training {name}")
+    history: list[dict] = []
+
+    def on_metrics(m: dict) -> None:
+        history.append(m)
+        with sessions() as session:
+            repo.record_metric(session, name, m["step"], m["split"], m["loss"], m["accuracy"], m.get("lr"))
+        if m["split"] == "train" and (m["step"] % 10 == 0 or m["step"] == train_settings.steps):
+            update_progress_artifact(progress, 100.0 * m["step"] / train_settings.steps)
+
+    trainer = Trainer(model, train, validation, train_settings, home() / "training" / name, on_metrics=on_metrics)
+    with concurrency(GPU_LIMIT, occupy=1):
+        merge_adapters(trainer.run())
+    with sessions() as session:  # the whole curve, a resumed run's earlier steps included
+        history = [{"step": m.step, "split": m.split, "loss": m.loss, "accuracy": m.accuracy}
+                   for m in repo.training_metrics(session, name)]
+    final = {s: next((m for m in reversed(history) if m["split"] == s), None) for s in ("train", "validation")}
+    metrics = {"steps": train_settings.steps, "train_clips": len(train), "validation_clips": len(validation),
+               **{f"{s}_{k}": round(m[k], 4) for s, m in final.items() if m for k in ("loss", "accuracy")}}
+    with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+        folder = Path(work) / name
+        save_model(model.cpu(), folder)
+        write_loss_curve(folder / "loss.png", history, f"{name} (from {base}): {metrics}")
+        with sessions() as session:
+            row = registry.publish(session, name, base, folder, store, metrics)
+        curve_uri = f"{row.checkpoint_uri}/loss.png"
+    create_link_artifact(curve_uri, link_text=f"loss curve of {name}", key="finetune-loss-curve")
+    create_table_artifact(history, key="finetune-metrics", description=f"{name}: loss and token accuracy per step")
+    return {"model": name, "checkpoint": row.checkpoint_uri, "loss_curve": curve_uri, **metrics}
+
+
+def _cached_shard(store, key: str) -> Path:
+    """A shard in this machine's cache (GVMGEN_HOME/datasets), fetched the first time."""
+    target = home() / key
+    return target if target.is_file() else fetch_copy(store, key, target)
+
+
+@flow(name="finetune", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, store: str | None = None,
+             catalog_name: str | None = None, clip_s: float = 30.0, batch_size: int = 4, accumulation: int = 1,
+             lr: float = 1e-4, lm: str = "cross", lora_rank: int = 16, checkpoint_every: int = 100,
+             eval_every: int = 100, seed: int = 0) -> dict:
+    """Fine-tune `base` on the videos of `source` and publish the result as model version `name`.
+
+    `store`: where shards and the model go (a folder or s3://...; default GVMGEN_HOME/store).
+    `lm`: "cross" trains the LM's cross-attention only, "full" all of it, "lora" adds LoRA adapters.
+    A rerun reuses every cached shard and resumes training from its last checkpoint.
+    """
+    started = time.perf_counter()
+    store = store or str(home() / "store")
+    settings = dict(steps=steps, batch_size=batch_size, accumulation=accumulation, lr=lr, lm=lm,
+                    lora_rank=lora_rank, checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed)
+    TrainSettings(**settings)  # bad settings fail here, before any work
+    video_ids = register_videos(source, catalog_name or source, list_library(source))
+    music = list_music(source)
+    rows = [f.result() for f in [build_shard.submit(v, source, store, base, music, clip_s) for v in video_ids]]
+    create_table_artifact(rows, key="finetune-dataset", description="clips per video (built, cached, failed)")
+    failed = [r for r in rows if r["status"] in ("failed", "skipped")]
+    if failed:
+        create_markdown_artifact("## Videos left out of the training set\n\n" + "\n".join(
+            f"- `{r['video']}` ({r['status']}): {r['cause']}" for r in failed), key="finetune-left-out")
+    usable = [v for v, r in zip(video_ids, rows) if r["clips"]]
+    if not usable:
+        raise ValueError(f"{source}: no video gave a training clip (see the finetune-left-out artifact)")
+    ensure_gpu_limit(1)
+    result = train_model(name, base, store, usable, settings)
+    return {**result, "videos": len(usable), "left_out": len(failed), "seconds": round(time.perf_counter() - started, 1)}

@@ -1,0 +1,60 @@
+"""The finetune flow on the shared fixtures: music muxed onto the videos (and one paired by name),
+a model version registered, and score_catalog scoring with it by name."""
+
+import subprocess
+
+import pytest
+import torch
+from sqlalchemy import select
+
+
+def _mux(video, music, out, seconds):
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(video), "-stream_loop", "-1", "-i", str(music),
+                    "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-t", str(seconds), str(out)],
+                   check=True)
+
+
+@pytest.mark.slow
+def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefect_engine, fixtures, tmp_path):
+    from flows.finetune import finetune
+    from flows.score_catalog import cached_model, score_catalog
+    from gvmgen.model.checkpoints import load_model
+    from storage.db import connect
+    from storage.models import ModelVersion, Output, TrainingClip, TrainingMetric
+
+    library, store = tmp_path / "library", tmp_path / "store"
+    library.mkdir()
+    _mux(fixtures / "video" / "testvideo.mp4", fixtures / "music" / "electronic.mp3", library / "cuts.mp4", 24)
+    (library / "fades.mp4").write_bytes((fixtures / "video" / "fades.mp4").read_bytes())
+    (library / "fades.mp3").write_bytes((fixtures / "music" / "bach.mp3").read_bytes())   # paired by name
+    (library / "silent.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())  # no music at all
+
+    result = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, checkpoint_every=3,
+                      eval_every=3, store=str(store))
+    assert (result["videos"], result["left_out"]) == (2, 1)
+    assert result["train_clips"] + result["validation_clips"] == 2 and result["validation_clips"] == 1
+    assert result["train_loss"] > 0 and 0 <= result["validation_accuracy"] <= 1
+    with connect()() as session:
+        clips = session.scalars(select(TrainingClip)).all()
+        version = session.scalar(select(ModelVersion).where(ModelVersion.name == "studio-v1"))
+        steps = {(m.step, m.split) for m in session.scalars(select(TrainingMetric))}
+    assert sorted((c.start, round(c.end)) for c in clips) == [(0.0, 10), (0.0, 24)]
+    assert {c.split for c in clips} == {"train", "validation"}
+    assert steps == {(s, "train") for s in range(1, 7)} | {(3, "validation"), (6, "validation")}
+    assert version.base == "tiny" and version.metrics["steps"] == 6
+    published = sorted(p.name for p in (store / "models" / "studio-v1").iterdir())
+    assert published == ["gvmgen_config.json", "loss.png", "model.safetensors"]
+    assert len(list((store / "datasets").rglob("*.safetensors"))) == 2
+
+    again = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, store=str(store))
+    assert again["train_loss"] == result["train_loss"]                  # resumed at its end: nothing retrained
+    with connect()() as session:
+        assert len(session.scalars(select(TrainingClip)).all()) == 2     # shards were cached, not rebuilt
+
+    trained = cached_model("studio-v1")
+    assert not torch.equal(trained.output_proj.weight, load_model("tiny").output_proj.weight)
+    scored = score_catalog(str(library), str(tmp_path / "scored"), model="studio-v1")
+    assert scored["scored"] == 3
+    with connect()() as session:
+        used = {o.model_version_id for o in session.scalars(select(Output))}
+    assert used == {version.id}
