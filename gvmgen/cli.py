@@ -166,38 +166,108 @@ def score(
     raise typer.Exit(1 if summary["failed"] else 0)
 
 
+class LMMode(str, Enum):
+    cross = "cross"
+    full = "full"
+    lora = "lora"
+
+
+@app.command()
+def finetune(
+    source: str = typer.Argument(..., help="Videos with the music to learn: their own audio track, or a file "
+                                 "beside each with the same name (a.mp4 + a.wav/.flac/.mp3)."),
+    base: str = typer.Option("tiny", "--base", help="tiny, small, medium, or a model version's name."),
+    name: str = typer.Option(..., "--name", help="The new model version's name (gvmgen score --model NAME)."),
+    steps: int = typer.Option(1000, "--steps"),
+    lm: LMMode = typer.Option(LMMode.cross, "--lm", help="cross: the LM's cross-attention only; full: all the "
+                              "LM; lora: LoRA adapters on its self-attention."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
+                              "default GVMGEN_HOME/store)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
+
+    A rerun reuses the cached clips and resumes training from its last checkpoint.
+    """
+    _prefect_environment()
+    from flows.finetune import finetune as finetune_flow
+
+    try:
+        with _training_progress(name, steps, disable=as_json):
+            result = finetune_flow(source, name, base=base, steps=steps, lm=lm.value, batch_size=batch_size,
+                                   lr=lr, store=store)
+    except Exception as e:
+        console.print(f"[red]error:[/red] fine-tuning failed: {type(e).__name__}: {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(f"model {result['model']}: {result['videos']} videos ({result['left_out']} left out), "
+                      f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
+                      f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
+                      f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+
+
 @contextlib.contextmanager
-def _run_progress(disable: bool):
-    """A bar of videos handled by the run this command starts, read from its row in SQL as it goes."""
+def _progress_from_sql(poll, disable: bool, first: str):
+    """A progress bar fed from the database while a flow runs: `poll(session)` returns
+    (completed, total, description) or None while there is nothing to show yet."""
     import threading
 
-    from storage import repository as repo
     from storage.db import connect
 
     if disable:
         yield
         return
-    began, stop = repo.utcnow(), threading.Event()
+    stop = threading.Event()
 
     def follow(bar: Progress, task) -> None:
         sessions = connect()
         while not stop.wait(0.5):
             with sessions() as session:
-                run = next((r for r in repo.runs(session, limit=1) if r.started_at >= began), None)
-            if run is not None:
-                bar.update(task, total=run.videos, completed=run.scored + run.skipped + run.failed,
-                           description=f"run {run.id}: {run.scored} scored, {run.failed} failed")
+                state = poll(session)
+            if state is not None:
+                completed, total, description = state
+                bar.update(task, completed=completed, total=total, description=description)
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as bar:
-        watcher = threading.Thread(target=follow, args=(bar, bar.add_task("listing the library", total=None)),
-                                   daemon=True)
+        watcher = threading.Thread(target=follow, args=(bar, bar.add_task(first, total=None)), daemon=True)
         watcher.start()
         try:
             yield
         finally:
             stop.set()
             watcher.join()
+
+
+def _run_progress(disable: bool):
+    """Videos handled by the run this command starts, read from its row as it goes."""
+    from storage import repository as repo
+
+    began = repo.utcnow()
+
+    def poll(session):
+        run = next((r for r in repo.runs(session, limit=1) if r.started_at >= began), None)
+        if run is not None:
+            return (run.scored + run.skipped + run.failed, run.videos,
+                    f"run {run.id}: {run.scored} scored, {run.failed} failed")
+
+    return _progress_from_sql(poll, disable, "listing the library")
+
+
+def _training_progress(name: str, steps: int, disable: bool):
+    """Training steps of model `name`, from its metrics as they are recorded."""
+    from storage import repository as repo
+
+    def poll(session):
+        done = [m for m in repo.training_metrics(session, name) if m.split == "train"]
+        if done:
+            return done[-1].step, steps, f"training {name}: loss {done[-1].loss:.3f}"
+
+    return _progress_from_sql(poll, disable, "building the training clips")
 
 
 @app.command()

@@ -96,27 +96,3 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
     assert [v["key"] for v in failed] == ["bad.mp4"]
     assert _gvmgen("runs", "show", "999").returncode == 2
-
-
-@pytest.mark.slow
-def test_server_serves_the_prefect_api_on_loopback(tmp_path, free_port):
-    import os
-    import time
-    import urllib.request
-
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    proc = subprocess.Popen([sys.executable, "-m", "gvmgen", "server", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline, healthy = time.time() + 90, False
-        while time.time() < deadline and not healthy:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    healthy = response.status == 200
-            except OSError:
-                time.sleep(0.5)
-        assert healthy
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
