@@ -69,6 +69,9 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
         curve.axvline(cut, color="#d62728", lw=0.6, alpha=0.5)
     for seam in data.seams:
         curve.axvline(seam, color="#31a354", lw=0.6, ls="--", alpha=0.6)
+    finite = lufs[np.isfinite(lufs)]
+    low, high = (finite.min(), finite.max()) if len(finite) else (data.target_lufs, data.target_lufs)
+    curve.set_ylim(min(low, data.target_lufs - 18) - 2, max(high, data.target_lufs + 4) + 2)  # a fixed span: flat reads flat
     curve.set_ylabel("LUFS")
     curve.set_xlabel("seconds")
     curve.set_xlim(0, max(data.duration, 1e-3))

@@ -96,3 +96,18 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
     assert [v["key"] for v in failed] == ["bad.mp4"]
     assert _gvmgen("runs", "show", "999").returncode == 2
+
+
+@pytest.mark.slow
+def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):
+    import shutil
+
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
+    env = {**__import__("os").environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = _gvmgen("score", library, "--out", tmp_path / "scored", "--dask", "local", "--json", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["scored"] == 1
+    assert "distributed.scheduler" in result.stderr                  # a real Dask scheduler ran the tasks
+    assert sorted(p.name for p in (tmp_path / "scored").iterdir()) == ["counter.mp4", "counter.report.png", "counter.wav"]
