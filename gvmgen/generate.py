@@ -35,6 +35,7 @@ class GenerationSettings:
     window_s: float = 30.0           # the length the model was trained on
     overlap_s: float | None = None   # None: 12 s for continue (prompt length), 4 s for parallel
     cut_snap_s: float = 4.0          # a seam at most this far after a shot cut moves back to it
+    condition: str = "window"        # "window": each window hears its own frames; "video": every frame (official)
     batch_size: int = 8              # windows per forward pass (twice the rows with guidance)
     seed: int | None = None
     guidance_scale: float | None = None  # None: the model config's (3.0)
@@ -46,6 +47,8 @@ class GenerationSettings:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
         if self.overlap_s is None:
             self.overlap_s = DEFAULT_OVERLAP_S[self.stitch]
+        if self.condition not in ("window", "video"):
+            raise ValueError(f"condition must be 'window' or 'video', got {self.condition!r}")
         if not 0 < self.overlap_s < self.window_s:
             raise ValueError(f"overlap_s must lie between 0 and window_s ({self.window_s}), got {self.overlap_s}")
 
@@ -136,6 +139,8 @@ class MusicGenerator:
         """(F, D) the tokens of the frames inside the window, timed from the window's start."""
         start, end = window.start / self.rate, window.end / self.rate
         inside = (video.times >= start) & (video.times < end)
+        if self.settings.condition == "video":  # the official code: every window hears the whole video
+            inside = torch.ones_like(inside)
         if not inside.any():  # a window between two sampled frames: take the nearest one
             inside = (video.times - (start + end) / 2).abs() == (video.times - (start + end) / 2).abs().min()
         tokens = video.tokens[inside].to(self.device, self.dtype)

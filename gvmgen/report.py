@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyloudnorm  # noqa: E402
+
+from .media.loudness import short_term_loudness  # noqa: E402
 
 
 @dataclass
@@ -28,18 +29,6 @@ class ReportData:
     integrated_lufs: float
     true_peak_dbtp: float
     target_lufs: float
-
-
-def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
-                        block_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """(times, LUFS): K-weighted loudness of the 3 s ending at each time (-inf in silence)."""
-    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
-    block, hop = int(block_s * sample_rate), max(1, int(hop_s * sample_rate))
-    audio = np.asarray(audio, dtype=np.float64)
-    ends = np.arange(block, len(audio) + 1, hop)
-    # One gating block per segment: the gated "integrated" value of exactly block_s is the short-term value.
-    values = np.array([meter.integrated_loudness(audio[e - block:e]) for e in ends])
-    return ends / sample_rate, values
 
 
 def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: int) -> Path:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gvmgen.report import ReportData, short_term_loudness, write_report
+from gvmgen.media.loudness import short_term_loudness
+from gvmgen.report import ReportData, write_report
 
 RATE = 32000
 

@@ -72,3 +72,15 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float = STREAMIN
     out = limit(out, sample_rate, ceiling_dbtp)
     report = LoudnessReport(float(measured), float(meter.integrated_loudness(out)), true_peak_db(out), float(gain_db))
     return out.astype(np.float32), report
+
+
+def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
+                        block_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """(times, LUFS): K-weighted loudness of the 3 s ending at each time (-inf in silence)."""
+    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
+    block, hop = int(block_s * sample_rate), max(1, int(hop_s * sample_rate))
+    audio = np.asarray(audio, dtype=np.float64)
+    ends = np.arange(block, len(audio) + 1, hop)
+    # One gating block per segment: the gated "integrated" value of exactly block_s is the short-term value.
+    values = np.array([meter.integrated_loudness(audio[e - block:e]) for e in ends])
+    return ends / sample_rate, values

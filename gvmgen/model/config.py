@@ -57,6 +57,7 @@ class GVMGenConfig:
     ft_cross_attention_every: int = 2  # cross-attention to patch tokens in layers 0, 2, 4
     ft_dropout: float = 0.1
     ft_layer_norm_eps: float = 1e-12
+    spatial_cross_attention: bool = True  # False (an ablation): mean-pooled patch tokens instead of the queries
 
     # Conditioning and guidance (the visual side sees one frame per second of video).
     condition_dropout: float = 0.3     # training: share of examples given the null condition

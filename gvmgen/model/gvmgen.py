@@ -66,7 +66,7 @@ class GVMGen(nn.Module):
         self.feature_transformation = FeatureTransformation(
             width, config.num_queries, config.ft_layers, config.ft_heads, config.ft_ffn_dim,
             config.ft_dropout, config.ft_layer_norm_eps, config.ft_cross_attention_every,
-        )
+        ) if config.spatial_cross_attention else None
         lm_width = config.lm["hidden_size"]
         self.output_proj = nn.Linear(config.clip["projection_dim"], lm_width)
         self.time_embedding = TimeEmbedding(lm_width) if config.time_embedding else None
@@ -100,7 +100,10 @@ class GVMGen(nn.Module):
 
     def tokens_from_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, C) patch tokens -> (N, D): the trainable part of the visual side."""
-        queried = self.feature_transformation(patches)                          # (N, C)
+        if self.feature_transformation is None:                                 # the ablation
+            queried = patches.mean(dim=1)                                       # (N, C)
+        else:
+            queried = self.feature_transformation(patches)                      # (N, C)
         return self.output_proj(self.visual_projection(self.vision.post_layernorm(queried)))  # (N, D)
 
     @torch.no_grad()
