@@ -258,7 +258,8 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext) -> dict:
         repo.complete(session, job, WORKER, video, session.get(ModelVersion, ctx.model_version_id),
                       session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
                       report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
-                      true_peak_dbtp=done.loudness.true_peak_dbtp, seed=ctx.settings.get("seed"))
+                      true_peak_dbtp=done.loudness.true_peak_dbtp, seed=ctx.settings.get("seed"),
+                      windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
     shutil.rmtree(claimed.work, ignore_errors=True)
     return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs)
 

@@ -210,6 +210,32 @@ def finetune(
                       f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
 
 
+@app.command("eval")
+def evaluate(
+    target: str = typer.Argument(..., help="A run id, or the source (or name) of a scored catalog."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Evaluate scored videos with every metric available here, and store the results in SQL.
+
+    Cut-to-onset hit rate (against shuffled cuts), seam smoothness and loudness range always; FAD
+    (CLAP) and KL (AST) when their weights are in GVMGEN_HOME/metrics, else reported as not available.
+    """
+    _prefect_environment()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    try:
+        with console.status(f"evaluating {target}"):
+            result = evaluate_flow(target)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    _emit(result["rows"], False, ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"])
+    console.print({k: v for k, v in result.items() if k != "rows"})
+
+
 @contextlib.contextmanager
 def _progress_from_sql(poll, disable: bool, first: str):
     """A progress bar fed from the database while a flow runs: `poll(session)` returns

@@ -149,6 +149,18 @@ class MusicGenerator:
     # ---- generation --------------------------------------------------------------------------------
     def generate(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
         """One mono track per video, exactly as long as the video (to the sample)."""
+        plans, codes = self.window_codes(videos, progress)
+        hop = self.model.config.sample_rate // self.rate
+        tracks = []
+        for v, video in enumerate(videos):
+            segments = [(w.start * hop, self.model.decode_audio(codes[(v, k)][None])[0].float().cpu().numpy())
+                        for k, w in enumerate(plans[v])]
+            tracks.append(stitch(segments, self.num_samples(video.duration)))
+        return tracks
+
+    def window_codes(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[list[list[Window]], dict[tuple[int, int], torch.Tensor]]:
+        """Every window's token frames: (plans per video, {(video, window): (K, frames)})."""
         plans = [self.plan(v) for v in videos]
         codes: dict[tuple[int, int], torch.Tensor] = {}
         total = sum(w.end - w.start - w.prompt + self.model.config.num_codebooks for plan in plans for w in plan)
@@ -174,14 +186,7 @@ class MusicGenerator:
         for stage in stages:
             for i in range(0, len(stage), self.settings.batch_size):
                 run(stage[i:i + self.settings.batch_size])
-
-        hop = self.model.config.sample_rate // self.rate
-        tracks = []
-        for v, video in enumerate(videos):
-            segments = [(w.start * hop, self.model.decode_audio(codes[(v, k)][None])[0].float().cpu().numpy())
-                        for k, w in enumerate(plans[v])]
-            tracks.append(stitch(segments, self.num_samples(video.duration)))
-        return tracks
+        return plans, codes
 
     @staticmethod
     def _prompt(codes, plans, v: int, k: int) -> torch.Tensor | None:

@@ -115,6 +115,7 @@ class Output(Base):
     video_uri: Mapped[str] = mapped_column(Text)
     track_uri: Mapped[str] = mapped_column(Text)
     report_uri: Mapped[str | None] = mapped_column(Text)
+    windows: Mapped[list | None] = mapped_column(JSON)           # [[start, end], ...] seconds, as generated
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     true_peak_dbtp: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -156,4 +157,18 @@ class TrainingMetric(Base):
     loss: Mapped[float] = mapped_column(Float)
     accuracy: Mapped[float] = mapped_column(Float)
     lr: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Evaluation(Base):
+    """One metric of one output (or of a whole run when output_id is empty)."""
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("output_id", "run_id", "metric"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)          # None: not available (see details)
+    baseline: Mapped[float | None] = mapped_column(Float)       # what chance gives, where there is one
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -10,7 +10,8 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import Catalog, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric, Video, VideoError
+from .models import (Catalog, Evaluation, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric, Video,
+                     VideoError)
 from .objects import ObjectInfo
 
 
@@ -152,13 +153,14 @@ def done(session: Session, video: Video, model: ModelVersion, key: str) -> Outpu
 
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
              settings: dict, *, video_uri: str, track_uri: str, report_uri: str | None = None,
-             loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None) -> Output:
+             loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None,
+             windows: list | None = None) -> Output:
     """Record the output and end the job as done in one transaction: a worker killed in between
     leaves neither, and the video is simply scored again."""
     output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
                     model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
-                    true_peak_dbtp=true_peak_dbtp, created_at=utcnow())
+                    true_peak_dbtp=true_peak_dbtp, windows=windows, created_at=utcnow())
     session.add(output)
     session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
                     .values(owner=None, lease_expires_at=None, status="done"))
@@ -233,3 +235,35 @@ def record_metric(session: Session, model_name: str, step: int, split: str, loss
 def training_metrics(session: Session, model_name: str) -> list[TrainingMetric]:
     return list(session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == model_name)
                                 .order_by(TrainingMetric.step, TrainingMetric.split)))
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+def outputs_to_evaluate(session: Session, target: str) -> tuple[Run | None, list[tuple[Output, Video]]]:
+    """A run's outputs (target: its id), or every output of the catalog whose source is `target`."""
+    query = select(Output, Video).join(Video, Output.video_id == Video.id)
+    if target.isdigit():
+        run = session.get(Run, int(target))
+        if run is None:
+            raise ValueError(f"no run {target}")
+        return run, list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
+    cat = session.scalar(select(Catalog).where(or_(Catalog.source_uri == target, Catalog.name == target)))
+    if cat is None:
+        raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
+    return None, list(session.execute(query.where(Video.catalog_id == cat.id).order_by(Video.key)).tuples())
+
+
+def shots_of(session: Session, video: Video) -> list[Shot]:
+    return list(session.scalars(select(Shot).where(Shot.video_id == video.id, Shot.content_hash == video.content_hash)
+                                .order_by(Shot.index)))
+
+
+def record_evaluation(session: Session, metric: str, value: float | None, *, output: Output | None = None,
+                      run: Run | None = None, baseline: float | None = None, details: dict | None = None) -> None:
+    """One metric value, replacing an earlier evaluation of the same thing."""
+    where = [Evaluation.metric == metric,
+             Evaluation.output_id == output.id if output else Evaluation.output_id.is_(None),
+             Evaluation.run_id == run.id if run else Evaluation.run_id.is_(None)]
+    session.execute(delete(Evaluation).where(*where))
+    session.add(Evaluation(output_id=output.id if output else None, run_id=run.id if run else None, metric=metric,
+                           value=value, baseline=baseline, details=details or {}, created_at=utcnow()))
+    session.commit()

@@ -1,0 +1,264 @@
+"""The alignment probe: does the mechanism make music follow the picture, in content and in time?
+
+No pretrained weights are needed. A procedural catalog where each shot's picture determines its music:
+the hue of a shot is the pitch class of its notes, its stripe density the note rate (1, 2 or 4 a
+second); cuts fall at random times; videos last 20 s to 3 min. The music is rendered as decaying sine
+notes and tokenised by the tiny preset's codec; the tiny preset is trained on it on the CPU, and on
+held-out videos we measure
+
+- token agreement: per second, the overlap of the generated and the true codebook-0 token histograms
+  (1 = the same sound), against the same for the true tokens of a random other second (chance);
+- cut-to-change hit rate: the share of cuts where the generated tokens change (the histogram of the
+  half-second after a moment differs from the half-second before it by more than `CHANGE`) within
+  +-0.5 s, against the same at shuffled cut times.
+
+Variants (three seeds each): the official configuration; with the time position embedding; without the
+spatial cross-attention (mean-pooled patch tokens instead of the music queries); and on 3-min videos,
+the official whole-video conditioning against our sliding windows (same trained official models).
+
+To fit the CPU, windows and training clips are 10 s instead of 30 (the mechanism is the same).
+
+    python bench/probe.py [--seeds 3] [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
+from gvmgen.model.checkpoints import fresh_model
+from gvmgen.model.config import preset
+from gvmgen.training.dataset import Clip, plan_clips
+from gvmgen.training.trainer import Trainer, TrainSettings
+
+WINDOW_S = 10.0
+RATES = (1, 2, 4)          # notes per second, by stripe density
+CHANGE = 0.5               # histogram change that counts as "the music changed"
+
+
+@dataclass
+class ProbeVideo:
+    duration: float
+    cuts: list[float]
+    shots: list[tuple[int, int]]        # (pitch class, rate index) per shot
+    times: np.ndarray                   # frame times (each second, and each cut)
+    frames: np.ndarray                  # (N, S, S, 3) uint8
+    audio: np.ndarray                   # float32 at the codec's rate
+
+
+def make_video(rng: np.random.Generator, duration: float, size: int, rate: int) -> ProbeVideo:
+    cuts, t = [], rng.uniform(2, 8)
+    while t < duration - 1:
+        cuts.append(round(float(t), 2))
+        t += rng.uniform(2, 8)
+    bounds = [0.0, *cuts, duration]
+    shots, previous = [], None
+    for _ in range(len(bounds) - 1):
+        shot = (int(rng.integers(12)), int(rng.integers(len(RATES))))
+        while shot == previous:  # a cut always changes the picture, so it always changes the music
+            shot = (int(rng.integers(12)), int(rng.integers(len(RATES))))
+        shots.append(shot)
+        previous = shot
+    times = np.unique(np.concatenate([np.arange(int(duration)), cuts]))
+    shot_of = lambda x: int(np.searchsorted(bounds, x, side="right") - 1)  # noqa: E731
+    frames = np.stack([picture(rng, *shots[shot_of(x)], size) for x in times])
+    samples = np.zeros(int(duration * rate), np.float32)
+    for (pitch, r), a, b in zip(shots, bounds[:-1], bounds[1:]):
+        freq, step = 261.63 * 2 ** (pitch / 12), 1.0 / RATES[r]
+        for start in np.arange(a, b, step):
+            n = int(min(step, b - start) * rate)
+            i = int(start * rate)
+            tt = np.arange(n) / rate
+            samples[i:i + n] += 0.4 * np.sin(2 * np.pi * freq * tt) * np.exp(-4 * tt / step)
+    return ProbeVideo(duration, cuts, shots, times, frames, samples)
+
+
+def picture(rng: np.random.Generator, pitch: int, rate_index: int, size: int) -> np.ndarray:
+    """A frame of a shot: its hue, stripes as dense as its notes are fast, a random shift and noise."""
+    rgb = np.array(colorsys.hsv_to_rgb(pitch / 12, 0.8, 0.9))
+    stripes = 2 * 2 ** rate_index
+    x = (np.arange(size) / size + rng.uniform()) * stripes
+    shade = 0.6 + 0.4 * (np.sin(2 * np.pi * x) > 0)
+    image = rgb[None, None, :] * shade[None, :, None] * np.ones((size, 1, 1))
+    image += rng.normal(0, 0.03, image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+class Tokenised:
+    """A probe video as the model sees it: patch tokens of its frames and its true codes."""
+
+    def __init__(self, model, video: ProbeVideo):
+        self.video = video
+        self.patches = model.patch_tokens(torch.from_numpy(video.frames)).half()
+        self.codes = model.encode_audio(torch.from_numpy(video.audio)[None])[0].to(torch.int16)
+
+    def clips(self, rate: int) -> list[Clip]:
+        out = []
+        for a, b in plan_clips(self.video.duration, self.video.cuts, WINDOW_S):
+            inside = torch.from_numpy((self.video.times >= a) & (self.video.times < b))
+            out.append(Clip(a, b, torch.from_numpy(self.video.times)[inside].float() - a, self.patches[inside],
+                            self.codes[:, round(a * rate):round(b * rate)]))
+        return out
+
+
+def variant_config(name: str):
+    config = preset("tiny")
+    config.time_embedding = name == "time embedding"
+    config.spatial_cross_attention = name != "no spatial x-attn"
+    return config
+
+
+def generate(model, videos: list[Tokenised], condition: str, seed: int) -> list[torch.Tensor]:
+    """Codebook-0 tokens for each video, window by window, each frame from the window that owns it."""
+    generator = MusicGenerator(model, GenerationSettings(stitch="parallel", window_s=WINDOW_S, overlap_s=2.0,
+                                                         seed=seed, condition=condition, batch_size=64))
+    with torch.no_grad():
+        inputs = [VisualTokens(model.tokens_from_patches(v.patches.float()), torch.from_numpy(v.video.times).double(),
+                               v.video.duration, v.video.cuts) for v in videos]
+    plans, codes = generator.window_codes(inputs)
+    out = []
+    for i, (v, plan) in enumerate(zip(videos, plans)):
+        tokens = torch.zeros(v.codes.shape[-1], dtype=torch.long)
+        for k, w in enumerate(plan):
+            start = w.start if k == 0 else (plan[k - 1].end + w.start) // 2
+            end = w.end if k == len(plan) - 1 else (w.end + plan[k + 1].start) // 2
+            tokens[start:end] = codes[(i, k)][0, start - w.start:end - w.start].cpu()
+        out.append(tokens[: v.codes.shape[-1]])
+    return out
+
+
+def histogram(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    h = torch.bincount(tokens, minlength=vocab).float()
+    return h / h.sum().clamp(min=1)
+
+
+def agreement(generated: torch.Tensor, truth: torch.Tensor, rate: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Mean per-second histogram overlap with the truth, and with the truth of a random other second."""
+    vocab = 2049
+    seconds = len(truth) // rate
+    same, chance = [], []
+    for s in range(seconds):
+        g = histogram(generated[s * rate:(s + 1) * rate], vocab)
+        same.append(torch.minimum(g, histogram(truth[s * rate:(s + 1) * rate], vocab)).sum().item())
+        o = int(rng.integers(seconds))
+        chance.append(torch.minimum(g, histogram(truth[o * rate:(o + 1) * rate], vocab)).sum().item())
+    return float(np.mean(same)), float(np.mean(chance))
+
+
+def change_curve(tokens: torch.Tensor, rate: int, half: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(times, change): 1 - overlap of the token histograms of the half-seconds before and after."""
+    n, w = len(tokens), int(half * rate)
+    times, change = [], []
+    for i in range(w, n - w, rate // 10):
+        before, after = histogram(tokens[i - w:i], 2049), histogram(tokens[i:i + w], 2049)
+        times.append(i / rate)
+        change.append(1 - torch.minimum(before, after).sum().item())
+    return np.array(times), np.array(change)
+
+
+def cut_hits(tokens: torch.Tensor, cuts: list[float], duration: float, rate: int, rng: np.random.Generator,
+             shuffles: int = 50) -> tuple[float, float]:
+    times, change = change_curve(tokens, rate)
+
+    def rate_at(moments) -> float:
+        return float(np.mean([(change[np.abs(times - c) <= 0.5].max(initial=0) > CHANGE) for c in moments]))
+
+    baseline = np.mean([rate_at(rng.uniform(1, duration - 1, len(cuts))) for _ in range(shuffles)])
+    return rate_at(cuts), float(baseline)
+
+
+def train(name: str, clips: list[Clip], seed: int, steps: int):
+    torch.manual_seed(seed)
+    model = fresh_model(variant_config(name))
+    settings = TrainSettings(steps=steps, batch_size=8, lr=3e-3, warmup_steps=30, weight_decay=0.0, lm="full",
+                             checkpoint_every=10 ** 9, eval_every=10 ** 9, seed=seed)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        Trainer(model, clips, [], settings, work).run()
+    return model.eval()
+
+
+def evaluate(model, videos: list[Tokenised], condition: str, seed: int) -> dict:
+    rate = model.config.frame_rate
+    rng = np.random.default_rng(seed)
+    generated = generate(model, videos, condition, seed)
+    agree, chance, hits, shuffled = [], [], [], []
+    for tokens, v in zip(generated, videos):
+        a, c = agreement(tokens, v.codes[0].long(), rate, rng)
+        h, b = cut_hits(tokens, v.video.cuts, v.video.duration, rate, rng)
+        agree.append(a), chance.append(c), hits.append(h), shuffled.append(b)
+    return {"agreement": np.mean(agree), "agreement_chance": np.mean(chance), "hit_rate": np.mean(hits),
+            "hit_rate_shuffled": np.mean(shuffled)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--train-videos", type=int, default=40)
+    parser.add_argument("--test-videos", type=int, default=8)
+    parser.add_argument("--long-videos", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    began = time.perf_counter()
+
+    base = fresh_model(preset("tiny"))           # the frozen encoders every variant shares
+    size, rate = base.config.image_size, base.config.sample_rate
+    data_rng = np.random.default_rng(1234)
+    with torch.no_grad():
+        train_set = [Tokenised(base, make_video(data_rng, data_rng.uniform(20, 60), size, rate))
+                     for _ in range(args.train_videos)]
+        test_set = [Tokenised(base, make_video(data_rng, data_rng.uniform(20, 60), size, rate))
+                    for _ in range(args.test_videos)]
+        long_set = [Tokenised(base, make_video(data_rng, 180.0, size, rate)) for _ in range(args.long_videos)]
+    clips = [c for v in train_set for c in v.clips(base.config.frame_rate)]
+    truth = np.mean([cut_hits(v.codes[0].long(), v.video.cuts, v.video.duration, base.config.frame_rate,
+                              np.random.default_rng(0))[0] for v in test_set])
+    print(f"catalog: {len(train_set)} training videos ({len(clips)} clips of <= {WINDOW_S:g} s), "
+          f"{len(test_set)} held-out 20-60 s, {len(long_set)} held-out 3-min; true tokens' cut hit rate "
+          f"{truth:.2f} ({time.perf_counter() - began:.0f} s)", flush=True)
+
+    rows: dict[str, list[dict]] = {}
+    for seed in range(args.seeds):
+        for name in ("official", "time embedding", "no spatial x-attn"):
+            model = train(name, clips, seed, args.steps)
+            rows.setdefault(name, []).append(evaluate(model, test_set, "window", seed))
+            if name == "official":
+                rows.setdefault("3-min, sliding windows", []).append(evaluate(model, long_set, "window", seed))
+                rows.setdefault("3-min, whole video (official)", []).append(evaluate(model, long_set, "video", seed))
+            print(f"seed {seed} {name}: {rows[name][-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
+
+    def cell(name, key):
+        values = [r[key] for r in rows[name]]
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+    print(f"\n| variant ({args.seeds} seeds) | token agreement | (chance) | cut hit rate | (shuffled cuts) |")
+    print("|---|---|---|---|---|")
+    for name in rows:
+        print(f"| {name} | {cell(name, 'agreement')} | {cell(name, 'agreement_chance')} | {cell(name, 'hit_rate')} "
+              f"| {cell(name, 'hit_rate_shuffled')} |")
+
+    def compare(label, better, worse, key):
+        a, b = [r[key] for r in rows[better]], [r[key] for r in rows[worse]]
+        spread = max(np.std(a), np.std(b))
+        gap = np.mean(a) - np.mean(b)
+        verdict = "holds" if gap > spread else ("ties" if abs(gap) <= spread else "fails")
+        print(f"RESULT {label}_{key}_gap={gap:+.3f} spread={spread:.3f} {verdict}")
+
+    print()
+    for key in ("agreement", "hit_rate"):
+        compare("full_vs_no_spatial", "official", "no spatial x-attn", key)
+        compare("time_embedding_vs_official", "time embedding", "official", key)
+        compare("sliding_vs_whole_video_3min", "3-min, sliding windows", "3-min, whole video (official)", key)
+    print(f"probe took {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Evaluate a scored run or catalog: the metrics available on this machine, per video, into SQL and a
+Prefect table artifact.
+
+Always: cut-to-onset hit rate (against shuffled cuts), seam smoothness (spectral flux at the window
+seams against elsewhere), loudness range. With local weights: FAD (CLAP) and KL (AST) against the
+videos' own audio tracks as the reference; without them, each is recorded as not available, with why.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+
+from gvmgen.media.audio import decode_audio
+from gvmgen.metrics import MetricUnavailable
+from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean_kl
+from gvmgen.metrics.weightfree import cut_onset_alignment, loudness_range, seam_smoothness
+from storage import repository as repo
+from storage.models import Output, Run, Video
+from storage.objects import open_store
+
+from .score_catalog import RETRY, sessions
+
+RATE = 22050  # librosa's rate: onsets and flux are computed there
+
+
+def _download(uri: str, work: Path) -> Path:
+    folder, name = uri.rsplit("/", 1)
+    return open_store(folder).download(name, work)
+
+
+@task(**RETRY)
+def evaluate_output(output_id: int) -> dict:
+    with sessions() as session:
+        output = session.get(Output, output_id)
+        video = session.get(Video, output.video_id)
+        cuts = [s.start for s in repo.shots_of(session, video)[1:]]
+        seams = [(a[1] + b[0]) / 2 for a, b in zip(output.windows or [], (output.windows or [])[1:])]
+        with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+            audio = decode_audio(_download(output.track_uri, Path(work)), RATE)
+        row = {"video": video.key}
+        if cuts:
+            hits = cut_onset_alignment(audio, RATE, cuts)
+            repo.record_evaluation(session, "cut_onset_hit_rate", hits.hit_rate, output=output, baseline=hits.baseline,
+                                   details={"baseline_std": hits.baseline_std, "cuts": hits.cuts, "onsets": hits.onsets})
+            row.update(cut_onset_hit_rate=round(hits.hit_rate, 3), shuffled_cuts=round(hits.baseline, 3))
+        if seams:
+            smooth = seam_smoothness(audio, RATE, seams)
+            repo.record_evaluation(session, "seam_flux_ratio", smooth.ratio, output=output,
+                                   details={"at_seams": smooth.flux_at_seams, "elsewhere": smooth.flux_elsewhere})
+            row["seam_flux_ratio"] = round(smooth.ratio, 3)
+        lra = loudness_range(audio, RATE)
+        repo.record_evaluation(session, "loudness_range_lu", lra, output=output)
+        row["loudness_range_lu"] = round(lra, 2)
+        return row
+
+
+@task
+def distribution_metrics(run_id: int | None, output_ids: list[int]) -> dict:
+    """FAD and KL of the generated tracks against the videos' own audio, where weights and audio exist."""
+    results = {}
+    with sessions() as session:
+        run = session.get(Run, run_id) if run_id else None
+        pairs = []
+        with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+            for output_id in output_ids:
+                output = session.get(Output, output_id)
+                video = session.get(Video, output.video_id)
+                if video.audio_streams:
+                    original = _download(video.source_uri, Path(work) / str(output_id))
+                    pairs.append((decode_audio(original, RATE), decode_audio(_download(output.track_uri, Path(work)), RATE)))
+            for metric, compute in (("fad_clap", lambda: fad([r for r, _ in pairs], [g for _, g in pairs], RATE,
+                                                              clap_embedder())),
+                                    ("kl_ast", lambda: mean_kl([r for r, _ in pairs], [g for _, g in pairs], RATE,
+                                                               ast_classifier()))):
+                try:
+                    if not pairs:
+                        raise MetricUnavailable("not available: no scored video has an audio track to compare with")
+                    value, why = compute(), None
+                except MetricUnavailable as e:
+                    value, why = None, str(e)
+                repo.record_evaluation(session, metric, value, run=run, details={"why": why} if why else {})
+                results[metric] = value if why is None else why
+    return results
+
+
+@flow(name="evaluate")
+def evaluate(target: str) -> dict:
+    """`target`: a run id, or the source URI (or name) of a scored catalog."""
+    with sessions() as session:
+        run, found = repo.outputs_to_evaluate(session, str(target))
+        output_ids = [o.id for o, _ in found]
+    rows = [f.result() for f in [evaluate_output.submit(i) for i in output_ids]]
+    overall = distribution_metrics(run.id if run else None, output_ids)
+    summary = {"videos": len(rows)}
+    for key in ("cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"):
+        values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
+        summary[key] = round(float(np.mean(values)), 3) if values else None
+    create_table_artifact(rows + [{"video": "(mean)", **{k: v for k, v in summary.items() if k != "videos"}}],
+                          key="evaluation", description=f"{target}: {overall}")
+    return {**summary, **overall, "rows": rows}
