@@ -16,6 +16,7 @@ test-fast: .venv/.installed
 bench: .venv/.installed
 	.venv/bin/python bench/extraction.py
 	.venv/bin/python bench/generation.py
+	.venv/bin/python bench/probe.py
 
 bench-gpu: .venv/.installed
 	bash bench/gpu.sh
