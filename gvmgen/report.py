@@ -66,13 +66,7 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
     curve.set_xlim(0, max(data.duration, 1e-3))
     curve.legend(loc="lower right", fontsize=8)
 
-    fig.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    partial.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
@@ -93,6 +87,11 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
     for ax in (loss, accuracy):
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure atomically: a partial file never carries the final name."""
     fig.tight_layout()
     partial = path.with_name(f".{path.name}.partial.png")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,39 +68,42 @@ def _weights(name: str) -> Path:
     return folder
 
 
+def _resampled(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    import librosa
+
+    return librosa.resample(np.asarray(audio, np.float32), orig_sr=rate, target_sr=target)
+
+
 def clap_embedder() -> Embedder:
-    folder = _weights("clap")
     import torch
     from transformers import ClapFeatureExtractor, ClapModel
 
+    folder = _weights("clap")
     model, features = ClapModel.from_pretrained(folder).eval(), ClapFeatureExtractor.from_pretrained(folder)
 
     def embed(audio: np.ndarray, rate: int) -> np.ndarray:
-        import librosa
-
-        audio = librosa.resample(np.asarray(audio, np.float32), orig_sr=rate, target_sr=features.sampling_rate)
+        audio = _resampled(audio, rate, features.sampling_rate)
         step = 10 * features.sampling_rate  # one embedding per 10 s
         pieces = [audio[i:i + step] for i in range(0, max(1, len(audio) - step // 2), step)]
-        inputs = features(pieces, sampling_rate=features.sampling_rate, return_tensors="pt")
         with torch.no_grad():
-            return model.get_audio_features(**inputs).numpy()
+            return model.get_audio_features(**features(pieces, sampling_rate=features.sampling_rate,
+                                                       return_tensors="pt")).numpy()
 
     return embed
 
 
 def ast_classifier() -> Classifier:
-    folder = _weights("ast")
     import torch
     from transformers import ASTFeatureExtractor, ASTForAudioClassification
 
+    folder = _weights("ast")
     model, features = ASTForAudioClassification.from_pretrained(folder).eval(), ASTFeatureExtractor.from_pretrained(folder)
 
     def classify(audio: np.ndarray, rate: int) -> np.ndarray:
-        import librosa
-
-        audio = librosa.resample(np.asarray(audio, np.float32), orig_sr=rate, target_sr=features.sampling_rate)
+        inputs = features(_resampled(audio, rate, features.sampling_rate), sampling_rate=features.sampling_rate,
+                          return_tensors="pt")
         with torch.no_grad():
-            logits = model(**features(audio, sampling_rate=features.sampling_rate, return_tensors="pt")).logits[0]
+            logits = model(**inputs).logits[0]
         return torch.sigmoid(logits).numpy()  # AudioSet is multi-label; normalised in kl_divergence
 
     return classify
