@@ -19,10 +19,11 @@ def test_a_scored_run_is_evaluated_into_sql_and_an_artifact(prefect_engine, fixt
     library = tmp_path / "library"
     library.mkdir()
     (library / "cuts.mp4").write_bytes((fixtures / "video" / "testvideo.mp4").read_bytes())
-    # 40 s with a cut at 20 s: two windows, so one seam
+    # 40 s with a cut at 20 s (two windows, so one seam) and an audio track of its own (the FAD reference)
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-t", "20", "-i", "testsrc=s=320x240:r=25", "-f", "lavfi",
-                    "-t", "20", "-i", "mandelbrot=s=320x240:r=25", "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]",
-                    "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", str(library / "long.mp4")], check=True)
+                    "-t", "20", "-i", "mandelbrot=s=320x240:r=25", "-f", "lavfi", "-t", "40", "-i", "sine=frequency=440",
+                    "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(library / "long.mp4")], check=True)
     run = score_catalog(str(library), str(tmp_path / "scored"), model="tiny")["run"]
 
     result = evaluate(str(run))
@@ -33,11 +34,12 @@ def test_a_scored_run_is_evaluated_into_sql_and_an_artifact(prefect_engine, fixt
     assert all(r["loudness_range_lu"] >= 0 for r in rows.values())
     assert result["fad_clap"].startswith("not available") and result["kl_ast"].startswith("not available")
     with connect()() as session:
-        stored = {(e.output_id is not None, e.metric): e for e in session.scalars(select(Evaluation))}
+        rows_first = session.scalars(select(Evaluation)).all()
+        stored = {(e.output_id is not None, e.metric): e for e in rows_first}
     assert {m for per_output, m in stored if per_output} == {"cut_onset_hit_rate", "seam_flux_ratio", "loudness_range_lu"}
     assert stored[(False, "fad_clap")].value is None and "CLAP" in stored[(False, "fad_clap")].details["why"]
 
     again = evaluate(str(run))                      # re-evaluating replaces, never duplicates
     assert again["rows"] == result["rows"]
     with connect()() as session:
-        assert len(session.scalars(select(Evaluation)).all()) == len(stored)
+        assert len(session.scalars(select(Evaluation)).all()) == len(rows_first) == 7  # 2 + 3 per video, FAD, KL
