@@ -42,7 +42,7 @@ from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video
-from storage.objects import ObjectInfo, open_store
+from storage.objects import ObjectInfo, fetch_copy, open_store
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
@@ -265,12 +265,43 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext) -> dict:
 
 
 @task(**RETRY)
+def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
+    """Skipped videos whose content was scored under another key (the same file twice in a library) get
+    that output's video, track and report under their own key: every video has its scored copy, and
+    the work is done once. Returns the keys copied."""
+    copied = []
+    out = open_store(ctx.output)
+    with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+        run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
+        for key in keys:
+            video = repo.video_by_key(session, run.catalog_id, key)
+            output = repo.done(session, video, model_row, repo.settings_hash(ctx.settings))
+            target = PurePosixPath(key)
+            if output is None or output.video_id == video.id or out.exists(str(target)):
+                continue
+            sources = [(output.track_uri, target.with_suffix(".wav")), (output.report_uri, target.with_suffix(".report.png")),
+                       (output.video_uri, target)]  # the video last: its presence means "scored"
+            for uri, name in sources:
+                if uri:
+                    folder, file = uri.rsplit("/", 1)
+                    local = fetch_copy(open_store(folder), file, Path(work) / f"{len(copied)}-{file}")
+                    out.upload(local, str(name))
+            copied.append(key)
+    return copied
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    """scored / skipped / failed; a copied duplicate counts as skipped (no work was done for it)."""
+    statuses = [{"copied": "skipped"}.get(r["status"], r["status"]) for r in rows]
+    return {s: statuses.count(s) for s in ("scored", "skipped", "failed")}
+
+
+@task(**RETRY)
 def close_run(run_id: int, rows: list[dict]) -> list[tuple[str, str, str]]:
     """Finish the run's row with its counts; return its failures as (video, stage, cause)."""
     with sessions() as session:
         run = session.get(Run, run_id)
-        repo.finish_run(session, run, "completed", **{s: sum(r["status"] == s for r in rows)
-                                                      for s in ("scored", "skipped", "failed")})
+        repo.finish_run(session, run, "completed", **status_counts(rows))
         return [(video.key, error.stage, error.cause) for error, video in repo.errors(session, run)]
 
 
@@ -332,9 +363,13 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
             finishing.remove(f)
     for f in as_completed(finishing):
         handled(f.result())
+    copied = set(copy_duplicates(ctx, [r["video"] for r in rows if r["status"] == "skipped"]))
+    for row in rows:
+        if row["video"] in copied:
+            row["status"] = "copied"
 
     failures = close_run(run_id, rows)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("scored", "skipped", "failed")}
+    counts = status_counts(rows)
     create_table_artifact(sorted(rows, key=lambda r: r["video"]), key="score-catalog-results",
                           description=f"run {run_id}: {counts}")
     if failures:

@@ -61,6 +61,10 @@ def register_video(session: Session, cat: Catalog, obj: ObjectInfo, uri: str, co
     return video, changed
 
 
+def video_by_key(session: Session, catalog_id: int, key: str) -> Video:
+    return session.scalar(select(Video).where(Video.catalog_id == catalog_id, Video.key == key))
+
+
 def record_probe(session: Session, video: Video, *, duration: float, width: int, height: int, fps: float,
                  rotation: int, audio_streams: int, shots: list[tuple[float, float]]) -> None:
     video.duration, video.width, video.height, video.fps = duration, width, height, fps

@@ -70,3 +70,28 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
 
     second = score_catalog(source, output, model="tiny")
     assert (second["scored"], second["failed"], second["skipped"]) == (0, 0, 4)
+
+
+@pytest.mark.slow
+def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engine, fixtures, tmp_path):
+    from sqlalchemy import select
+
+    from flows.score_catalog import score_catalog
+    from storage.db import connect
+    from storage.models import Output
+
+    library, out = tmp_path / "library", tmp_path / "scored"
+    (library / "copies").mkdir(parents=True)
+    data = (fixtures / "video" / "counter.mp4").read_bytes()
+    (library / "counter.mp4").write_bytes(data)
+    (library / "copies" / "counter.mp4").write_bytes(data)
+    summary = score_catalog(str(library), str(out), model="tiny")
+    assert (summary["scored"], summary["skipped"], summary["failed"]) == (1, 1, 0)
+    names = ["counter.mp4", "counter.report.png", "counter.wav"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        sorted(names + [f"copies/{n}" for n in names])
+    assert (out / "counter.wav").read_bytes() == (out / "copies" / "counter.wav").read_bytes()
+    with connect()() as session:
+        assert len(session.scalars(select(Output)).all()) == 1
+    rows = json.loads(_latest_artifact("score-catalog-results").data)
+    assert sorted(r["status"] for r in rows) == ["copied", "scored"]
