@@ -59,32 +59,39 @@ def evaluate_output(output_id: int) -> dict:
         return row
 
 
+def _load_or_why(load):
+    try:
+        return load(), None
+    except MetricUnavailable as e:
+        return None, str(e)
+
+
 @task
 def distribution_metrics(run_id: int | None, output_ids: list[int]) -> dict:
-    """FAD and KL of the generated tracks against the videos' own audio, where weights and audio exist."""
-    results = {}
-    with sessions() as session:
-        run = session.get(Run, run_id) if run_id else None
-        pairs = []
-        with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+    """FAD and KL of the generated tracks against the videos' own audio, where weights and audio exist.
+    The models are looked for first: without them nothing is downloaded."""
+    models = {"fad_clap": _load_or_why(clap_embedder), "kl_ast": _load_or_why(ast_classifier)}
+    pairs = []
+    with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+        if any(model for model, _ in models.values()):
             for output_id in output_ids:
                 output = session.get(Output, output_id)
                 video = session.get(Video, output.video_id)
                 if video.audio_streams:
                     original = _download(video.source_uri, Path(work) / str(output_id))
-                    pairs.append((decode_audio(original, RATE), decode_audio(_download(output.track_uri, Path(work)), RATE)))
-            for metric, compute in (("fad_clap", lambda: fad([r for r, _ in pairs], [g for _, g in pairs], RATE,
-                                                              clap_embedder())),
-                                    ("kl_ast", lambda: mean_kl([r for r, _ in pairs], [g for _, g in pairs], RATE,
-                                                               ast_classifier()))):
-                try:
-                    if not pairs:
-                        raise MetricUnavailable("not available: no scored video has an audio track to compare with")
-                    value, why = compute(), None
-                except MetricUnavailable as e:
-                    value, why = None, str(e)
-                repo.record_evaluation(session, metric, value, run=run, details={"why": why} if why else {})
-                results[metric] = value if why is None else why
+                    generated = _download(output.track_uri, Path(work) / str(output_id))
+                    pairs.append((decode_audio(original, RATE), decode_audio(generated, RATE)))
+        reference, generated = [r for r, _ in pairs], [g for _, g in pairs]
+        compute = {"fad_clap": lambda embed: fad(reference, generated, RATE, embed),
+                   "kl_ast": lambda classify: mean_kl(reference, generated, RATE, classify)}
+        run = session.get(Run, run_id) if run_id else None
+        results = {}
+        for metric, (model, why) in models.items():
+            if model is not None and not pairs:
+                why = "not available: no scored video has an audio track to compare with"
+            value = compute[metric](model) if why is None else None
+            repo.record_evaluation(session, metric, value, run=run, details={"why": why} if why else {})
+            results[metric] = value if why is None else why
     return results
 
 

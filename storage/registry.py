@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gvmgen.home import home
+from gvmgen.model.config import PRESETS
 
 from . import repository as repo
 from .models import ModelVersion
@@ -45,5 +46,5 @@ def local_checkpoint(session: Session, name: str) -> Path | None:
 
 def resolve(session: Session, spec: str) -> str:
     """What load_model takes: a published model's local folder, else `spec` unchanged (a preset or path)."""
-    local = local_checkpoint(session, spec) if "/" not in spec and spec not in ("tiny", "small", "medium") else None
+    local = local_checkpoint(session, spec) if "/" not in spec and spec not in PRESETS else None
     return str(local) if local else spec
