@@ -1,14 +1,26 @@
 """Score every video of a library.
 
-    list -> register -> for each video not done:
+    check (parameters, output writable, model loadable) -> list -> register -> for each video not done:
         prepare (lease, download, probe, shots + frames, visual tokens)   media workers, in parallel
         compose (windows of music tokens -> audio)                         the GPU, under the `gpu` limit
         finish  (stitch, normalise, mux, report, upload, record, release)  media workers, in parallel
 
 The flow keeps the model busy: while it composes, the task runner prepares the next videos, and the
-windows of all videos that are ready together are generated in one batch. A video that fails is
-recorded with its stage and cause and the run goes on; the flow fails only when the infrastructure does
-(storage or database unreachable after retries). A rerun skips what is done.
+windows of all videos that are ready together are generated in one batch.
+
+Two kinds of failure, told apart by exception type where they happen:
+- the *video's* (MediaError: not a video, truncated, undecodable; ObjectError: an unsafe or unreadable
+  key) is recorded against its content, its task run ends Failed with the cause, and the run goes on.
+  It is not tried again until the file changes or `retry_failed` is given;
+- the *infrastructure's* (everything else: weights, CUDA, the object store, the database, the disk) is
+  never blamed on the video: its lease is released, the video stays pending for the next run, and the
+  run stops taking new videos and ends with an exception. After MAX_ATTEMPTS such failures of one
+  video it is failed with "gave up after N attempts: <cause>", so one poisoned video cannot stop
+  every night's run.
+The flow run ends Completed when every video of the catalog has its output, Failed ("2 of 40 videos
+failed") when some video stands failed, in this run or an earlier one. A rerun (or Retry in the
+Prefect UI) takes what is retryable and skips what is done; an interrupted run (SIGTERM, Ctrl-C)
+hands its leases back, so a rerun right after it finishes the catalog.
 
 Swap the task runner for `prefect_dask.DaskTaskRunner` (`gvmgen score --dask ADDRESS`) and prepare and
 finish run on a Dask cluster, while compose stays with the flow on the GPU machine.
@@ -21,6 +33,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -31,22 +44,58 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gvmgen.generate import GenerationSettings
+from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_model
 from gvmgen.pipeline import PreparedVideo, ScoreSettings, compose, finish, prepare
 from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video
-from storage.objects import ObjectInfo, fetch_copy, open_store
+from storage.objects import ObjectError, ObjectInfo, fetch_copy, open_store
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
-RETRY = dict(retries=3, retry_delay_seconds=[2, 10, 30])  # where a retry can help: storage, database
+MAX_ATTEMPTS = 3             # infrastructure failures of one video before it is failed
+VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is the infrastructure's
+SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
+BATCH_RANGE = (1, 64)
+LEASE_RANGE = (1, 7 * 24 * 3600)
+STOP = threading.Event()     # set when the run is interrupted: tasks take no new work
+
+
+def worker_id() -> str:
+    """This process, as the owner of leases: carried in RunContext to every task of its run."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class VideosFailed(Exception):
+    """Some videos of the catalog stand failed; `summary` has the counts (what the flow returns)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self):
+        return type(self), (str(self), self.summary)
+
+
+class InfrastructureError(RuntimeError):
+    """The run stopped because the machine, the store, the database or the model failed; its
+    unfinished videos are pending for the next run."""
+
+
+def check_parameters(seed: int | None, batch_videos: int, lease_s: float) -> None:
+    """Usage errors before any work (the CLI calls this too, before starting Prefect)."""
+    for name, value, (low, high) in (("seed", seed, SEED_RANGE), ("batch_videos", batch_videos, BATCH_RANGE),
+                                     ("lease_s", lease_s, LEASE_RANGE)):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{name} must lie between {low} and {high}, got {value}")
 
 
 @functools.lru_cache(maxsize=2)
@@ -80,6 +129,7 @@ class RunContext:
     settings: dict
     retry_failed: bool
     lease_s: float
+    owner: str                 # the run's process: every lease of the run is held in its name
 
     @property
     def score_settings(self) -> ScoreSettings:
@@ -88,10 +138,11 @@ class RunContext:
 
 @dataclass
 class ClaimedVideo:
-    """A video this worker holds the lease on, prepared and waiting for the model."""
+    """A video this run holds the lease on, prepared and waiting for the model."""
     video_id: int
     job_id: int
     key: str
+    uri: str
     work: Path                 # a private scratch folder, removed when the video is finished
     prepared: PreparedVideo
     sample_rate: int
@@ -99,39 +150,84 @@ class ClaimedVideo:
 
 
 def result_row(key: str, status: str, started: float | None = None, claimed: ClaimedVideo | None = None,
-               loudness_lufs: float | None = None) -> dict:
-    """One row of the run's table artifact."""
+               loudness_lufs: float | None = None, cause: str | None = None) -> dict:
+    """One row of the run's table artifact. status: scored, skipped (done before), copied, failed,
+    failed earlier, pending (left for the next run: infrastructure), elsewhere (leased by a live worker)."""
     info = claimed.prepared.analysis if claimed else None
     return {"video": key, "duration": round(info.info.duration, 2) if info else None,
             "shots": len(info.shots) if info else None, "windows": len(claimed.prepared.windows) if claimed else None,
             "loudness_lufs": None if loudness_lufs is None else round(loudness_lufs, 1),
-            "seconds": None if started is None else round(time.perf_counter() - started, 1), "status": status}
+            "seconds": None if started is None else round(time.perf_counter() - started, 1), "status": status,
+            "cause": cause}
 
 
-def fail(session, ctx: RunContext, video: Video, job: Job, stage: str, error: Exception, started: float,
+def describe(error: BaseException, uri: str) -> str:
+    """A one-line cause that names the video by its URI, never by a scratch path."""
+    if isinstance(error, MediaError):
+        return f"{uri}: {error.cause}"
+    if isinstance(error, ObjectError):
+        return str(error)
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def fail(session, ctx: RunContext, video: Video, job: Job, stage: str, error: BaseException, started: float,
          claimed: ClaimedVideo | None = None) -> dict:
-    """Record why a video failed, give its lease back as failed, and clean its scratch folder."""
-    repo.record_error(session, video, session.get(Run, ctx.run_id), stage, f"{type(error).__name__}: {error}")
-    repo.release(session, job, WORKER, "failed")
+    """Classify a failure and act on it: the video's is recorded and its lease given back as failed;
+    the infrastructure's gives the lease back as pending (or, after MAX_ATTEMPTS, fails the video)."""
     if claimed:
         shutil.rmtree(claimed.work, ignore_errors=True)
-    return result_row(video.key, "failed", started, claimed)
+    cause = describe(error, video.source_uri)
+    if not isinstance(error, VIDEO_FAULTS):
+        if job.attempts < MAX_ATTEMPTS:
+            repo.release(session, job, ctx.owner, "pending")
+            return result_row(video.key, "pending", started, claimed, cause=f"infrastructure ({stage}): {cause}")
+        cause = f"gave up after {job.attempts} attempts: {cause}"
+    repo.record_error(session, video, session.get(Run, ctx.run_id), stage, cause)
+    repo.release(session, job, ctx.owner, "failed")
+    return result_row(video.key, "failed", started, claimed, cause=cause)
+
+
+def as_state(row: dict) -> dict | State:
+    """A video's task run ends Failed, with the cause as its message, when the video failed or was
+    left pending; the row travels as the state's data either way."""
+    if row["status"] in ("failed", "pending"):
+        return Failed(message=row["cause"], data=row)
+    return Completed(data=row)
+
+
+def only_infrastructure(task, task_run, state) -> bool:
+    """Retry condition: a storage or database hiccup is worth a retry, a bad object key is not."""
+    try:
+        state.result()
+    except VIDEO_FAULTS:
+        return False
+    except BaseException:
+        return True
+    return False
+
+
+RETRY = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only_infrastructure,
+             cache_policy=NO_CACHE)
 
 
 # ---- tasks ---------------------------------------------------------------------------------------------
 @task(**RETRY)
 def list_library(source: str) -> list[ObjectInfo]:
-    return list(open_store(source).list())
+    return list(open_store(source, single=True).list())
 
 
 @task(**RETRY)
 def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -> list[int]:
-    store = open_store(source)
+    store = open_store(source, single=True)
     with sessions() as session:
         cat = repo.catalog(session, catalog_name, source)
         ids = []
         for obj in objects:
-            digest = obj.etag and f"etag:{obj.etag}" or store.content_hash(obj.key)
+            try:
+                digest = obj.etag and f"etag:{obj.etag}" or store.content_hash(obj.key)
+            except ObjectError:  # unreadable: registered all the same, and failed when it is prepared
+                digest = f"unreadable:{obj.size}:{obj.modified.timestamp()}"
             video, _ = repo.register_video(session, cat, obj, store.uri(obj.key), digest)
             ids.append(video.id)
         return ids
@@ -139,12 +235,12 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
 
 @task(**RETRY)
 def open_run(source: str, output: str, catalog_name: str, model: str, settings: dict, parameters: dict,
-             videos: int) -> tuple[int, int]:
+             videos: int, owner: str) -> tuple[int, int]:
     with sessions() as session:
         cat = repo.catalog(session, catalog_name, source)
         model_row = repo.model_version(session, model, checkpoint_uri=model if "/" in model else f"preset:{model}")
         run = repo.start_run(session, cat, model_row, settings, parameters, videos=videos,
-                             flow_run_id=str(flow_run.get_id() or ""))
+                             flow_run_id=str(flow_run.get_id() or "") or None, worker=owner)
         return run.id, model_row.id
 
 
@@ -162,67 +258,88 @@ def ensure_gpu_limit(slots: int) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
 
 
+def not_claimed(session, ctx: RunContext, video: Video, model_row: ModelVersion) -> dict:
+    """Why the lease was not ours: done before, failed before (and not retried), or leased elsewhere."""
+    job = repo.job_of(session, video, model_row, repo.settings_hash(ctx.settings))
+    if job.status == "done":
+        return result_row(video.key, "skipped")
+    if job.status == "failed":
+        error = repo.latest_errors(session, [video.id]).get(video.id)
+        return result_row(video.key, "failed earlier", cause=error.cause if error else "failed before")
+    return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
+
+
 @task(cache_policy=NO_CACHE)
-def prepare_video(video_id: int, ctx: RunContext) -> ClaimedVideo | dict:
-    """Lease, download and prepare one video; a row (skipped or failed) when there is nothing to compose."""
+def prepare_video(video_id: int, ctx: RunContext):
+    """Lease, download and prepare one video; a row (skipped, failed, ...) when there is nothing to compose."""
     started = time.perf_counter()
     with sessions() as session:
         video, model_row = session.get(Video, video_id), session.get(ModelVersion, ctx.model_version_id)
-        job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=WORKER,
+        if STOP.is_set():
+            return as_state(result_row(video.key, "pending", cause="the run was interrupted"))
+        job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=ctx.owner,
                          lease_s=ctx.lease_s, retry_failed=ctx.retry_failed)
-        if job is None:  # done, failed before, or leased by a live worker
-            return result_row(video.key, "skipped")
+        if job is None:
+            return as_state(not_claimed(session, ctx, video, model_row))
         work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
         stage = "download"
         try:
-            local = open_store(ctx.source).download(video.key, work / "in" / PurePosixPath(video.key).name)
+            local = open_store(ctx.source, single=True).download(video.key, work / "in")
             stage = "prepare"
             prepared = prepare(cached_model(ctx.model), local, ctx.score_settings)
             info = prepared.analysis.info
             repo.record_probe(session, video, duration=info.duration, width=info.width, height=info.height,
                               fps=prepared.analysis.fps, rotation=info.rotation, audio_streams=info.audio_streams,
                               shots=prepared.analysis.shots)
-        except Exception as e:  # one bad video never stops the catalog
+        except Exception as e:
             shutil.rmtree(work, ignore_errors=True)
-            return fail(session, ctx, video, job, stage, e, started)
-        return ClaimedVideo(video_id, job.id, video.key, work, prepared, cached_model(ctx.model).config.sample_rate,
-                            started)
+            return as_state(fail(session, ctx, video, job, stage, e, started))
+        return ClaimedVideo(video_id, job.id, video.key, video.source_uri, work, prepared,
+                            cached_model(ctx.model).config.sample_rate, started)
+
+
+class Interrupted(Exception):
+    pass
 
 
 @task(cache_policy=NO_CACHE)
-def compose_music(claimed: list[ClaimedVideo], ctx: RunContext) -> list:
+def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
     """Music for several videos in shared batches, one batch at a time per `gpu` slot.
 
     Returns per video its track, or its failure row. A batch that fails (out of memory, say) is tried
-    again one video at a time, so one bad video cannot fail its batch-mates. Leases are renewed as the
+    again one video at a time, so one video cannot fail its batch-mates. Leases are renewed as the
     model works, so a long video is not taken by another worker meanwhile.
     """
     model = cached_model(ctx.model)
     last_renewal = [time.monotonic()]
 
-    def renew_leases(*_):
+    def between_steps(*_):
+        if STOP.is_set():
+            raise Interrupted("the run was interrupted")
         if time.monotonic() - last_renewal[0] > ctx.lease_s / 4:
             with sessions() as session:
                 for c in claimed:
-                    repo.renew(session, session.get(Job, c.job_id), WORKER, ctx.lease_s)
+                    repo.renew(session, session.get(Job, c.job_id), ctx.owner, ctx.lease_s)
             last_renewal[0] = time.monotonic()
 
     def run(batch: list[ClaimedVideo]) -> list:
         with concurrency(GPU_LIMIT, occupy=1):
-            return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=renew_leases)
+            return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=between_steps)
 
     try:
-        return run(claimed)
+        results = run(claimed)
     except Exception as e:
-        if len(claimed) == 1:
-            return [_compose_failure(claimed[0], ctx, e)]
-    results = []
-    for c in claimed:
-        try:
-            results.extend(run([c]))
-        except Exception as e:
-            results.append(_compose_failure(c, ctx, e))
-    return results
+        if len(claimed) == 1 or isinstance(e, Interrupted):
+            results = [_compose_failure(c, ctx, e) for c in claimed]
+        else:
+            results = []
+            for c in claimed:
+                try:
+                    results.extend(run([c]))
+                except Exception as e:
+                    results.append(_compose_failure(c, ctx, e))
+    failures = [r["cause"] for r in results if isinstance(r, dict)]
+    return Failed(message="; ".join(failures), data=results) if failures else results
 
 
 def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception) -> dict:
@@ -231,13 +348,8 @@ def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception) -
                     error, claimed.started, claimed)
 
 
-@task(**RETRY)
-def upload(output: str, path: Path, key: str) -> str:
-    return open_store(output).upload(path, key)
-
-
 @task(cache_policy=NO_CACHE)
-def finish_video(claimed: ClaimedVideo, track, ctx: RunContext) -> dict:
+def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
     """Normalise, mux, draw the report, upload all three beside each other, record, release."""
     with sessions() as session:
         video, job = session.get(Video, claimed.video_id), session.get(Job, claimed.job_id)
@@ -246,21 +358,24 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext) -> dict:
             out_key = PurePosixPath(claimed.key)
             done = finish(claimed.prepared, track, claimed.sample_rate, claimed.work / "out" / out_key.name,
                           ctx.score_settings)
-            if not repo.renew(session, job, WORKER, ctx.lease_s):  # our lease ran out and another worker has it
+            if not repo.renew(session, job, ctx.owner, ctx.lease_s):  # our lease ran out and another worker has it
                 shutil.rmtree(claimed.work, ignore_errors=True)
-                return result_row(claimed.key, "skipped", claimed.started, claimed)
+                return as_state(result_row(claimed.key, "elsewhere", claimed.started, claimed, cause="lease lost"))
             stage = "upload"
-            track_uri = upload(ctx.output, done.track, str(out_key.with_suffix(".wav")))
-            report_uri = upload(ctx.output, done.report, str(out_key.with_suffix(".report.png")))
-            video_uri = upload(ctx.output, done.video, str(out_key))  # last: its presence means "scored"
+            out = open_store(ctx.output)
+            track_uri = out.upload(done.track, str(out_key.with_suffix(".wav")))
+            report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
+            video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"
         except Exception as e:
-            return fail(session, ctx, video, job, stage, e, claimed.started, claimed)
-        repo.complete(session, job, WORKER, video, session.get(ModelVersion, ctx.model_version_id),
-                      session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
-                      report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
-                      true_peak_dbtp=done.loudness.true_peak_dbtp, seed=ctx.settings.get("seed"),
-                      windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
+            return as_state(fail(session, ctx, video, job, stage, e, claimed.started, claimed))
+        recorded = repo.complete(session, job, ctx.owner, video, session.get(ModelVersion, ctx.model_version_id),
+                                 session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
+                                 report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
+                                 true_peak_dbtp=done.loudness.true_peak_dbtp, seed=ctx.settings.get("seed"),
+                                 windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
     shutil.rmtree(claimed.work, ignore_errors=True)
+    if recorded is None:  # interrupted meanwhile: the lease went back, the next run records it
+        return as_state(result_row(claimed.key, "pending", claimed.started, claimed, cause="the run was interrupted"))
     return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs)
 
 
@@ -290,19 +405,26 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     return copied
 
 
+COUNTED = {"scored": "scored", "skipped": "skipped", "copied": "skipped", "failed": "failed",
+           "failed earlier": "failed_earlier", "pending": "pending", "elsewhere": "pending"}
+
+
 def status_counts(rows: list[dict]) -> dict[str, int]:
-    """scored / skipped / failed; a copied duplicate counts as skipped (no work was done for it)."""
-    statuses = [{"copied": "skipped"}.get(r["status"], r["status"]) for r in rows]
-    return {s: statuses.count(s) for s in ("scored", "skipped", "failed")}
+    """scored / skipped (done before; a copied duplicate too) / failed / failed_earlier (not retried) /
+    pending (left for the next run, or being scored by another worker)."""
+    statuses = [COUNTED[r["status"]] for r in rows]
+    return {s: statuses.count(s) for s in ("scored", "skipped", "failed", "failed_earlier", "pending")}
 
 
 @task(**RETRY)
-def close_run(run_id: int, rows: list[dict]) -> list[tuple[str, str, str]]:
-    """Finish the run's row with its counts; return its failures as (video, stage, cause)."""
+def close_run(run_id: int, owner: str, rows: list[dict], status: str, cause: str | None = None) -> None:
+    """Hand back any lease the run still holds (an interruption, an infrastructure stop) and finish
+    the run's row with its counts and status."""
+    counts = status_counts(rows)
     with sessions() as session:
-        run = session.get(Run, run_id)
-        repo.finish_run(session, run, "completed", **status_counts(rows))
-        return [(video.key, error.stage, error.cause) for error, video in repo.errors(session, run)]
+        repo.release_owner(session, owner)
+        repo.finish_run(session, session.get(Run, run_id), status, counts["scored"], counts["skipped"],
+                        counts["failed"], counts["failed_earlier"], cause)
 
 
 # ---- the flow ------------------------------------------------------------------------------------------
@@ -313,66 +435,142 @@ def _ready(futures: list[PrefectFuture], most: int) -> list[PrefectFuture]:
     return [first, *others[:most - 1]]
 
 
+def _outcome(future_or_state, key: str) -> object:
+    """What a task gave back, whatever its state: its data, or a pending row for an exception that
+    escaped it (a task that crashed is the infrastructure's fault, never the video's)."""
+    value = future_or_state.result(raise_on_failure=False)  # a state's own data, or a future's in memory
+    if isinstance(value, BaseException):
+        return result_row(key, "pending", cause=f"infrastructure: {describe(value, key)}")
+    return value
+
+
 @flow(name="score-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "continue", seed: int | None = 0,
                   catalog_name: str | None = None, retry_failed: bool = False, lease_s: float = 900,
                   batch_videos: int = 4, gpu_slots: int = 1) -> dict:
-    """Score the videos of `source` (a folder or s3://bucket/prefix) into `output`.
+    """Score the videos of `source` (a folder, one video, or s3://bucket/prefix) into `output`.
 
     `batch_videos`: at most this many ready videos share the model's batches (and twice as many are
     prepared ahead). `lease_s`: how long a worker's claim on a video lasts; a crashed worker's videos
     are taken again once it runs out. `gpu_slots`: the size of the `gpu` limit when it is first made.
+    Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
+    and another exception when the infrastructure stopped the run.
     """
+    check_parameters(seed, batch_videos, lease_s)
+    open_store(output).check_writable()
+    cached_model(model)  # missing or broken weights stop the run here, before any video is touched
+    STOP.clear()
+
     settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
     video_ids = register_videos(source, catalog_name, list_library(source))
     parameters = {"source": source, "output": output, "model": model, "stitch": stitch, "seed": seed}
-    run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids))
+    owner = worker_id()
+    run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
+                                        owner)
     ensure_gpu_limit(gpu_slots)
-    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, lease_s)
+    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, lease_s, owner)
 
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
+    stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
 
     def handled(row: dict) -> None:
         rows.append(row)
+        if row["status"] == "pending" and not stopped_by:
+            stopped_by.append(row["cause"])
         update_progress_artifact(progress, 100.0 * len(rows) / max(1, len(video_ids)))
         with sessions() as session:
             repo.count_handled(session, run_id, row["status"])
 
-    waiting, preparing, finishing = iter(video_ids), [], []
-    preparing += [prepare_video.submit(v, ctx) for v in islice(waiting, 2 * batch_videos)]
-    while preparing:
-        ready = _ready(preparing, batch_videos)
-        preparing = [f for f in preparing if f not in ready]
-        preparing += [prepare_video.submit(v, ctx) for v in islice(waiting, len(ready))]
-        claimed = []
-        for result in (f.result() for f in ready):
-            if isinstance(result, ClaimedVideo):
-                claimed.append(result)
-            else:
-                handled(result)
-        if claimed:
-            for c, track in zip(claimed, compose_music(claimed, ctx)):
-                if isinstance(track, dict):
-                    handled(track)
+    video_of: dict[PrefectFuture, str] = {}  # future -> the video it works on, named for a crash
+
+    def submit_prepare(video_ids_: list[int]) -> list[PrefectFuture]:
+        submitted = [prepare_video.submit(v, ctx) for v in video_ids_]
+        video_of.update((f, f"video {v}") for f, v in zip(submitted, video_ids_))
+        return submitted
+
+    try:
+        waiting, preparing, finishing = iter(video_ids), [], []
+        preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
+        while preparing:
+            ready = _ready(preparing, batch_videos)
+            preparing = [f for f in preparing if f not in ready]
+            if not stopped_by:
+                preparing += submit_prepare(list(islice(waiting, len(ready))))
+            claimed = []
+            for result in (_outcome(f, video_of[f]) for f in ready):
+                if isinstance(result, ClaimedVideo):
+                    claimed.append(result)
                 else:
-                    finishing.append(finish_video.submit(c, track, ctx))
-        for f in [f for f in finishing if f.state.is_final()]:
-            handled(f.result())
-            finishing.remove(f)
-    for f in as_completed(finishing):
-        handled(f.result())
+                    handled(result)
+            if claimed and stopped_by:  # not composed: close_run hands their leases back
+                for c in claimed:
+                    shutil.rmtree(c.work, ignore_errors=True)
+                    handled(result_row(c.key, "pending", c.started, c, cause="the run stopped first"))
+            elif claimed:
+                tracks = _outcome(compose_music(claimed, ctx, return_state=True), "compose")
+                if isinstance(tracks, dict):  # the task itself crashed
+                    tracks = [{**tracks, "video": c.key} for c in claimed]
+                for c, track in zip(claimed, tracks):
+                    if isinstance(track, dict):
+                        handled(track)
+                    else:
+                        finishing.append(finish_video.submit(c, track, ctx))
+                        video_of[finishing[-1]] = c.key
+            for f in [f for f in finishing if f.state.is_final()]:
+                handled(_outcome(f, video_of[f]))
+                finishing.remove(f)
+        for f in as_completed(finishing):
+            handled(_outcome(f, video_of[f]))
+    except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
+        STOP.set()
+        interrupted = isinstance(e, (KeyboardInterrupt, TerminationSignal))
+        try:
+            close_run.fn(run_id, owner, rows, "interrupted" if interrupted else "failed",
+                         "interrupted (SIGTERM or Ctrl-C)" if interrupted else describe(e, source))
+        except Exception:  # the database is gone too: the leases run out on their own
+            pass
+        raise
+
+    if stopped_by:
+        close_run(run_id, owner, rows, "failed", stopped_by[0])
+        left = sum(COUNTED[r["status"]] == "pending" for r in rows) + (len(video_ids) - len(rows))
+        _publish(run_id, rows)
+        raise InfrastructureError(f"{stopped_by[0]}; the run stopped, {left} video(s) left pending for the next run")
+
     copied = set(copy_duplicates(ctx, [r["video"] for r in rows if r["status"] == "skipped"]))
     for row in rows:
         if row["video"] in copied:
             row["status"] = "copied"
+    counts = status_counts(rows)
+    failed = counts["failed"] + counts["failed_earlier"]
+    close_run(run_id, owner, rows, "failed" if failed else "completed")
+    _publish(run_id, rows)
+    summary = {"run": run_id, **counts,
+               "failures": [{"video": r["video"], "status": r["status"], "cause": r["cause"]}
+                            for r in sorted(rows, key=lambda r: r["video"]) if r["status"] in ("failed", "failed earlier")]}
+    if failed:
+        message = f"{failed} of {len(video_ids)} videos failed (see the failures artifact)"
+        return Failed(message=message, data=VideosFailed(message, summary))
+    return summary
 
-    failures = close_run(run_id, rows)
+
+def _publish(run_id: int, rows: list[dict]) -> None:
+    """The results table, and the failed videos with their causes, as artifacts of the flow run."""
     counts = status_counts(rows)
     create_table_artifact(sorted(rows, key=lambda r: r["video"]), key="score-catalog-results",
                           description=f"run {run_id}: {counts}")
+    failures = [r for r in sorted(rows, key=lambda r: r["video"]) if r["status"] in ("failed", "failed earlier", "pending")]
     if failures:
-        create_markdown_artifact("## Failed videos\n\n" + "\n".join(
-            f"- `{key}` ({stage}): {cause}" for key, stage, cause in failures), key="score-catalog-failures")
-    return {"run": run_id, **counts}
+        titles = {"failed": "Failed in this run", "failed earlier": "Failed earlier, not retried (--retry-failed)",
+                  "pending": "Left pending for the next run (infrastructure)"}
+        sections = [f"### {title}\n\n" + "\n".join(f"- `{r['video']}`: {r['cause']}" for r in failures
+                                                  if r["status"] == status)
+                    for status, title in titles.items() if any(r["status"] == status for r in failures)]
+        create_markdown_artifact("## Videos without output\n\n" + "\n\n".join(sections), key="score-catalog-failures")
+
+
+# The deployment's flow: the same flow, retried on its own after an infrastructure failure. (Prefect
+# retries any Failed run; a retry of a run whose only failures are videos finds nothing left to do.)
+nightly_score_catalog = score_catalog.with_options(retries=2, retry_delay_seconds=600)

@@ -7,10 +7,12 @@ PostgreSQL (or any SQLAlchemy URL) comes from GVMGEN_DATABASE_URL and is migrate
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from gvmgen.home import home
@@ -60,10 +62,33 @@ def downgrade(url: str | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(url or database_url()), revision)
 
 
+@contextlib.contextmanager
+def first_use_lock(name: str):
+    """Serialises first-use set-up (creating and migrating a database, starting the embedded Prefect
+    state) between processes sharing GVMGEN_HOME: the second waits, then finds the work done."""
+    with open(home() / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def connect(url: str | None = None) -> sessionmaker[Session]:
     """A session factory; a fresh embedded database is created and migrated on first use."""
     url = url or database_url()
     engine = make_engine(url)
-    if url.startswith("sqlite") and "alembic_version" not in inspect(engine).get_table_names():
-        upgrade(url)
+    if url.startswith("sqlite") and not _at_head(engine, url):
+        with first_use_lock("database"):
+            if not _at_head(engine, url):
+                upgrade(url)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _at_head(engine: Engine, url: str) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == set(ScriptDirectory.from_config(alembic_config(url)).get_heads())

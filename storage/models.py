@@ -76,13 +76,18 @@ class Run(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     settings_hash: Mapped[str] = mapped_column(String(64))
     parameters: Mapped[dict] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running, completed, failed
+    # running; completed (every video has its output); failed (a video failed, now or earlier, or the
+    # infrastructure stopped the run: see cause); interrupted (SIGTERM/SIGINT)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    worker: Mapped[str | None] = mapped_column(String(128))   # host:pid of the process that ran it
+    cause: Mapped[str | None] = mapped_column(Text)           # why it stopped early, when it did
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     videos: Mapped[int | None] = mapped_column(Integer)   # in the library when the run began
     scored: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    failed_earlier: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # not retried
 
 
 class Job(Base):
@@ -96,6 +101,7 @@ class Job(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     settings_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, failed
+    # the run's process holding the lease (host:pid), carried explicitly to every task of the run
     owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -21,8 +21,24 @@ from urllib.parse import urlparse
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
 
 
-class UnsafeKey(ValueError):
+class ObjectError(ValueError):
+    """A problem of one object (its key or its access), never of the store as a whole: the object is
+    recorded as failed and the rest of the catalog goes on."""
+
+
+class UnsafeKey(ObjectError):
     pass
+
+
+class ObjectUnreadable(ObjectError):
+    pass
+
+
+def local_name(key: str) -> str:
+    """A short file name for a downloaded object: never the key itself (keys can be longer than a file
+    name may be), but with its extension, which ffmpeg reads."""
+    suffix = PurePosixPath(key).suffix[:16]
+    return hashlib.sha256(key.encode()).hexdigest()[:16] + suffix
 
 
 @dataclass(frozen=True)
@@ -44,14 +60,18 @@ def safe_key(key: str) -> str:
 
 
 class LocalStore:
-    def __init__(self, root: Path):
+    """A folder; `only` narrows its listing to one file of it (a single video given as the library)."""
+
+    def __init__(self, root: Path, only: str | None = None):
         self.root = Path(root).expanduser().resolve()
+        self.only = only
 
     def __repr__(self) -> str:
         return f"LocalStore({self.root})"
 
     def uri(self, key: str) -> str:
-        return self.path(key).as_uri()
+        """The object's name for people and the database (not checked: see `path`)."""
+        return (self.root / key).as_uri()
 
     def path(self, key: str) -> Path:
         path = (self.root / safe_key(key)).resolve()
@@ -61,6 +81,10 @@ class LocalStore:
 
     def list(self, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Iterator[ObjectInfo]:
         """Every file below the root with one of `extensions`, recursively, in a stable order."""
+        if self.only is not None:
+            st = (self.root / self.only).stat()
+            yield ObjectInfo(self.only, st.st_size, None, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+            return
         stack = [self.root]
         while stack:
             folder = stack.pop()
@@ -75,9 +99,12 @@ class LocalStore:
 
     def content_hash(self, key: str) -> str:
         digest = hashlib.sha256()
-        with open(self.path(key), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            with open(self.path(key), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except PermissionError as e:
+            raise ObjectUnreadable(f"{self.uri(key)}: not readable ({e.strerror})") from None
         return "sha256:" + digest.hexdigest()
 
     def exists(self, key: str) -> bool:
@@ -87,8 +114,17 @@ class LocalStore:
         """A local file holding the object: for a local store, the file itself."""
         path = self.path(key)
         if not path.is_file():
-            raise FileNotFoundError(f"{self.uri(key)}: no such object")
+            raise ObjectUnreadable(f"{self.uri(key)}: no such object")
+        if not os.access(path, os.R_OK):
+            raise ObjectUnreadable(f"{self.uri(key)}: not readable (permission denied)")
         return path
+
+    def check_writable(self) -> None:
+        """Raise OSError (naming the folder) unless files can be written below the root."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root}: exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=self.root).close()
 
     def upload(self, source: Path, key: str) -> str:
         target = self.path(key)
@@ -109,13 +145,17 @@ class S3Store:
     (environment, profile, instance role; AWS_ENDPOINT_URL for S3-compatible services) unless given."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
-                 multipart_mb: int = 16):
+                 multipart_mb: int = 16, only: str | None = None):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"}, connect_timeout=10, read_timeout=60)
+        self.bucket, self.prefix, self.only = bucket, prefix.strip("/"), only
+        # Throttling and 5xx are retried with backoff; AWS_MAX_ATTEMPTS / AWS_RETRY_MODE override, as in
+        # every AWS tool (a Config given in code would otherwise win over them).
+        retries = Config(retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", 10)),
+                                  "mode": os.environ.get("AWS_RETRY_MODE", "adaptive")},
+                         connect_timeout=10, read_timeout=60)
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=retries)
         self.transfer = TransferConfig(multipart_threshold=multipart_mb << 20, multipart_chunksize=multipart_mb << 20)
 
@@ -127,11 +167,16 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        """The object's name for people and the database (not checked: every access goes through `_key`)."""
+        return f"s3://{self.bucket}/{self.prefix}/{key}" if self.prefix else f"s3://{self.bucket}/{key}"
 
     def list(self, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Iterator[ObjectInfo]:
         """Page by page (1000 keys at a time): memory does not grow with the size of the library."""
         start = f"{self.prefix}/" if self.prefix else ""
+        if self.only is not None:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(self.only))
+            yield ObjectInfo(self.only, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
+            return
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(start):]
@@ -154,21 +199,34 @@ class S3Store:
             raise
 
     def download(self, key: str, workdir: Path) -> Path:
-        """Streams the object to a file below `workdir` (written, then renamed) and returns it."""
-        workdir = Path(workdir).resolve()
-        target = (workdir / safe_key(key)).resolve()
-        if not target.is_relative_to(workdir):
-            raise UnsafeKey(f"object key {key!r} resolves outside {workdir}")
+        """Streams the object to a file in `workdir` (written, then renamed) and returns it. An object
+        that is missing or forbidden is that object's problem (ObjectUnreadable); anything else (the
+        endpoint unreachable, say) is the store's."""
+        from botocore.exceptions import ClientError
+
+        target = Path(workdir) / local_name(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
         os.close(fd)
         try:
             self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer)
             os.replace(tmp, target)
+        except ClientError as e:
+            Path(tmp).unlink(missing_ok=True)
+            code = str(e.response.get("Error", {}).get("Code"))
+            if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
+                raise ObjectUnreadable(f"{self.uri(key)}: cannot be read ({code})") from None
+            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return target
+
+    def check_writable(self) -> None:
+        """Write and delete a marker object: the bucket exists and these credentials may write to it."""
+        marker = self._key(".gvmgen-write-check")
+        self.client.put_object(Bucket=self.bucket, Key=marker, Body=b"")
+        self.client.delete_object(Bucket=self.bucket, Key=marker)
 
     def upload(self, source: Path, key: str) -> str:
         self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer)
@@ -192,16 +250,25 @@ def fetch_copy(store: Store, key: str, target: Path) -> Path:
     return target
 
 
-def open_store(uri: str | Path) -> Store:
-    """`s3://bucket/prefix`, `file:///path` or a plain path."""
+def open_store(uri: str | Path, single: bool = False) -> Store:
+    """`s3://bucket/prefix`, `file:///path` or a plain path. With `single`, a URI naming one video file
+    (`lib/a.mp4`, `s3://bucket/lib/a.mp4`) is a store of its folder whose listing is that file alone."""
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"{text}: an S3 URI needs a bucket (s3://bucket/prefix)")
-        return S3Store(parsed.netloc, parsed.path.lstrip("/"))
+        prefix = parsed.path.strip("/")
+        if single and prefix.lower().endswith(VIDEO_EXTENSIONS):
+            folder, _, name = prefix.rpartition("/")
+            return S3Store(parsed.netloc, folder, only=name)
+        return S3Store(parsed.netloc, prefix)
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.path))
-    if parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
-        return LocalStore(Path(text))
-    raise ValueError(f"{text}: unsupported storage URI (use s3://bucket/prefix, file:///path or a path)")
+        path = Path(parsed.path)
+    elif parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+        path = Path(text)
+    else:
+        raise ValueError(f"{text}: unsupported storage URI (use s3://bucket/prefix, file:///path or a path)")
+    if single and path.is_file():
+        return LocalStore(path.parent, only=path.name)
+    return LocalStore(path)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -76,22 +76,34 @@ def record_probe(session: Session, video: Video, *, duration: float, width: int,
 
 
 def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dict, parameters: dict,
-              flow_run_id: str | None = None, videos: int | None = None) -> Run:
-    run = Run(catalog_id=cat.id, model_version_id=model.id, settings_hash=settings_hash(settings),
-              parameters=parameters, flow_run_id=flow_run_id, status="running", started_at=utcnow(), videos=videos)
-    session.add(run)
+              flow_run_id: str | None = None, videos: int | None = None, worker: str | None = None) -> Run:
+    """A new run; or, when Prefect retries a flow run (its own retries, or Retry in the UI), the row of
+    that flow run again, its counts started afresh: one flow run, one row."""
+    run = session.scalar(select(Run).where(Run.flow_run_id == flow_run_id)) if flow_run_id else None
+    if run is None:
+        run = Run(catalog_id=cat.id, flow_run_id=flow_run_id)
+        session.add(run)
+    run.model_version_id, run.settings_hash, run.parameters = model.id, settings_hash(settings), parameters
+    run.status, run.started_at, run.finished_at, run.videos, run.worker, run.cause = \
+        "running", utcnow(), None, videos, worker, None
+    run.scored = run.skipped = run.failed = run.failed_earlier = 0
     session.commit()
     return run
 
 
-def finish_run(session: Session, run: Run, status: str, scored: int, skipped: int, failed: int) -> None:
-    run.status, run.finished_at, run.scored, run.skipped, run.failed = status, utcnow(), scored, skipped, failed
+def finish_run(session: Session, run: Run, status: str, scored: int, skipped: int, failed: int,
+               failed_earlier: int = 0, cause: str | None = None) -> None:
+    run.status, run.finished_at, run.cause = status, utcnow(), cause
+    run.scored, run.skipped, run.failed, run.failed_earlier = scored, skipped, failed, failed_earlier
     session.commit()
 
 
 def count_handled(session: Session, run_id: int, status: str) -> None:
     """Count one more video of a running run as scored, skipped or failed (what progress bars read)."""
-    column = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed}[status]
+    column = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed,
+              "failed earlier": Run.failed_earlier}.get(status)
+    if column is None:  # left pending (infrastructure) or leased elsewhere: not handled by this run
+        return
     session.execute(update(Run).where(Run.id == run_id).values({column: column + 1}))
     session.commit()
 
@@ -125,7 +137,8 @@ def claim(session: Session, video: Video, model: ModelVersion, key: str, owner: 
     taken = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_(statuses), or_(Job.owner.is_(None), Job.lease_expires_at < now))
-        .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_s), attempts=Job.attempts + 1,
+        .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=case((Job.status == "failed", 1), else_=Job.attempts + 1),  # a retried failure starts afresh
                 status="pending", video_id=video.id)
     ).rowcount
     session.commit()
@@ -133,6 +146,21 @@ def claim(session: Session, video: Video, model: ModelVersion, key: str, owner: 
         return None
     session.refresh(job)
     return job
+
+
+def job_of(session: Session, video: Video, model: ModelVersion, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.content_hash == video.content_hash, Job.model_version_id == model.id,
+                                            Job.settings_hash == key))
+
+
+def release_owner(session: Session, owner: str) -> int:
+    """Every lease `owner` still holds back to pending, the attempt not counted (an interrupted run:
+    the next run takes its videos at once instead of after the lease). Returns how many."""
+    released = session.execute(update(Job).where(Job.owner == owner, Job.status == "pending")
+                               .values(owner=None, lease_expires_at=None,
+                                       attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0))).rowcount
+    session.commit()
+    return released
 
 
 def renew(session: Session, job: Job, owner: str, lease_s: float = 900) -> bool:
@@ -158,16 +186,20 @@ def done(session: Session, video: Video, model: ModelVersion, key: str) -> Outpu
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
              settings: dict, *, video_uri: str, track_uri: str, report_uri: str | None = None,
              loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None,
-             windows: list | None = None) -> Output:
+             windows: list | None = None) -> Output | None:
     """Record the output and end the job as done in one transaction: a worker killed in between
-    leaves neither, and the video is simply scored again."""
+    leaves neither, and the video is simply scored again. None, and nothing recorded, when `owner`
+    no longer holds the lease (it ran out, or the run was interrupted meanwhile)."""
     output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
                     model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
                     true_peak_dbtp=true_peak_dbtp, windows=windows, created_at=utcnow())
     session.add(output)
-    session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
-                    .values(owner=None, lease_expires_at=None, status="done"))
+    held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
+                           .values(owner=None, lease_expires_at=None, status="done")).rowcount
+    if not held:
+        session.rollback()
+        return None
     session.commit()
     return output
 
@@ -179,18 +211,40 @@ def record_error(session: Session, video: Video, run: Run | None, stage: str, ca
     return error
 
 
+def running(session: Session, worker: str) -> Run | None:
+    """The run that process `worker` is running now, if any."""
+    return session.scalar(select(Run).where(Run.worker == worker, Run.status == "running")
+                          .order_by(Run.id.desc()).limit(1))
+
+
 def runs(session: Session, limit: int = 20) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)))
 
 
-def videos(session: Session, status: str | None = None) -> list[tuple[Video, str]]:
-    """Every video with the status of its latest job ('new' when never tried), optionally only one status."""
+VIDEO_STATUSES = ("new", "pending", "done", "failed")
+
+
+def videos(session: Session, status: str | None = None) -> list[tuple[Video, str, VideoError | None]]:
+    """Every video with the status of its latest job ('new' when never tried) and, when it failed, its
+    latest error; optionally only one status."""
+    if status is not None and status not in VIDEO_STATUSES:
+        raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
     latest = (select(Job.video_id, Job.status).order_by(Job.id.desc()))
     status_of: dict[int, str] = {}
     for video_id, job_status in session.execute(latest):
         status_of.setdefault(video_id, job_status)
     found = [(v, status_of.get(v.id, "new")) for v in session.scalars(select(Video).order_by(Video.id))]
-    return [(v, s) for v, s in found if status is None or s == status]
+    found = [(v, s) for v, s in found if status is None or s == status]
+    errors = latest_errors(session, [v.id for v, s in found if s == "failed"])
+    return [(v, s, errors.get(v.id)) for v, s in found]
+
+
+def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoError]:
+    """The latest recorded error of each of these videos."""
+    if not video_ids:
+        return {}
+    newest = select(func.max(VideoError.id)).where(VideoError.video_id.in_(video_ids)).group_by(VideoError.video_id)
+    return {e.video_id: e for e in session.scalars(select(VideoError).where(VideoError.id.in_(newest)))}
 
 
 def errors(session: Session, run: Run) -> list[tuple[VideoError, Video]]:

@@ -74,9 +74,9 @@ def decode_audio(path: Path, sample_rate: int, lead_s: float = 0.0) -> np.ndarra
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0:
         cause = (result.stderr.decode(errors="replace").strip().splitlines() or ["no audio stream"])[-1]
-        raise MediaError(f"{path}: cannot decode its audio ({cause})")
+        raise MediaError(path, f"cannot decode its audio ({cause})")
     audio = np.frombuffer(result.stdout, dtype=np.float32)
     if not len(audio):
-        raise MediaError(f"{path}: has no audio")
+        raise MediaError(path, "has no audio")
     shift = round(lead_s * sample_rate)
     return np.concatenate([np.zeros(shift, np.float32), audio]) if shift > 0 else audio[-shift:].copy()

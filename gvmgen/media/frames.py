@@ -95,7 +95,7 @@ def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
     for t, small in reader:
         chooser.add(t, small)
     if not reader.times:
-        raise MediaError(f"{path}: no frame could be decoded")
+        raise MediaError(path, "no frame could be decoded")
     frames, cut_indices = chooser.finish()
     times = reader.times
     starts = [0.0] + [times[c] for c in cut_indices]
@@ -158,7 +158,7 @@ class _DecodedFrames:
                 thread.join(timeout=5)
             clip_pipe.close()
         if code != 0 and not self.times:
-            raise MediaError(f"{self.info.path}: decoding failed ({' '.join(log)[-300:]})")
+            raise MediaError(self.info.path, f"decoding failed ({' '.join(log)[-300:]})")
 
     def _time(self, pts: float | None) -> float:
         return max(0.0, pts - self.info.start) if pts is not None else (self.times[-1] if self.times else 0.0)

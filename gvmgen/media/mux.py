@@ -40,5 +40,5 @@ def mux(info: VideoInfo, music: Path, out: Path, mode: str = "replace", duck_db:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise MediaError(f"{info.path}: muxing the music into {out} failed ({result.stderr.strip()[-400:]})")
+        raise MediaError(info.path, f"muxing the music into {out} failed ({result.stderr.strip()[-400:]})")
     tmp.replace(out)

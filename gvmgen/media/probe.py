@@ -11,7 +11,15 @@ from pathlib import Path
 
 
 class MediaError(ValueError):
-    """A file that cannot be used as a video, with the file and the cause in the message."""
+    """A file that cannot be used as a video: the fault of the file, never of the machine. `cause`
+    says why without naming the file, so a caller can name it its own way (its URI, say)."""
+
+    def __init__(self, path, cause: str):
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = path, cause
+
+    def __reduce__(self):  # picklable (Dask ships exceptions between processes)
+        return type(self), (self.path, self.cause)
 
 
 def tool(name: str) -> str:
@@ -55,21 +63,21 @@ def _rotation(stream: dict) -> int:
 def probe(path: Path) -> VideoInfo:
     path = Path(path)
     if not path.is_file():
-        raise MediaError(f"{path}: no such file")
+        raise MediaError(path, "no such file")
     cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1]
-        raise MediaError(f"{path}: not a readable media file ({cause})")
+        cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1].removeprefix(f"{path}: ")
+        raise MediaError(path, f"not a readable media file ({cause})")
     data = json.loads(result.stdout)
     streams = data.get("streams", [])
     video = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
     if not video:
-        raise MediaError(f"{path}: has no video stream")
+        raise MediaError(path, "has no video stream")
     v, fmt = video[0], data.get("format", {})
     duration = float(v.get("duration") or fmt.get("duration") or 0)
     if duration <= 0:
-        raise MediaError(f"{path}: the video stream has no duration")
+        raise MediaError(path, "the video stream has no duration")
     rotation = _rotation(v)
     sar = _fraction(v.get("sample_aspect_ratio")) or Fraction(1)
     width, height = round(int(v["width"]) * sar), int(v["height"])

@@ -74,7 +74,7 @@ def build_clips(model: GVMGen, video: Path, music: Path | None = None, clip_s: f
     """Clips of `video` with `music` (a paired file) or, when None, the video's own audio track."""
     info = probe(video)
     if music is None and not info.audio_streams:
-        raise MediaError(f"{video}: has no audio track and no paired music file")
+        raise MediaError(video, "has no audio track and no paired music file")
     patches: list[torch.Tensor] = []
     frames: list[Frame] = []
 

@@ -23,7 +23,7 @@ def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path,
     for name in names:
         shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    score = [sys.executable, "-m", "gvmgen", "score", str(library), "--out", str(out), "--lease", "3", "--json"]
+    score = [sys.executable, "-m", "cli", "score", str(library), "--out", str(out), "--lease", "3", "--json"]
 
     # Its own process group, so the kill takes everything it started (Prefect's temporary server too),
     # as a machine losing power would.

@@ -20,7 +20,7 @@ def prefect_server(tmp_path_factory, free_port):
     port, home = free_port(), tmp_path_factory.mktemp("server")
     env = {**os.environ, "GVMGEN_HOME": str(home / "gvmgen"), "PREFECT_HOME": str(home / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "gvmgen", "server", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "server", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, healthy = time.time() + 120, False
@@ -74,7 +74,7 @@ def test_a_catalog_run_is_read_back_through_the_api(prefect_server, fixtures, tm
     for name in ("counter", "delayed_start", "fades"):
         shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
     (library / "broken.mp4").write_text("not a video")
-    score = subprocess.run([sys.executable, "-m", "gvmgen", "score", str(library), "--out", str(tmp_path / "scored"),
+    score = subprocess.run([sys.executable, "-m", "cli", "score", str(library), "--out", str(tmp_path / "scored"),
                             "--json"], env=prefect_server, capture_output=True, text=True)
     assert score.returncode == 1, score.stderr[-3000:]
     run_id = json.loads(score.stdout.strip().splitlines()[-1])["run"]

@@ -11,7 +11,7 @@ from gvmgen.media.probe import probe
 
 
 def _gvmgen(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "gvmgen", *map(str, args)], capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, **kw)
 
 
 @pytest.mark.slow

@@ -1,0 +1,548 @@
+"""The `gvmgen` command line: it assembles the library (gvmgen), storage and the flows, so it lives
+above all three.
+
+Every expected error is one line on stderr (`error: ...`) and exit status 2; `--debug` (or
+GVMGEN_DEBUG=1) shows the traceback instead. Prefect's own logs go to the Prefect API and to
+GVMGEN_HOME/logs/prefect.log, not into the terminal, so progress bars stay whole (`-v` shows them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+weights_app = typer.Typer(help="Pretrained weights.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+runs_app = typer.Typer(help="Catalog runs recorded in the database.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+videos_app = typer.Typer(help="Videos recorded in the database.", no_args_is_help=True)
+app.add_typer(videos_app, name="videos")
+db_app = typer.Typer(help="The metadata database (SQLite under GVMGEN_HOME, or GVMGEN_DATABASE_URL).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True, soft_wrap=True)   # progress, status and errors
+out = Console(soft_wrap=True)                    # what a command reports: tables and summaries
+OPTIONS = {"debug": os.environ.get("GVMGEN_DEBUG") == "1", "verbose": False, "quiet": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"gvmgen {version('gvmgen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (or GVMGEN_DEBUG=1)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show Prefect's logs in the terminal too."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars or summaries: errors and --json only."),
+    _: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    OPTIONS.update(debug=debug or OPTIONS["debug"], verbose=verbose, quiet=quiet)
+
+
+class Stitch(str, Enum):
+    continue_ = "continue"
+    parallel = "parallel"
+
+
+class Detector(str, Enum):
+    content = "content"
+    adaptive = "adaptive"
+
+
+class MuxMode(str, Enum):
+    replace = "replace"
+    mix = "mix"
+
+
+class Preset(str, Enum):
+    small = "small"
+    medium = "medium"
+
+
+@app.command()
+def generate(
+    video: Path = typer.Argument(..., help="The video to score."),
+    out: Path = typer.Option(..., "-o", "--out", help="The scored video; the track is written beside it as .wav."),
+    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
+    seed: int = typer.Option(None, "--seed", help="Seed for sampling; the same seed gives the same music."),
+    stitch: Stitch = typer.Option(Stitch.continue_, "--stitch", help="How windows of a long video are joined."),
+    mux_mode: MuxMode = typer.Option(MuxMode.replace, "--mux", help="replace the original audio, or mix the music over it."),
+    duck_db: float = typer.Option(12.0, "--duck-db", help="With --mux mix: how far the original audio is lowered."),
+    loudness: float = typer.Option(-14.0, "--loudness", help="Target integrated loudness, LUFS (-23 for EBU R128)."),
+    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Compose music for VIDEO and write it muxed into OUT."""
+    import torch
+
+    from gvmgen.generate import GenerationSettings
+    from gvmgen.media.frames import ShotDetection
+    from gvmgen.model.checkpoints import load_model
+    from gvmgen.pipeline import ScoreSettings, score_video
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    with console.status(f"loading model {model}"):
+        loaded = load_model(model, device=device)
+    settings = ScoreSettings(generation=GenerationSettings(stitch=stitch.value, seed=seed),
+                             detection=ShotDetection(detector.value), target_lufs=loudness,
+                             mux_mode=mux_mode.value, duck_db=duck_db)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=console, disable=as_json or OPTIONS["quiet"]) as bar:
+        task = bar.add_task(f"scoring {video.name}", total=None)
+        result = score_video(loaded, video, out, settings,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    summary = {"video": str(result.video), "track": str(result.track), "report": str(result.report),
+               "duration": result.duration,
+               "shots": result.shots, "frames": result.frames, "windows": result.windows, "model": model,
+               "loudness_lufs": round(result.loudness.output_lufs, 2), "true_peak_dbtp": round(result.loudness.true_peak_dbtp, 2)}
+    if as_json:
+        print(json.dumps(summary))
+    elif not OPTIONS["quiet"]:
+        out.print(f"wrote {result.video}, {result.track} and {result.report} "
+                  f"({result.duration:.2f} s, {result.windows} window(s))")
+
+
+PREFECT_LOGGING = """\
+# Written by gvmgen: Prefect's logs go to the API (the UI) and to a file, not into the terminal.
+version: 1
+disable_existing_loggers: False
+formatters:
+  standard:
+    (): prefect.logging.formatters.PrefectFormatter
+    format: "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
+    flow_run_fmt: "%(asctime)s | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s"
+    task_run_fmt: "%(asctime)s | %(levelname)-7s | Task run %(task_run_name)r - %(message)s"
+handlers:
+  file: {class: logging.FileHandler, filename: "LOGFILE", formatter: standard, level: 0}
+  api: {class: prefect.logging.handlers.APILogHandler, level: 0}
+  worker_api: {class: prefect.logging.handlers.WorkerAPILogHandler, level: 0}
+loggers:
+  prefect: {level: INFO}
+  prefect.extra: {level: INFO, handlers: [api], propagate: false}
+  prefect.flow_runs: {level: NOTSET, handlers: [api]}
+  prefect.task_runs: {level: NOTSET, handlers: [api]}
+  prefect.workers: {level: NOTSET, handlers: [worker_api]}
+  prefect.server: {level: WARNING}
+  prefect._internal: {level: ERROR, handlers: [file], propagate: false}
+  uvicorn: {level: WARNING, handlers: [file], propagate: false}
+  fastapi: {level: WARNING, handlers: [file], propagate: false}
+root: {level: WARNING, handlers: [file]}
+"""
+
+
+def _prefect_environment() -> None:
+    """Prefect keeps its state under GVMGEN_HOME too, unless the user points it elsewhere; its logs
+    go to GVMGEN_HOME/logs/prefect.log unless -v (or the user's own PREFECT_LOGGING_SETTINGS_PATH)."""
+    from gvmgen.home import home
+
+    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not OPTIONS["verbose"] and "PREFECT_LOGGING_SETTINGS_PATH" not in os.environ:
+        logs = home() / "logs"
+        logs.mkdir(exist_ok=True)
+        settings = logs / "prefect-logging.yml"
+        settings.write_text(PREFECT_LOGGING.replace("LOGFILE", str(logs / "prefect.log")))
+        os.environ["PREFECT_LOGGING_SETTINGS_PATH"] = str(settings)
+
+
+def _prefect_ready() -> None:
+    """Start Prefect's embedded state (a temporary server and its database, when no PREFECT_API_URL
+    is set) under a lock: processes starting together on a fresh home would race its migration."""
+    from prefect.client.orchestration import get_client
+
+    from storage.db import first_use_lock
+
+    with first_use_lock("prefect"), get_client(sync_client=True) as client:
+        client.hello()
+
+
+@app.command()
+def server(port: int = typer.Option(4200, "--port", help="Port of the UI and API."),
+           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every "
+                                    "interface; put it behind your network's access control).")):
+    """Serve the Prefect UI and API, to watch catalog runs (point workers at it with
+    PREFECT_API_URL=http://HOST:PORT/api)."""
+    import shutil
+
+    _prefect_environment()
+    prefect = shutil.which("prefect", path=os.path.dirname(sys.executable)) or shutil.which("prefect")
+    if prefect is None:
+        raise RuntimeError("the prefect command is not installed beside gvmgen")
+    # The UI's page calls the API at this URL: it must be this server's own, not the default :4200.
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    os.environ["PREFECT_UI_API_URL"] = f"http://{shown}:{port}/api"
+    os.execv(prefect, [prefect, "server", "start", "--host", host, "--port", str(port)])
+
+
+@app.command()
+def score(
+    source: str = typer.Argument(..., help="The library: a folder, one video, file:///path or s3://bucket/prefix."),
+    out_uri: str = typer.Option(..., "--out", help="Where the scored videos and tracks go (folder or s3://...)."),
+    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
+                              "model's name, or a checkpoint directory."),
+    stitch: Stitch = typer.Option(Stitch.continue_, "--stitch"),
+    seed: int = typer.Option(0, "--seed", help="Seed for sampling (0 to 2147483647)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
+    lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
+                                  "worker's videos are taken again after it; 1 to 604800)."),
+    batch_videos: int = typer.Option(4, "--batch-videos", help="Ready videos whose windows share the model's batches (1 to 64)."),
+    dask: str = typer.Option(None, "--dask", help="Run media work on a Dask cluster: its scheduler address, "
+                             "or 'local' for a local cluster (needs prefect-dask)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Score every video of a library with the score-catalog flow (Prefect, no server needed).
+
+    Exit status: 0 every video of the library is scored; 1 some video stands failed (in this run, or
+    earlier and not retried); 2 usage or infrastructure error (its unfinished videos stay pending).
+    """
+    _prefect_environment()
+    from flows.score_catalog import VideosFailed, check_parameters, score_catalog
+
+    check_parameters(seed, batch_videos, lease_s)
+    flow = score_catalog
+    if dask:
+        from prefect_dask import DaskTaskRunner
+
+        flow = score_catalog.with_options(task_runner=DaskTaskRunner() if dask == "local" else DaskTaskRunner(address=dask))
+    _prefect_ready()
+    with _run_progress(disable=as_json or OPTIONS["quiet"]):
+        state = flow(source, out_uri, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed,
+                     lease_s=lease_s, batch_videos=batch_videos, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, VideosFailed):
+        summary = result.summary
+    elif isinstance(result, BaseException):
+        raise result  # usage or infrastructure: one line, exit 2 (see main)
+    else:
+        summary = result
+    if as_json:
+        print(json.dumps(summary))
+    elif not OPTIONS["quiet"]:
+        earlier = [f for f in summary["failures"] if f["status"] == "failed earlier"]
+        out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped (done before), "
+                  f"{summary['failed']} failed, failed earlier, not retried: {len(earlier)}"
+                  + (f", {summary['pending']} pending (being scored elsewhere)" if summary["pending"] else "")
+                  + f"; videos, tracks (.wav) and reports (.report.png) in {out_uri}")
+        for failure in summary["failures"]:
+            out.print(f"  {failure['video']} ({failure['status']}): {failure['cause']}", markup=False, highlight=False)
+        if earlier:
+            out.print("  (--retry-failed takes the videos that failed earlier again)")
+    raise typer.Exit(1 if summary["failures"] else 0)
+
+
+class LMMode(str, Enum):
+    cross = "cross"
+    full = "full"
+    lora = "lora"
+
+
+@app.command()
+def finetune(
+    source: str = typer.Argument(..., help="Videos with the music to learn: their own audio track, or a file "
+                                 "beside each with the same name (a.mp4 + a.wav/.flac/.mp3)."),
+    base: str = typer.Option("tiny", "--base", help="tiny, small, medium, or a model version's name."),
+    name: str = typer.Option(..., "--name", help="The new model version's name (gvmgen score --model NAME)."),
+    steps: int = typer.Option(1000, "--steps"),
+    lm: LMMode = typer.Option(LMMode.cross, "--lm", help="cross: the LM's cross-attention only; full: all the "
+                              "LM; lora: LoRA adapters on its self-attention."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    lr: float = typer.Option(1e-4, "--lr"),
+    store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
+                              "default GVMGEN_HOME/store)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
+
+    A rerun reuses the cached clips and resumes training from its last checkpoint.
+    """
+    _prefect_environment()
+    from flows.finetune import finetune as finetune_flow
+
+    _prefect_ready()
+    with _training_progress(name, steps, disable=as_json or OPTIONS["quiet"]):
+        result = finetune_flow(source, name, base=base, steps=steps, lm=lm.value, batch_size=batch_size,
+                               lr=lr, store=store)
+    if as_json:
+        print(json.dumps(result))
+    elif not OPTIONS["quiet"]:
+        out.print(f"model {result['model']}: {result['videos']} videos ({result['left_out']} left out), "
+                      f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
+                      f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
+                      f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+
+
+@app.command("eval")
+def evaluate(
+    target: str = typer.Argument(..., help="A run id, or the source (or name) of a scored catalog."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Evaluate scored videos with every metric available here, and store the results in SQL.
+
+    Cut-to-onset hit rate (against shuffled cuts), seam smoothness and loudness range always; FAD
+    (CLAP) and KL (AST) when their weights are in GVMGEN_HOME/metrics, else reported as not available.
+    """
+    _prefect_environment()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    _prefect_ready()
+    with console.status(f"evaluating {target}"):
+        result = evaluate_flow(target)
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    _emit(result["rows"], False, ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"])
+    out.print({k: v for k, v in result.items() if k != "rows"})
+
+
+@contextlib.contextmanager
+def _progress_from_sql(poll, disable: bool, first: str):
+    """A progress bar fed from the database while a flow runs: `poll(session)` returns
+    (completed, total, description) or None while there is nothing to show yet."""
+    import threading
+
+    from storage.db import connect
+
+    if disable:
+        yield
+        return
+    stop = threading.Event()
+
+    def follow(bar: Progress, task) -> None:
+        sessions = connect()
+        while not stop.wait(0.5):
+            with sessions() as session:
+                state = poll(session)
+            if state is not None:
+                completed, total, description = state
+                bar.update(task, completed=completed, total=total, description=description)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        watcher = threading.Thread(target=follow, args=(bar, bar.add_task(first, total=None)), daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+
+
+def _run_progress(disable: bool):
+    """Videos handled by the run this process starts (its row names this process as its worker),
+    read from its row as it goes."""
+    from flows.score_catalog import worker_id
+    from storage import repository as repo
+
+    me = worker_id()
+
+    def poll(session):
+        run = repo.running(session, worker=me)
+        if run is not None:
+            return (run.scored + run.skipped + run.failed, run.videos,
+                    f"run {run.id}: {run.scored} scored, {run.failed} failed")
+
+    return _progress_from_sql(poll, disable, "listing the library")
+
+
+def _training_progress(name: str, steps: int, disable: bool):
+    """Training steps of model `name`, from its metrics as they are recorded."""
+    from storage import repository as repo
+
+    def poll(session):
+        done = [m for m in repo.training_metrics(session, name) if m.split == "train"]
+        if done:
+            return done[-1].step, steps, f"training {name}: loss {done[-1].loss:.3f}"
+
+    return _progress_from_sql(poll, disable, "building the training clips")
+
+
+@app.command()
+def inspect(
+    video: Path = typer.Argument(..., help="The video to look at."),
+    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+):
+    """Show what the pipeline sees in VIDEO: timing, orientation, shots and the frames it would use."""
+    from gvmgen.media.frames import ShotDetection, analyse
+
+    with console.status(f"analysing {video.name}"):
+        report = analyse(video, size=32, detection=ShotDetection(detector.value)).to_json()
+    if as_json:
+        print(json.dumps(report))
+        return
+    out.print(f"{video}: {report['duration']:.3f} s from {report['start']:.3f} s, {report['width']}x{report['height']} "
+                  f"(rotation {report['rotation']}, SAR {report['sar']}), {report['fps']} fps{' VFR' if report['vfr'] else ''}, "
+                  f"{report['audio_streams']} audio stream(s)")
+    for i, shot in enumerate(report["shots"]):
+        out.print(f"  shot {i}: {shot['start']:8.3f} - {shot['end']:8.3f} s")
+    out.print(f"  {len(report['frames'])} frames")
+
+
+@weights_app.command("fetch")
+def weights_fetch(name: Preset = typer.Argument(..., help="Which pretrained preset to download.")):
+    """Download CLIP ViT-L/14-336 and MusicGen (with EnCodec) into GVMGEN_HOME (needs network)."""
+    from gvmgen.model.checkpoints import fetch_weights
+
+    for path in fetch_weights(name.value):
+        out.print(f"fetched {path}")
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Option(False, "--json")):
+    """The latest catalog runs."""
+    from storage import repository as repo
+    from storage.db import connect
+
+    with connect()() as session:
+        rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
+                 "scored": r.scored, "skipped": r.skipped, "failed": r.failed, "failed_earlier": r.failed_earlier,
+                 "source": r.parameters.get("source"), "cause": r.cause}
+                for r in repo.runs(session, limit)]
+    _emit(rows, as_json, ["id", "status", "started", "finished", "scored", "skipped", "failed", "failed_earlier",
+                          "source", "cause"])
+
+
+@runs_app.command("show")
+def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")):
+    """One run: its parameters, counts and the videos that failed, with their causes."""
+    from storage import repository as repo
+    from storage.db import connect
+    from storage.models import Run
+
+    with connect()() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ValueError(f"no run {run_id} (gvmgen runs list shows them)")
+        report = {"id": run.id, "status": run.status, "cause": run.cause, "worker": run.worker,
+                  "started": run.started_at, "finished": run.finished_at, "parameters": run.parameters,
+                  "scored": run.scored, "skipped": run.skipped, "failed": run.failed,
+                  "failed_earlier": run.failed_earlier,
+                  "failures": [{"video": v.key, "stage": e.stage, "cause": e.cause} for e, v in repo.errors(session, run)]}
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    out.print(f"run {report['id']} ({report['status']}{': ' + report['cause'] if report['cause'] else ''}): "
+              f"{report['scored']} scored, {report['skipped']} skipped, {report['failed']} failed, "
+              f"{report['failed_earlier']} failed earlier; {report['parameters']}")
+    for failure in report["failures"]:
+        out.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}")
+
+
+class VideoStatus(str, Enum):
+    new = "new"
+    pending = "pending"
+    done = "done"
+    failed = "failed"
+
+
+@videos_app.command("list")
+def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only videos whose latest job has this status."),
+                as_json: bool = typer.Option(False, "--json")):
+    """Videos of every catalog, with the status of their latest job and, for failed ones, the stage
+    and cause of the failure."""
+    from storage import repository as repo
+    from storage.db import connect
+
+    with connect()() as session:
+        rows = [{"id": v.id, "key": v.key, "status": s, "duration": v.duration, "source": v.source_uri,
+                 "stage": e.stage if e else None, "cause": e.cause if e else None}
+                for v, s, e in repo.videos(session, status.value if status else None)]
+    _emit(rows, as_json, ["id", "key", "status", "duration", "source", "stage", "cause"])
+
+
+@app.command("retry-failed")
+def retry_failed(run_id: int = typer.Argument(..., help="The run whose failed videos to score again.")):
+    """Run the catalog of RUN again with the same parameters, taking its failed videos again."""
+    from storage.db import connect
+    from storage.models import Run
+
+    with connect()() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise ValueError(f"no run {run_id} (gvmgen runs list shows them)")
+        params = dict(run.parameters)
+    score(params["source"], out_uri=params["output"], model=params.get("model", "tiny"),
+          stitch=Stitch(params.get("stitch", "continue")), seed=params.get("seed", 0), retry_failed=True,
+          lease_s=900, batch_videos=4, dask=None, as_json=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="The revision to migrate to.")):
+    """Apply the schema migrations (the embedded SQLite database is also migrated on first use)."""
+    from storage.db import database_url, upgrade
+
+    upgrade(database_url(), revision)
+    out.print(f"database at revision {revision}")
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error: its own message where it names the input and the cause, else its type
+    too. A database error names the server, never the password (SQLAlchemy hides it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(error, SQLAlchemyError):
+        cause = str(getattr(error, "orig", None) or error)
+        return f"the database is unreachable or refused: {type(error).__name__}: {cause.strip().splitlines()[0]}"
+    text = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, (ValueError, OSError, RuntimeError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends the command as Ctrl-C does: leases released, runs marked
+
+
+def main():
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = app(standalone_mode=False)
+    except click.ClickException as e:  # usage: a bad option or argument
+        e.show()
+        code = e.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print("error: interrupted")
+        code = 130
+    except BaseException as e:
+        from prefect.exceptions import TerminationSignal
+
+        if isinstance(e, TerminationSignal):
+            console.print("error: interrupted (SIGTERM)")
+            code = 143
+        elif isinstance(e, Exception) and not OPTIONS["debug"]:
+            console.print(f"error: {describe(e)}", markup=False, highlight=False, soft_wrap=True)
+            code = 2
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
