@@ -16,7 +16,6 @@ import sys
 from enum import Enum
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -106,7 +105,8 @@ def generate(
                              detection=ShotDetection(detector.value), target_lufs=loudness,
                              mux_mode=mux_mode.value, duck_db=duck_db)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), console=console, disable=as_json or OPTIONS["quiet"]) as bar:
+                  TimeRemainingColumn(), console=console,
+                  disable=as_json or OPTIONS["quiet"] or not console.is_terminal) as bar:
         task = bar.add_task(f"scoring {video.name}", total=None)
         result = score_video(loaded, video, out, settings,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -321,7 +321,7 @@ def _progress_from_sql(poll, disable: bool, first: str):
 
     from storage.db import connect
 
-    if disable:
+    if disable or not console.is_terminal:
         yield
         return
     stop = threading.Event()
@@ -521,28 +521,29 @@ def describe(error: BaseException) -> str:
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends the command as Ctrl-C does: leases released, runs marked
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does (inside a flow, Prefect's own handler)
 
 
 def main():
+    """Every error is one line on stderr: usage errors exit 2 (typer's message), as do expected errors;
+    Ctrl-C exits 130, SIGTERM 143. --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
+    from prefect.exceptions import TerminationSignal
+
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = app(standalone_mode=False)
-    except click.ClickException as e:  # usage: a bad option or argument
-        e.show()
-        code = e.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print("error: interrupted")
-        code = 130
-    except BaseException as e:
-        from prefect.exceptions import TerminationSignal
-
-        if isinstance(e, TerminationSignal):
-            console.print("error: interrupted (SIGTERM)")
-            code = 143
-        elif isinstance(e, Exception) and not OPTIONS["debug"]:
-            console.print(f"error: {describe(e)}", markup=False, highlight=False, soft_wrap=True)
-            code = 2
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
+    except TerminationSignal:
+        console.print("error: interrupted (SIGTERM)")
+        code = 143
+    except typer.TyperException as e:  # a bad option or argument
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()
         else:
+            console.print(f"error: {e.format_message()}", markup=False, highlight=False)
+        code = e.exit_code
+    except Exception as e:
+        if OPTIONS["debug"]:
             raise
+        console.print(f"error: {describe(e)}", markup=False, highlight=False)
+        code = 2
     sys.exit(code if isinstance(code, int) else 0)

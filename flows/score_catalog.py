@@ -197,10 +197,11 @@ def as_state(row: dict) -> dict | State:
 
 
 def only_infrastructure(task, task_run, state) -> bool:
-    """Retry condition: a storage or database hiccup is worth a retry, a bad object key is not."""
+    """Retry condition: a storage or database hiccup is worth a retry; a bad object key, a missing
+    folder or a refused permission is not (it would fail the same way three more times)."""
     try:
         state.result()
-    except VIDEO_FAULTS:
+    except (*VIDEO_FAULTS, ValueError, FileNotFoundError, NotADirectoryError, PermissionError):
         return False
     except BaseException:
         return True
@@ -458,12 +459,13 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     """
     check_parameters(seed, batch_videos, lease_s)
     open_store(output).check_writable()
+    objects = list_library(source)
     cached_model(model)  # missing or broken weights stop the run here, before any video is touched
     STOP.clear()
 
     settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
-    video_ids = register_videos(source, catalog_name, list_library(source))
+    video_ids = register_videos(source, catalog_name, objects)
     parameters = {"source": source, "output": output, "model": model, "stitch": stitch, "seed": seed}
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),

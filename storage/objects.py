@@ -85,6 +85,8 @@ class LocalStore:
             st = (self.root / self.only).stat()
             yield ObjectInfo(self.only, st.st_size, None, datetime.fromtimestamp(st.st_mtime, timezone.utc))
             return
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root}: no such folder (nor a video file)")
         stack = [self.root]
         while stack:
             folder = stack.pop()
