@@ -527,14 +527,9 @@ def _terminate(signum, frame):
 def main():
     """Every error is one line on stderr: usage errors exit 2 (typer's message), as do expected errors;
     Ctrl-C exits 130, SIGTERM 143. --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
-    from prefect.exceptions import TerminationSignal
-
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
-    except TerminationSignal:
-        console.print("error: interrupted (SIGTERM)")
-        code = 143
     except typer.TyperException as e:  # a bad option or argument
         if type(e).__name__ == "NoArgsIsHelpError":
             e.show()
@@ -546,4 +541,11 @@ def main():
             raise
         console.print(f"error: {describe(e)}", markup=False, highlight=False)
         code = 2
+    except BaseException as e:  # imported late: Prefect must not set up its logging before we do
+        from prefect.exceptions import TerminationSignal
+
+        if not isinstance(e, TerminationSignal):
+            raise
+        console.print("error: interrupted (SIGTERM)")
+        code = 143
     sys.exit(code if isinstance(code, int) else 0)

@@ -67,3 +67,21 @@ def bucket(s3_endpoint):
     name = f"bucket-{next(_buckets)}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def gvmgen():
+    """Runs the command line as a user does (`gvmgen ARGS`, here `python -m cli`); returns the
+    CompletedProcess, or the Popen with `background=True`."""
+    import subprocess
+    import sys
+
+    def run(*args, env=None, background=False, **kw):
+        command = [sys.executable, "-m", "cli", *map(str, args)]
+        # a Prefect home of the test's own (the flow tests' harness may have set one for the session)
+        full_env = {**os.environ, "PREFECT_HOME": os.path.join(os.environ["GVMGEN_HOME"], "prefect"), **(env or {})}
+        if background:
+            return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True, **kw)
+        return subprocess.run(command, env=full_env, capture_output=True, text=True, **kw)
+    return run

@@ -1,0 +1,165 @@
+"""Failures an operator can trust: the infrastructure's are never blamed on a video, interruptions
+hand the work back, and first use by several processes at once is safe. Real services throughout:
+the command line in its own process, moto's S3 server over HTTP, SQLite, Prefect's engine."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+NAMES = ["counter", "delayed_start", "fades"]
+
+
+def _library(fixtures, folder, names=NAMES):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(fixtures / "video" / f"{name}.mp4", folder / f"{name}.mp4")
+    return folder
+
+
+def _outputs_per_video():
+    from storage.db import connect
+    from storage.models import Output, Video
+
+    with connect()() as session:
+        return dict(session.execute(select(Video.key, func.count(Output.id)).outerjoin(Output).group_by(Video.key)).all())
+
+
+def _failed_jobs_and_errors():
+    from storage.db import connect
+    from storage.models import Job, VideoError
+
+    with connect()() as session:
+        return (session.scalar(select(func.count()).select_from(Job).where(Job.status == "failed")),
+                session.scalar(select(func.count()).select_from(VideoError)))
+
+
+def _wait_for(condition, seconds=300, what="the condition"):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_missing_weights_stop_the_run_at_once_and_blame_no_video(gvmgen, fixtures, tmp_path):
+    library = _library(fixtures, tmp_path / "library")
+    missing = gvmgen("score", library, "--out", tmp_path / "scored", "--model", "small")
+    assert missing.returncode == 2, missing.stderr
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 1 and "openai/clip-vit-large-patch14-336" in lines[0] and "weights fetch" in lines[0]
+    assert _failed_jobs_and_errors() == (0, 0)
+    assert not (tmp_path / "scored").exists() or not any((tmp_path / "scored").iterdir())
+
+    loads = gvmgen("score", library, "--out", tmp_path / "scored", "--model", "tiny", "--json")
+    assert loads.returncode == 0, loads.stderr
+    assert json.loads(loads.stdout)["scored"] == 3
+    assert _outputs_per_video() == {f"{n}.mp4": 1 for n in NAMES}
+
+
+@pytest.mark.slow
+def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen, fixtures, tmp_path, free_port):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="outage")
+    names = NAMES + ["testvideo"]
+    for name in names:
+        client.upload_file(str(fixtures / "video" / f"{name}.mp4"), "outage", f"library/{name}.mp4")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "2"}
+    args = ("score", "s3://outage/library", "--out", "s3://outage/scored", "--batch-videos", "1", "--json")
+    try:
+        first = gvmgen(*args, env=env, background=True)
+        scored = lambda: client.list_objects_v2(Bucket="outage", Prefix="scored/").get("KeyCount", 0) >= 3
+        _wait_for(scored, what="the first video's upload")
+        server.stop()                                         # the endpoint goes down mid-run
+        _, stderr = first.communicate(timeout=600)
+        assert first.returncode == 2, stderr
+        assert stderr.strip().startswith("error: ") and "pending for the next run" in stderr
+        assert _failed_jobs_and_errors() == (0, 0)          # no video blamed
+        done = {k for k, n in _outputs_per_video().items() if n}
+        assert 1 <= len(done) < len(names)
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()                                        # the endpoint is back
+        second = gvmgen(*args, env=env)
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["scored"] == len(names) - len(done)
+        assert _outputs_per_video() == {f"{n}.mp4": 1 for n in names}
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="outage", Prefix="scored/")["Contents"])
+        assert keys == sorted(f"scored/{n}.{ext}" for n in names for ext in ("mp4", "wav", "report.png"))
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_an_unsafe_key_in_a_listing_fails_alone(prefect_engine, fixtures, monkeypatch, s3_endpoint, bucket):
+    import boto3
+
+    from flows.score_catalog import VideosFailed, score_catalog
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    data = (fixtures / "video" / "counter.mp4").read_bytes()
+    client.put_object(Bucket=bucket, Key="library/counter.mp4", Body=data)
+    client.put_object(Bucket=bucket, Key="library/../escape.mp4", Body=data)
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(f"s3://{bucket}/library", f"s3://{bucket}/scored", model="tiny")
+    summary = failed.value.summary
+    assert (summary["scored"], summary["failed"]) == (1, 1)
+    (failure,) = summary["failures"]
+    assert failure["video"] == "../escape.mp4" and "outside the store" in failure["cause"]
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="scored/")["Contents"])
+    assert keys == ["scored/counter.mp4", "scored/counter.report.png", "scored/counter.wav"]
+
+
+@pytest.mark.slow
+def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixtures, tmp_path):
+    from storage.db import connect
+    from storage.models import Job, Run
+
+    library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
+    args = ("score", library, "--out", out, "--batch-videos", "1", "--json")
+    first = gvmgen(*args, background=True)
+    _wait_for(lambda: list(out.glob("*.mp4")), what="the first scored video")
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 143 and "Traceback" not in stderr, stderr
+    with pytest.raises(ProcessLookupError):                 # nothing it started is left running
+        os.killpg(first.pid, 0)
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with connect()() as session:
+        run = session.scalars(select(Run)).one()
+        held = session.scalar(select(func.count()).select_from(Job).where(Job.owner.is_not(None)))
+    assert run.status == "interrupted" and held == 0
+
+    second = gvmgen(*args)                                  # at once: no waiting for leases
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["scored"] + summary["skipped"] == len(NAMES) and summary["skipped"] >= 1
+    assert _outputs_per_video() == {f"{n}.mp4": 1 for n in NAMES}
+    assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) if n in written} == written
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_fresh_home(gvmgen, fixtures, tmp_path):
+    library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
+    both = [gvmgen("score", library, "--out", out, "--json", background=True) for _ in range(2)]
+    results = [(p.communicate(timeout=600), p.returncode) for p in both]
+    for (stdout, stderr), code in results:
+        assert code == 0 and "Traceback" not in stderr, stderr
+    summaries = [json.loads(stdout) for (stdout, _), _ in results]
+    assert summaries[0]["run"] != summaries[1]["run"]       # each reports its own run
+    assert summaries[0]["scored"] + summaries[1]["scored"] == len(NAMES)
+    assert _outputs_per_video() == {f"{n}.mp4": 1 for n in NAMES}
