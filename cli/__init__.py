@@ -521,12 +521,14 @@ def describe(error: BaseException) -> str:
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does (inside a flow, Prefect's own handler)
+    OPTIONS["terminated"] = True
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: leases released, runs marked
 
 
 def main():
     """Every error is one line on stderr: usage errors exit 2 (typer's message), as do expected errors;
-    Ctrl-C exits 130, SIGTERM 143. --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
+    Ctrl-C exits 130, SIGTERM 143 (a catalog run hands its videos back first). --debug (GVMGEN_DEBUG=1)
+    shows the traceback instead."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
@@ -544,8 +546,11 @@ def main():
     except BaseException as e:  # imported late: Prefect must not set up its logging before we do
         from prefect.exceptions import TerminationSignal
 
-        if not isinstance(e, TerminationSignal):
+        if not isinstance(e, TerminationSignal):  # Prefect's own SIGTERM handler, inside a flow run
             raise
-        console.print("error: interrupted (SIGTERM)")
-        code = 143
+        OPTIONS["terminated"] = True
+        code = 130
+    if code == 130:
+        console.print(f"error: interrupted{' (SIGTERM)' if OPTIONS.get('terminated') else ''}")
+        code = 143 if OPTIONS.get("terminated") else 130
     sys.exit(code if isinstance(code, int) else 0)

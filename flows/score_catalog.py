@@ -260,9 +260,10 @@ def ensure_gpu_limit(slots: int) -> None:
 
 
 def not_claimed(session, ctx: RunContext, video: Video, model_row: ModelVersion) -> dict:
-    """Why the lease was not ours: done before, failed before (and not retried), or leased elsewhere."""
+    """Why the lease was not ours: done before (or the same content under another key of this run: it
+    gets that output's copy), failed before (and not retried), or leased by another worker."""
     job = repo.job_of(session, video, model_row, repo.settings_hash(ctx.settings))
-    if job.status == "done":
+    if job.status == "done" or job.owner == ctx.owner:
         return result_row(video.key, "skipped")
     if job.status == "failed":
         error = repo.latest_errors(session, [video.id]).get(video.id)

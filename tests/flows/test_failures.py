@@ -64,10 +64,14 @@ def test_missing_weights_stop_the_run_at_once_and_blame_no_video(gvmgen, fixture
 
 
 @pytest.mark.slow
-def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen, fixtures, tmp_path, free_port):
+def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen, fixtures, tmp_path, free_port,
+                                                                          monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
