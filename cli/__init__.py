@@ -506,7 +506,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="The revision to migr
     out.print(f"database at revision {revision}")
 
 
-def describe(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """One line for an error: its own message where it names the input and the cause, else its type
     too. A database error names the server, never the password (SQLAlchemy hides it)."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -541,7 +541,7 @@ def main():
     except Exception as e:
         if OPTIONS["debug"]:
             raise
-        console.print(f"error: {describe(e)}", markup=False, highlight=False)
+        console.print(f"error: {one_line(e)}", markup=False, highlight=False)
         code = 2
     except BaseException as e:  # imported late: Prefect must not set up its logging before we do
         from prefect.exceptions import TerminationSignal
