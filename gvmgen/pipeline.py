@@ -21,6 +21,7 @@ from .media.audio import write_wav
 from .media.frames import Analysis, Frame, ShotDetection, analyse
 from .media.loudness import STREAMING, LoudnessReport, normalise
 from .media.mux import mux
+from .media.probe import MediaError
 from .model.gvmgen import GVMGen
 from .report import ReportData, write_report
 
@@ -33,6 +34,9 @@ class ScoreSettings:
     ceiling_dbtp: float = -1.0
     mux_mode: str = "replace"           # or "mix": the original audio ducked under the music
     duck_db: float = 12.0
+
+
+MIN_DURATION_S = 1.0  # shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
 
 
 @dataclass
@@ -88,6 +92,9 @@ class FinishedTrack:
 def prepare(model: GVMGen, video: Path, settings: ScoreSettings) -> PreparedVideo:
     """The media stage: probe, shots, frames and visual tokens (CPU work, and CLIP)."""
     tokens, analysis = visual_tokens(model, Path(video), settings.detection)
+    if analysis.info.duration < MIN_DURATION_S:  # refused before any generation
+        raise MediaError(video, f"too short to score: {analysis.info.duration:.2f} s of picture "
+                                f"(the minimum is {MIN_DURATION_S:g} s)")
     rate = model.config.frame_rate
     windows = [(w.start / rate, min(w.end / rate, analysis.info.duration))
                for w in MusicGenerator(model, settings.generation).plan(tokens)]

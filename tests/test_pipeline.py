@@ -19,3 +19,15 @@ def test_two_videos_prepared_apart_are_composed_together_and_finished_apart(tiny
         audio, rate = read_wav(done.track)
         assert abs(len(audio) / rate - video.analysis.info.duration) <= 0.02
         assert abs(done.loudness.output_lufs + 14) <= 0.5 and done.video.is_file()
+
+
+def test_a_video_too_short_to_score_is_refused_before_generation(tiny_model, tmp_path):
+    import subprocess
+
+    from gvmgen.media.probe import MediaError
+
+    one_frame = tmp_path / "one-frame.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=64x64:r=25", "-frames:v", "1",
+                    "-c:v", "libx264", str(one_frame)], check=True)
+    with pytest.raises(MediaError, match=r"one-frame.mp4: too short to score: 0.04 s of picture \(the minimum is 1 s\)"):
+        prepare(tiny_model, one_frame, ScoreSettings())

@@ -171,8 +171,14 @@ def fetch_weights(name: str) -> list[Path]:
 
     if name not in MUSICGEN_REPOS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(MUSICGEN_REPOS)}")
-    return [Path(snapshot_download(repo, cache_dir=weights_dir(), allow_patterns=HF_FILES))
-            for repo in (CLIP_REPO, MUSICGEN_REPOS[name])]
+    fetched = []
+    for repo in (CLIP_REPO, MUSICGEN_REPOS[name]):
+        try:
+            fetched.append(Path(snapshot_download(repo, cache_dir=weights_dir(), allow_patterns=HF_FILES)))
+        except Exception as e:  # offline, no route, refused: say which download and why, in one line
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConnectionError(f"cannot download {repo} from the Hugging Face Hub: {cause}") from e
+    return fetched
 
 
 # ---- audiocraft export (official GVMGen, plain MusicGen) ---------------------------------------------
