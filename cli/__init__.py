@@ -215,9 +215,10 @@ def score(
     earlier and not retried); 2 usage or infrastructure error (its unfinished videos stay pending).
     """
     _prefect_environment()
-    from flows.score_catalog import VideosFailed, check_parameters, score_catalog
+    from flows.score_catalog import VideosFailed, preflight, score_catalog
 
-    check_parameters(seed, batch_videos, lease_s)
+    with console.status(f"checking the options and loading model {model}"):
+        preflight(source, out_uri, model, seed, batch_videos, lease_s)
     flow = score_catalog
     if dask:
         from prefect_dask import DaskTaskRunner

@@ -90,12 +90,18 @@ class InfrastructureError(RuntimeError):
     unfinished videos are pending for the next run."""
 
 
-def check_parameters(seed: int | None, batch_videos: int, lease_s: float) -> None:
-    """Usage errors before any work (the CLI calls this too, before starting Prefect)."""
+def preflight(source: str, output: str, model: str, seed: int | None, batch_videos: int, lease_s: float) -> None:
+    """Everything that can be wrong before any work, each raising one line: the options' ranges, the
+    library (its first listing page), the output (written to and cleaned), the model (loaded, and kept
+    for the run). The flow runs it first; the CLI runs it before starting Prefect, so a usage error
+    costs nothing (in the same process the second call finds the model loaded)."""
     for name, value, (low, high) in (("seed", seed, SEED_RANGE), ("batch_videos", batch_videos, BATCH_RANGE),
                                      ("lease_s", lease_s, LEASE_RANGE)):
         if value is not None and not low <= value <= high:
             raise ValueError(f"{name} must lie between {low} and {high}, got {value}")
+    next(iter(open_store(source, single=True).list()), None)
+    open_store(output).check_writable()
+    cached_model(model)  # missing or broken weights stop here, before any video is touched
 
 
 @functools.lru_cache(maxsize=2)
@@ -458,15 +464,12 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
     and another exception when the infrastructure stopped the run.
     """
-    check_parameters(seed, batch_videos, lease_s)
-    open_store(output).check_writable()
-    objects = list_library(source)
-    cached_model(model)  # missing or broken weights stop the run here, before any video is touched
+    preflight(source, output, model, seed, batch_videos, lease_s)
     STOP.clear()
 
     settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
-    video_ids = register_videos(source, catalog_name, objects)
+    video_ids = register_videos(source, catalog_name, list_library(source))
     parameters = {"source": source, "output": output, "model": model, "stitch": stitch, "seed": seed}
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
