@@ -167,3 +167,40 @@ def test_two_processes_on_a_fresh_home(gvmgen, fixtures, tmp_path):
     assert summaries[0]["run"] != summaries[1]["run"]       # each reports its own run
     assert summaries[0]["scored"] + summaries[1]["scored"] == len(NAMES)
     assert _outputs_per_video() == {f"{n}.mp4": 1 for n in NAMES}
+
+
+def test_infrastructure_failures_leave_a_video_pending_until_the_third_attempt():
+    """How each failure is classified and recorded, on a real database: a media error is the video's
+    at once; an infrastructure error releases it, twice, and the third time fails it with the count."""
+    from datetime import datetime, timezone
+
+    from flows.score_catalog import RunContext, fail
+    from gvmgen.media.probe import MediaError
+    from storage import repository as repo
+    from storage.db import connect
+    from storage.objects import ObjectInfo
+
+    with connect()() as session:
+        cat = repo.catalog(session, "lib", "/lib")
+        model = repo.model_version(session, "tiny", "preset:tiny")
+        run = repo.start_run(session, cat, model, {}, {}, worker="w")
+        ctx = RunContext(run.id, model.id, "/lib", "/out", "tiny", {}, False, 60, owner="w")
+        now = datetime.now(timezone.utc)
+        flaky, bad = (repo.register_video(session, cat, ObjectInfo(k, 1, None, now), f"file:///lib/{k}", f"sha256:{k}")[0]
+                      for k in ("flaky.mp4", "bad.mp4"))
+        outcomes = []
+        for _ in range(3):
+            job = repo.claim(session, flaky, model, repo.settings_hash({}), owner="w")
+            outcomes.append(fail(session, ctx, flaky, job, "upload", ConnectionError("endpoint unreachable"), 0.0))
+        assert [r["status"] for r in outcomes] == ["pending", "pending", "failed"]
+        assert outcomes[0]["cause"] == "infrastructure (upload): ConnectionError: endpoint unreachable"
+        assert outcomes[2]["cause"] == "gave up after 3 attempts: ConnectionError: endpoint unreachable"
+
+        job = repo.claim(session, bad, model, repo.settings_hash({}), owner="w")
+        row = fail(session, ctx, bad, job, "prepare", MediaError("/tmp/scratch/x.mp4", "has no video stream"), 0.0)
+        assert (row["status"], row["cause"]) == ("failed", "file:///lib/bad.mp4: has no video stream")
+        assert repo.claim(session, bad, model, repo.settings_hash({}), owner="w") is None       # not retried
+        again = repo.claim(session, bad, model, repo.settings_hash({}), owner="w", retry_failed=True)
+        assert again is not None and again.attempts == 1                                         # unless asked
+        errors = {e.video_id: e.cause for e, _ in repo.errors(session, run)}
+    assert errors == {flaky.id: outcomes[2]["cause"], bad.id: row["cause"]}
