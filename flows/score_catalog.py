@@ -66,7 +66,17 @@ VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is t
 SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
 BATCH_RANGE = (1, 64)
 LEASE_RANGE = (1, 7 * 24 * 3600)
-STOP = threading.Event()     # set when the run is interrupted: tasks take no new work
+_STOP = threading.Event()    # set when the run is interrupted: tasks take no new work
+
+
+# The flow and its tasks reach the flag through these two functions, which pickle by name: Dask ships
+# the flow's code to its workers, and an Event cannot be pickled.
+def interrupted() -> bool:
+    return _STOP.is_set()
+
+
+def interrupt(on: bool = True) -> None:
+    _STOP.set() if on else _STOP.clear()
 
 
 def worker_id() -> str:
@@ -283,7 +293,7 @@ def prepare_video(video_id: int, ctx: RunContext):
     started = time.perf_counter()
     with sessions() as session:
         video, model_row = session.get(Video, video_id), session.get(ModelVersion, ctx.model_version_id)
-        if STOP.is_set():
+        if interrupted():
             return as_state(result_row(video.key, "pending", cause="the run was interrupted"))
         job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=ctx.owner,
                          lease_s=ctx.lease_s, retry_failed=ctx.retry_failed)
@@ -322,7 +332,7 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
     last_renewal = [time.monotonic()]
 
     def between_steps(*_):
-        if STOP.is_set():
+        if interrupted():
             raise Interrupted("the run was interrupted")
         if time.monotonic() - last_renewal[0] > ctx.lease_s / 4:
             with sessions() as session:
@@ -465,7 +475,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     and another exception when the infrastructure stopped the run.
     """
     preflight(source, output, model, seed, batch_videos, lease_s)
-    STOP.clear()
+    interrupt(False)
 
     settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
@@ -530,11 +540,11 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
         for f in as_completed(finishing):
             handled(_outcome(f, video_of[f]))
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
-        STOP.set()
-        interrupted = isinstance(e, (KeyboardInterrupt, TerminationSignal))
+        interrupt()
+        signal = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         try:
-            close_run.fn(run_id, owner, rows, "interrupted" if interrupted else "failed",
-                         "interrupted (SIGTERM or Ctrl-C)" if interrupted else describe(e, source))
+            close_run.fn(run_id, owner, rows, "interrupted" if signal else "failed",
+                         "interrupted (SIGTERM or Ctrl-C)" if signal else describe(e, source))
         except Exception:  # the database is gone too: the leases run out on their own
             pass
         raise

@@ -36,7 +36,7 @@ class ScoreSettings:
     duck_db: float = 12.0
 
 
-MIN_DURATION_S = 1.0  # shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
+MIN_DURATION_S = 0.5  # shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
 
 
 @dataclass

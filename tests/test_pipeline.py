@@ -29,5 +29,5 @@ def test_a_video_too_short_to_score_is_refused_before_generation(tiny_model, tmp
     one_frame = tmp_path / "one-frame.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=64x64:r=25", "-frames:v", "1",
                     "-c:v", "libx264", str(one_frame)], check=True)
-    with pytest.raises(MediaError, match=r"one-frame.mp4: too short to score: 0.04 s of picture \(the minimum is 1 s\)"):
+    with pytest.raises(MediaError, match=r"one-frame.mp4: too short to score: 0.04 s of picture \(the minimum is 0.5 s\)"):
         prepare(tiny_model, one_frame, ScoreSettings())
