@@ -156,6 +156,9 @@ def _prefect_environment() -> None:
 
     os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server's start (its database migrated on first use) can outlast Prefect's 20 s on a
+    # busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not OPTIONS["verbose"] and "PREFECT_LOGGING_SETTINGS_PATH" not in os.environ:
         logs = home() / "logs"
         logs.mkdir(exist_ok=True)
