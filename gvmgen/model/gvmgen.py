@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from .config import GVMGenConfig
+from .decoding import StaticDecoder
 from .delay import delay
 from .feature_transformation import FeatureTransformation
 
@@ -129,6 +130,16 @@ class GVMGen(nn.Module):
         return self.null_condition.to(dtype).expand(batch, 1, d)
 
     # ---- language model -------------------------------------------------------------------------
+    def static_decoder(self) -> StaticDecoder:
+        """The LM's static-shape decoder on the LM's current device and dtype, made once: its buffers and
+        CUDA graphs serve every later window and video. Kept out of the module tree (no state_dict)."""
+        weight = next(self.lm.parameters())
+        decoder = self.__dict__.get("_static_decoder")
+        if decoder is None or (decoder.device, decoder.dtype) != (weight.device, weight.dtype):
+            decoder = StaticDecoder(self.lm, self.pad_token)
+            self.__dict__["_static_decoder"] = decoder
+        return decoder
+
     def lm_logits(self, codes: torch.Tensor, condition: torch.Tensor, condition_mask: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits for training and tests.
 
