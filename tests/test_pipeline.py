@@ -1,10 +1,12 @@
 """The three stages a catalog run overlaps: prepare, compose (several videos in one batch), finish."""
 
+import numpy as np
 import pytest
+import torch
 
 from gvmgen.generate import GenerationSettings
 from gvmgen.media.audio import read_wav
-from gvmgen.pipeline import ScoreSettings, compose, finish, prepare
+from gvmgen.pipeline import ScoreSettings, compose, encode, extract_frames, finish, prepare
 
 
 @pytest.mark.slow
@@ -19,3 +21,15 @@ def test_two_videos_prepared_apart_are_composed_together_and_finished_apart(tiny
         audio, rate = read_wav(done.track)
         assert abs(len(audio) / rate - video.analysis.info.duration) <= 0.02
         assert abs(done.loudness.output_lufs + 14) <= 0.5 and done.video.is_file()
+
+
+def test_frames_extracted_without_the_model_encode_to_what_prepare_streams(tiny_model, fixtures):
+    """The split a Dask run makes: media workers send frames, the model's worker encodes them."""
+    settings = ScoreSettings(generation=GenerationSettings(seed=0))
+    video = fixtures / "video" / "testvideo.mp4"
+    frames = extract_frames(video, tiny_model.config.image_size, settings.detection)
+    assert frames.pixels.dtype == np.uint8 and frames.pixels.shape == (len(frames.analysis.frames), 32, 32, 3)
+    apart, streamed = encode(tiny_model, frames, settings), prepare(tiny_model, video, settings)
+    torch.testing.assert_close(apart.tokens.tokens, streamed.tokens.tokens, atol=1e-5, rtol=1e-5)
+    assert torch.equal(apart.tokens.times, streamed.tokens.times)
+    assert apart.tokens.cuts == streamed.tokens.cuts and apart.windows == streamed.windows
