@@ -41,7 +41,8 @@ SOURCES = ["testsrc2", "smptehdbars", "cellauto=rule=110", "life=mold=10:life_co
 STAGES = ("prepare_video", "compose_music", "finish_video")
 
 
-def make_catalog(folder: Path, count: int, shortest: float, longest: float, seed: int = 0) -> dict[str, tuple[float, list[float]]]:
+def make_catalog(folder: Path, count: int, shortest: float, longest: float,
+                 seed: int = 0) -> dict[str, tuple[float, list[float]]]:
     """`count` videos of `shortest`..`longest` seconds, shots of 4-20 s from alternating sources joined by
     hard cuts, 640x360 at 25 fps. Returns {file name: (duration, cut times)}."""
     rng = random.Random(seed)
@@ -128,8 +129,8 @@ class EventBusy:
 
     def share(self, start: float, end: float) -> float:
         self.torch.cuda.synchronize()
-        spans = sorted((self.origin_wall + self.origin.elapsed_time(a) / 1e3, self.origin_wall + self.origin.elapsed_time(b) / 1e3)
-                       for a, b in self.calls)
+        at = lambda event: self.origin_wall + self.origin.elapsed_time(event) / 1e3   # wall-clock seconds
+        spans = sorted((at(a), at(b)) for a, b in self.calls)
         busy, reach = 0.0, start
         for a, b in spans:
             a, b = max(a, reach), min(b, end)

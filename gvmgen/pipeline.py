@@ -138,7 +138,8 @@ def encode(model: GVMGen, frames: VideoFrames, settings: ScoreSettings) -> Prepa
     return _planned(model, frames.path, tokens, frames.analysis, settings)
 
 
-def _planned(model: GVMGen, video: Path, tokens: VisualTokens, analysis: Analysis, settings: ScoreSettings) -> PreparedVideo:
+def _planned(model: GVMGen, video: Path, tokens: VisualTokens, analysis: Analysis,
+             settings: ScoreSettings) -> PreparedVideo:
     rate = model.config.frame_rate
     windows = [(w.start / rate, min(w.end / rate, analysis.info.duration))
                for w in MusicGenerator(model, settings.generation).plan(tokens)]

@@ -36,7 +36,7 @@ from transformers import MusicgenForCausalLM
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SPAN_STEP = 128          # attention spans are multiples of this: 12 graphs cover a 30-s window (1504 steps)
 PREFILL_CHUNK = 256      # prompt positions per prefill pass: bounds the (rows, heads, S, span) scores
-MIN_CONDITION = 32       # condition slots are a power of two, at least this (a 30-s window holds ~30 frames)
+MIN_CONDITION = 64       # condition slots (a power of two): a 30-s window has 30 frames + one per sub-second shot
 
 
 def batch_bucket(windows: int) -> int:
