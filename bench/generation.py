@@ -1,9 +1,18 @@
-"""Generation throughput: our batched, cached generator vs. transformers' generate() per window.
+"""Generation throughput: the static-shape decoder replayed as CUDA graphs, the same step run eagerly,
+and transformers' generate() per window (the anchor), side by side in one run.
 
-Both run the same `small`-shaped (or tiny) LM with random weights and the same settings: guidance 3.0
-with the zero null condition, top-k 250, temperature 1, one token per frame of a 1 fps window.
-Throughput is audio-seconds generated per wall-second. Also the cost of one decoding step late in a
-30-s window (token 1400) against an early one (token 100).
+All three run the same `small`-shaped (or tiny) LM with random weights and the same settings: guidance
+3.0 with the zero null condition, top-k 250, temperature 1, one token per frame of a 1 fps window.
+Throughput is audio-seconds generated per wall-second (steady state: each batch size is run once to
+capture its graphs, and that capture time is reported apart). Also the mean step time over a window
+and the cost of one step late in a 30-s window (token 1400) against an early one (token 100).
+
+The anchor is called the way transformers needs it for a decoder-only MusicGen with an external
+condition (`--anchor-call fixed`): an explicit attention mask and an encoder-decoder cache. With
+transformers' defaults (`--anchor-call default`, how this bench called it before) it computes
+something else: BOS equals the pad token, so the mask it infers hides the first position, and it
+makes a plain DynamicCache, into which every layer's cross-attention appends the condition's keys and
+values next to the self-attention's, so the cache and the positions grow by F + 1 a step.
 
     python bench/generation.py [--preset small|tiny] [--seconds 10] [--device cuda --dtype bfloat16]
 """
@@ -11,21 +20,23 @@ Throughput is audio-seconds generated per wall-second. Also the cost of one deco
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from gvmgen.generate import GenerationSettings, MusicGenerator
 from gvmgen.model.checkpoints import fresh_model
 from gvmgen.model.config import preset
-from gvmgen.model.decoding import CachedMusicgen
+from gvmgen.model.decoding import batch_bucket
 
 
 def conditions(model, batch, seconds, seed=0):
     g = torch.Generator().manual_seed(seed)
     d = model.config.lm["hidden_size"]
     p = next(model.lm.parameters())
-    return [(torch.randn(int(seconds), d, generator=g) * 0.1).to(p.device, p.dtype) for _ in range(batch)]
+    return [(torch.randn(max(1, int(seconds)), d, generator=g) * 0.1).to(p.device, p.dtype) for _ in range(batch)]
 
 
 def clock(model):
@@ -34,42 +45,68 @@ def clock(model):
     return time.perf_counter()
 
 
-def ours(model, batch, seconds):
-    gen = MusicGenerator(model, GenerationSettings(seed=0, batch_size=batch))
+def ours(model, batch, seconds, graphs):
+    """(audio-s per wall-s, mean seconds per step, seconds spent capturing graphs) for one batch of
+    windows; the first run captures the bucket's graphs, the second is timed."""
     frames = int(seconds * model.config.frame_rate)
+    # the measured window is the settings' window: the decoder's cache is sized for it, no larger
+    settings = GenerationSettings(seed=0, batch_size=batch, stitch="parallel", window_s=seconds, overlap_s=seconds / 4)
     conds = conditions(model, batch, seconds)
+    decoder = model.static_decoder()
+    captured = decoder.capture_seconds
+    MusicGenerator(model, settings, cuda_graphs=graphs).sample(conds, [frames] * batch)
+    capture = decoder.capture_seconds - captured
     t = clock(model)
-    gen.sample(conds, [frames] * batch)
-    return batch * seconds / (clock(model) - t)
+    MusicGenerator(model, settings, cuda_graphs=graphs).sample(conds, [frames] * batch)
+    wall = clock(model) - t
+    return batch * seconds / wall, wall / (frames + model.config.num_codebooks - 1), capture
 
 
-def anchor(model, seconds):
-    """transformers' MusicgenForCausalLM.generate, once per window (batch 1), guidance by its own processor."""
+def anchor_codes(model, condition, frames, fixed=True, greedy=False):
+    """transformers' MusicgenForCausalLM.generate for one window: condition (1, F, D) -> (1, K, frames)
+    codes, guided by its own classifier-free guidance processor against the zero null condition."""
     lm, k, pad = model.lm, model.config.num_codebooks, model.pad_token
-    cond = conditions(model, 1, seconds)[0][None]
-    states = torch.cat([cond, torch.zeros_like(cond)])                     # conditional, then null rows
+    states = torch.cat([condition, torch.zeros_like(condition)])            # conditional, then null rows
+    extra = {}
+    if fixed:
+        cache_name = "cache" if "cache" in inspect.signature(lm.prepare_inputs_for_generation).parameters \
+            else "past_key_values"
+        extra = {"attention_mask": torch.ones((k, 1), dtype=torch.long, device=condition.device),
+                 cache_name: EncoderDecoderCache(DynamicCache(), DynamicCache())}
+    return lm.generate(input_ids=torch.full((k, 1), pad, device=condition.device), encoder_hidden_states=states,
+                       do_sample=not greedy, top_k=model.config.top_k, temperature=1.0,
+                       guidance_scale=model.config.guidance_scale, max_new_tokens=frames + k - 1,
+                       num_return_sequences=1, pad_token_id=pad, bos_token_id=pad, decoder_start_token_id=pad,
+                       **extra)
+
+
+def anchor(model, seconds, fixed):
+    """Audio-s per wall-s of transformers' generate(), once per window (batch 1)."""
+    condition = conditions(model, 1, seconds)[0][None]
     t = clock(model)
-    lm.generate(input_ids=torch.full((k, 1), pad, device=cond.device), encoder_hidden_states=states,
-                do_sample=True, top_k=model.config.top_k, temperature=1.0, guidance_scale=model.config.guidance_scale,
-                max_new_tokens=int(seconds * model.config.frame_rate) + k - 1, num_return_sequences=1,
-                pad_token_id=pad, bos_token_id=pad, decoder_start_token_id=pad)
+    anchor_codes(model, condition, int(seconds * model.config.frame_rate), fixed)
     return seconds / (clock(model) - t)
 
 
-def step_time(model, position, batch=8, repeats=10):
-    """Seconds per decoding step at `position` for `batch` guided windows (2 * batch rows)."""
+def step_time(model, position, batch, graphs, repeats=10):
+    """Seconds per sampled step at `position` for `batch` guided windows (2 * batch rows)."""
     d, k, pad = model.config.lm["hidden_size"], model.config.num_codebooks, model.pad_token
-    rows = 2 * batch
     p = next(model.lm.parameters())
-    cache = CachedMusicgen(model.lm, torch.randn(rows, 30, d, device=p.device, dtype=p.dtype) * 0.1,
-                           torch.ones(rows, 30, dtype=torch.bool, device=p.device), max_steps=position + repeats + 1)
-    cache.keys.normal_()                        # a step costs the same whatever the cache holds,
-    cache.values.normal_()                      # so fill it instead of prefilling `position` tokens
-    cache.position = position
-    token = torch.full((rows, k, 1), pad, device=p.device)
+    sampling = MusicGenerator(model, GenerationSettings(seed=0)).sampling
+    rows = 2 * batch
+    decoder = model.static_decoder()
+    decoder.reset(torch.randn(rows, 30, d, device=p.device, dtype=p.dtype) * 0.1,
+                  torch.ones(rows, 30, dtype=torch.bool, device=p.device), steps=position + repeats + 1)
+    decoder.keys[:, :rows].normal_()            # a step costs the same whatever the cache holds,
+    decoder.values[:, :rows].normal_()          # so fill it instead of prefilling `position` tokens
+    decoder.forced[:batch] = -1
+    decoder.inputs[:batch] = pad
+    decoder.seek(position)
+    decoder.step(batch, sampling, graphs)   # captures this span's graph when graphs are on
+    decoder.seek(position)
     t = clock(model)
     for _ in range(repeats):
-        cache.step(token)
+        decoder.step(batch, sampling, graphs)
     return (clock(model) - t) / repeats
 
 
@@ -80,34 +117,45 @@ def main():
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--parts", default="anchor,ours,steps", help="what to measure (a CUDA error in one "
-                        "part poisons the process, so a GPU run may take them in separate processes)")
+    parser.add_argument("--parts", default="anchor,eager,graphs,steps", help="what to measure (a CUDA error in "
+                        "one part poisons the process, so a GPU run takes the anchor in a separate process)")
+    parser.add_argument("--anchor-call", default="fixed", choices=["fixed", "default"])
     args = parser.parse_args()
     parts = args.parts.split(",")
     torch.manual_seed(0)
     model = fresh_model(preset(args.preset)).to(args.device, getattr(torch, args.dtype)).eval()
-    where = torch.cuda.get_device_name() if model.lm.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    cuda = model.lm.device.type == "cuda"
+    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
     print(f"preset {args.preset}, {args.seconds:g}-s windows, {args.dtype}, {where}")
+    batches = [int(x) for x in args.batches.split(",")]
 
-    base = anchor(model, args.seconds) if "anchor" in parts else float("nan")
-    print(f"anchor  transformers generate(), batch 1: {base:7.3f} audio-s/s")
-    results = {}
-    for b in [int(x) for x in args.batches.split(",")] if "ours" in parts else []:
-        results[b] = ours(model, b, args.seconds)
-        print(f"ours    batch {b:>2}: {results[b]:7.3f} audio-s/s  = {results[b] / base:5.2f}x anchor")
-    ratios = {}
+    if "anchor" in parts:
+        rate = anchor(model, args.seconds, fixed=args.anchor_call == "fixed")
+        print(f"anchor  transformers generate() ({args.anchor_call} call), batch 1: {rate:8.3f} audio-s/s")
+        print(f"RESULT anchor_{args.anchor_call}_audio_s_per_s_b1={rate:.3f}")
+    paths = [("eager", False)] + ([("graph", True)] if cuda and "graphs" in parts else [])
+    if "eager" not in parts:
+        paths = paths[1:]
+    rates: dict[tuple[str, int], float] = {}
+    for name, graphs in paths:
+        for b in batches:
+            rate, step, capture = ours(model, b, args.seconds, graphs)
+            rates[name, b] = rate
+            print(f"{name:6}  batch {b:>2} (bucket {batch_bucket(b)}, {2 * batch_bucket(b)} rows): {rate:8.3f} audio-s/s, "
+                  f"{step * 1e3:6.2f} ms a step" + (f", graphs captured in {capture:.2f} s" if graphs else ""))
+            print(f"RESULT {name}_audio_s_per_s_b{b}={rate:.3f}")
+            print(f"RESULT {name}_step_ms_b{b}={step * 1e3:.3f}")
+            if graphs:
+                print(f"RESULT graph_capture_s_b{b}={capture:.3f}")
+    for b in batches:
+        if ("graph", b) in rates and ("eager", b) in rates:
+            print(f"RESULT graph_vs_eager_b{b}={rates['graph', b] / rates['eager', b]:.2f}")
     for b in (1, 8) if "steps" in parts else ():
-        early, late = step_time(model, 100, batch=b), step_time(model, 1400, batch=b)
-        ratios[b] = late / early
-        print(f"step time, batch {b} guided: {early * 1e3:.1f} ms at token 100, {late * 1e3:.1f} ms at token 1400 "
-              f"(ratio {ratios[b]:.2f})")
-    for b, r in results.items():
-        if b != 8:
-            print(f"RESULT generation_speedup_b{b}={r / base:.2f}")
-    for b, r in ratios.items():
-        print(f"RESULT step_time_ratio_1400_vs_100_b{b}={r:.2f}")
-    if 8 in results:  # the headline, last
-        print(f"RESULT generation_speedup_b8={results[8] / base:.2f}")
+        for name, graphs in paths:
+            early, late = step_time(model, 100, b, graphs), step_time(model, 1400, b, graphs)
+            print(f"{name:6}  step time, batch {b} guided: {early * 1e3:.2f} ms at token 100, {late * 1e3:.2f} ms "
+                  f"at token 1400 (ratio {late / early:.2f})")
+            print(f"RESULT {name}_step_time_ratio_1400_vs_100_b{b}={late / early:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,59 @@
 #!/usr/bin/env bash
-# GPU benchmarks (one command, about 5 minutes on an H100/H200), `small`-shaped models in bf16:
-#  1. generation on full 30-s windows at batch 1, 8 and 32, ours vs. transformers' generate() per
-#     window (real-time factor = audio-seconds per wall-second);
-#  2. training steps on batches of four 30-s clips, per LM mode (cross-attention, LoRA, full).
+# GPU benchmarks, one command: every figure of the GPU targets, `small`-shaped random weights in bf16,
+# full 30-s windows, guidance 3.0, top-k 250 (about 15 minutes on an H100/H200):
+#  1. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
+#     batch 1, 8 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), and the step
+#     time at token 100 vs. 1400;
+#  2. the anchor, transformers' generate() once per window, called right (explicit attention mask,
+#     encoder-decoder cache); then called as this bench called it before, with transformers' defaults,
+#     in a process of its own (it hit a device-side assert on an H100, which poisons the process);
+#  3. training steps on batches of four 30-s clips, per LM mode (cross-attention, LoRA, full);
+#  4. the whole catalog (bench/catalog.py): 16 synthetic videos of 60-180 s through the score-catalog
+#     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
+#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split.
+# The target figures are summed up at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-PYTHONPATH=. "$PY" bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts ours,steps
-# The anchor apart: transformers' generate() hit a device-side assert on an H100 (transformers 5.17),
-# which poisons the CUDA context of its process.
-PYTHONPATH=. "$PY" bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts anchor \
-  --batches 1 || echo "anchor: transformers generate() failed on this GPU"
-PYTHONPATH=. "$PY" bench/training.py --preset small --device cuda --steps 12 --batch 4
+log=$(mktemp)
+run() { PYTHONPATH=. "$PY" "$@" 2>&1 | tee -a "$log"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
+run bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts eager,graphs,steps \
+  || echo "generation: graph and eager paths failed on this GPU"
+run bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts anchor --anchor-call fixed \
+  || echo "anchor: transformers generate() (fixed call) failed on this GPU"
+PYTHONPATH=. timeout 300 "$PY" bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 \
+  --parts anchor --anchor-call default 2>&1 | tail -n 25 | tee -a "$log" \
+  || echo "anchor as called before (transformers' defaults): failed (its error above)" | tee -a "$log"
+run bench/training.py --preset small --device cuda --steps 12 --batch 4 || echo "training bench failed"
+run bench/catalog.py --preset small --videos 16 --min-seconds 60 --max-seconds 180 --batch-videos 4 \
+  || echo "catalog bench failed"
+"$PY" - "$log" <<'SUMMARY'
+import math, re, sys
+r = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"RESULT (\w+)=(\S+)", line)
+    if m:
+        r[m[1]] = float(m[2])
+get = lambda k: r.get(k, math.nan)
+print("\n== targets (this run) ==")
+rows = [
+    ("step time, batch 1 (2 rows), graphs [ms]        target <= 3", get("graph_step_ms_b1")),
+    ("audio-s/s, batch 1, graphs                      target >= 6", get("graph_audio_s_per_s_b1")),
+    ("audio-s/s, batch 32, graphs                     target >= 250", get("graph_audio_s_per_s_b32")),
+    ("graphs vs. eager, batch 1                       target >= 4", get("graph_vs_eager_b1")),
+    ("graphs vs. eager, batch 32                      target >= 4", get("graph_vs_eager_b32")),
+    ("audio-s/s, batch 1, eager", get("eager_audio_s_per_s_b1")),
+    ("audio-s/s, batch 32, eager", get("eager_audio_s_per_s_b32")),
+    ("audio-s/s, anchor (generate(), fixed call)", get("anchor_fixed_audio_s_per_s_b1")),
+    ("graphs vs. anchor, batch 1", get("graph_audio_s_per_s_b1") / get("anchor_fixed_audio_s_per_s_b1")),
+    ("graph capture, bucket of batch 1 [s]", get("graph_capture_s_b1")),
+    ("graph capture, bucket of batch 32 [s]", get("graph_capture_s_b32")),
+    ("catalog GPU busy share after the first compose  target >= 0.85", get("gpu_busy_share")),
+    ("catalog vs. generation-only throughput          target >= 0.70", get("catalog_vs_generation_only")),
+    ("catalog music-s per wall-s", get("catalog_music_s_per_s")),
+]
+for name, value in rows:
+    print(f"{name:66} {value:10.3f}")
+SUMMARY
+rm -f "$log"

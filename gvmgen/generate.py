@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .media.audio import stitch
-from .model.decoding import CachedMusicgen
+from .model.decoding import Sampling, batch_bucket
 from .model.delay import delay, undelay
 from .model.gvmgen import GVMGen
 
@@ -90,27 +90,21 @@ def plan_windows(num_frames: int, window: int, overlap: int, cuts: list[int] = (
     return windows
 
 
-def sample_top_k(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """(..., V) logits -> (...) token ids; temperature 0 takes the argmax."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)
-    probs = torch.softmax(values / temperature, dim=-1)
-    choice = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-    return indices.gather(-1, choice.view(*indices.shape[:-1], 1))[..., 0]
-
-
 class MusicGenerator:
-    """Batched, guided, windowed generation with a GVMGen model."""
+    """Batched, guided, windowed generation with a GVMGen model.
 
-    def __init__(self, model: GVMGen, settings: GenerationSettings | None = None):
+    `cuda_graphs`: on CUDA, replay each decoding step as a captured graph (False: the same step, eagerly).
+    """
+
+    def __init__(self, model: GVMGen, settings: GenerationSettings | None = None, cuda_graphs: bool = True):
         self.model = model.eval()
+        self.cuda_graphs = cuda_graphs
         self.settings = settings or GenerationSettings()
         cfg = model.config
         s = self.settings
-        self.guidance = cfg.guidance_scale if s.guidance_scale is None else s.guidance_scale
-        self.top_k = cfg.top_k if s.top_k is None else s.top_k
-        self.temperature = cfg.temperature if s.temperature is None else s.temperature
+        self.sampling = Sampling(guidance=float(cfg.guidance_scale if s.guidance_scale is None else s.guidance_scale),
+                                 top_k=int(cfg.top_k if s.top_k is None else s.top_k),
+                                 temperature=float(cfg.temperature if s.temperature is None else s.temperature))
         self.rate = cfg.frame_rate
         self.device = next(model.lm.parameters()).device
         self.dtype = next(model.lm.parameters()).dtype
@@ -203,55 +197,44 @@ class MusicGenerator:
 
         conditions: per window (F_i, D) tokens; lengths: frames per window; prompts: per window
         (K, P_i) frames it must start with, or None. Returns per window (K, lengths[i]) codes.
+        The batch is padded to a bucket of the static decoder with windows of padding tokens only.
         """
         model, k = self.model, self.model.config.num_codebooks
         pad = model.pad_token
         b = len(conditions)
+        bucket = batch_bucket(b)
         prompts = prompts or [None] * b
         steps = max(lengths) + k - 1                       # delayed steps to produce
 
         # Tokens fixed in advance: padding of the delay pattern and the prompt; -1 where we sample.
-        forced = torch.full((b, k, steps), -1, dtype=torch.long, device=self.device)
+        forced = torch.full((bucket, k, steps), pad, dtype=torch.long, device=self.device)
         for i, (n, prompt) in enumerate(zip(lengths, prompts)):
             frames = torch.full((1, k, n), -1, dtype=torch.long, device=self.device)
             if prompt is not None:
                 frames[0, :, :prompt.shape[-1]] = prompt.to(self.device)
             forced[i, :, :n + k - 1] = delay(frames, pad)[0]
-            forced[i, :, n + k - 1:] = pad
-        known = min(p.shape[-1] if p is not None else 0 for p in prompts)  # steps known in every row
+        known = min(p.shape[-1] if p is not None else 0 for p in prompts)  # steps known in every window
 
-        condition, mask = self._condition_batch(conditions)
-        cache = CachedMusicgen(model.lm, condition, mask, max_steps=steps)
-        rows = condition.shape[0]
-        inputs = torch.full((b, k, steps + 1), pad, dtype=torch.long, device=self.device)  # [BOS, delayed...]
-        inputs[:, :, 1:known + 1] = forced[:, :, :known]
-        if known:
-            cache.step(self._rows(inputs[:, :, :known], rows))
-        for j in range(known, steps):
-            logits = cache.step(self._rows(inputs[:, :, j:j + 1], rows))  # (rows, K, V)
-            if rows > b:  # classifier-free guidance: conditional rows first, null rows after
-                logits = logits[b:] + self.guidance * (logits[:b] - logits[b:])
-            token = sample_top_k(logits, self.top_k, self.temperature, self.generator)
-            inputs[:, :, j + 1] = torch.where(forced[:, :, j] >= 0, forced[:, :, j], token)
-        frames = undelay(inputs[:, :, 1:])
+        condition, mask = self._condition_batch(conditions, bucket)
+        window_steps = round(self.settings.window_s * self.rate) + k - 1
+        inputs = model.static_decoder().decode(condition, mask, forced, known, self.sampling, self.generator,
+                                               room=window_steps, graphs=self.cuda_graphs)
+        frames = undelay(inputs[:b, :, 1:])                # (b, K, max(lengths))
         return [frames[i, :, :n] for i, n in enumerate(lengths)]
 
-    @staticmethod
-    def _rows(tokens: torch.Tensor, rows: int) -> torch.Tensor:
-        return tokens.repeat(rows // tokens.shape[0], 1, 1)
-
-    def _condition_batch(self, conditions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad the windows' tokens into (rows, F, D) with a (rows, F) mask; guidance adds null rows."""
+    def _condition_batch(self, conditions: list[torch.Tensor], bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad the windows' tokens into (rows, F, D) with a (rows, F) mask for `bucket` windows: the
+        windows, then padding windows (one zero token, so no row is fully masked); guidance adds
+        `bucket` null rows after them."""
         b, f = len(conditions), max(c.shape[0] for c in conditions)
         d = conditions[0].shape[-1]
-        with_null = self.guidance != 1.0
-        rows = 2 * b if with_null else b
+        rows = 2 * bucket if self.sampling.guided else bucket
         condition = torch.zeros(rows, f, d, dtype=self.dtype, device=self.device)
         mask = torch.zeros(rows, f, dtype=torch.bool, device=self.device)
         for i, c in enumerate(conditions):
             condition[i, :len(c)] = c
             mask[i, :len(c)] = True
-        if with_null:
-            condition[b:, :1] = self.model.null_tokens(b, self.dtype)
-            mask[b:, 0] = True
+        mask[b:, 0] = True
+        if self.sampling.guided:
+            condition[bucket:, :1] = self.model.null_tokens(bucket, self.dtype)
         return condition, mask

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens, Window, plan_windows
-from gvmgen.model.decoding import CachedMusicgen
+from gvmgen.model.delay import delay, undelay
 
 
 def _video(duration, d=64, seed=0, cuts=()):
@@ -44,21 +44,23 @@ def test_each_window_is_conditioned_on_the_frames_of_its_own_span_only(tiny_mode
         torch.testing.assert_close(gen.window_condition(video, window), video.tokens[inside])
 
 
-def _first_step_logits(model, gen, video):
-    out = []
-    for window in gen.plan(video):
-        cond = gen.window_condition(video, window)[None]
-        cache = CachedMusicgen(model.lm, cond, torch.ones(cond.shape[:2], dtype=torch.bool), max_steps=1)
-        out.append(cache.step(torch.full((1, 4, 1), model.pad_token)))
-    return out
+def _first_step_logits(model, condition):
+    """(1, K, V) logits of the first step for one window's (F, D) condition."""
+    decoder = model.static_decoder()
+    decoder.reset(condition[None], torch.ones(1, len(condition), dtype=torch.bool), steps=1)
+    return decoder.feed(torch.full((1, 4, 1), model.pad_token))
+
+
+def _first_step_logits_per_window(model, gen, video):
+    return [_first_step_logits(model, gen.window_condition(video, window)) for window in gen.plan(video)]
 
 
 def test_changing_one_frame_changes_only_the_windows_that_cover_it(tiny_model):
     video = _video(95)
     gen = MusicGenerator(tiny_model, GenerationSettings(stitch="parallel"))
-    before = _first_step_logits(tiny_model, gen, video)
+    before = _first_step_logits_per_window(tiny_model, gen, video)
     video.tokens[40] += 1.0                         # the frame at t = 40 s
-    after = _first_step_logits(tiny_model, gen, video)
+    after = _first_step_logits_per_window(tiny_model, gen, video)
     covering = [w.start <= 40 * 50 < w.end for w in gen.plan(video)]
     assert any(covering) and not all(covering)
     for cover, a, b in zip(covering, before, after):
@@ -70,10 +72,8 @@ def test_guidance_combines_the_condition_with_the_null_condition(tiny_model):
     gen = MusicGenerator(tiny_model, GenerationSettings(guidance_scale=3.0, temperature=0))
     cond = gen.window_condition(video, gen.plan(video)[0])
     codes = gen.sample([cond], [1])[0]              # greedy, so the first token is the guided argmax
-    bos = torch.full((1, 4, 1), tiny_model.pad_token)
-    with torch.no_grad():
-        c = CachedMusicgen(tiny_model.lm, cond[None], torch.ones(1, len(cond), dtype=torch.bool), 1).step(bos)
-        u = CachedMusicgen(tiny_model.lm, tiny_model.null_tokens(1), torch.ones(1, 1, dtype=torch.bool), 1).step(bos)
+    c = _first_step_logits(tiny_model, cond)
+    u = _first_step_logits(tiny_model, tiny_model.null_tokens(1)[0])
     guided = u + 3.0 * (c - u)
     assert codes[0, 0] == guided[0, 0].argmax()
     assert guided[0, 0].argmax() != c[0, 0].argmax() or guided[0, 0].argmax() != u[0, 0].argmax()
@@ -102,3 +102,74 @@ def test_continued_windows_start_with_their_prompt(tiny_model):
     prompt = torch.randint(0, 2048, (4, 30))
     codes = gen.sample([torch.randn(3, 64)], [50], [prompt])[0]
     assert codes.shape == (4, 50) and torch.equal(codes[:, :30], prompt)
+
+
+def _plain_loop_codes(model, conditions, lengths, prompts, seed, guidance=3.0, top_k=250, temperature=1.0):
+    """The reference: the sampling loop as it was before the static decoder, written plainly: at every
+    step transformers' own forward over the whole prefix (no cache), guidance against null rows, and
+    `torch.multinomial` over the top-k on the same generator."""
+    k, pad, b = 4, model.pad_token, len(conditions)
+    steps = max(lengths) + k - 1
+    forced = torch.full((b, k, steps), pad)
+    for i, (n, prompt) in enumerate(zip(lengths, prompts)):
+        frames = torch.full((1, k, n), -1)
+        if prompt is not None:
+            frames[0, :, :prompt.shape[-1]] = prompt
+        forced[i, :, :n + k - 1] = delay(frames, pad)[0]
+    known = min(p.shape[-1] if p is not None else 0 for p in prompts)
+    f = max(len(c) for c in conditions)
+    rows = 2 * b if guidance != 1.0 else b
+    condition, mask = torch.zeros(rows, f, 64), torch.zeros(rows, f, dtype=torch.long)
+    for i, c in enumerate(conditions):
+        condition[i, :len(c)], mask[i, :len(c)] = c, 1
+    mask[b:, 0] = 1                                   # null rows: one zero token
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.full((b, k, steps + 1), pad)
+    inputs[:, :, 1:known + 1] = forced[:, :, :known]
+    for j in range(known, steps):
+        ids = inputs[:, :, :j + 1].repeat(rows // b, 1, 1).reshape(rows * k, j + 1)
+        with torch.no_grad():
+            out = model.lm(input_ids=ids, encoder_hidden_states=condition, encoder_attention_mask=mask, use_cache=False)
+        logits = out.logits.reshape(rows, k, j + 1, -1)[:, :, -1]
+        if rows > b:
+            logits = logits[b:] + guidance * (logits[:b] - logits[b:])
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            values, indices = logits.float().topk(top_k, dim=-1)
+            probs = torch.softmax(values / temperature, dim=-1)
+            choice = torch.multinomial(probs.reshape(-1, top_k), 1, generator=generator)
+            token = indices.gather(-1, choice.view(b, k, 1))[..., 0]
+        inputs[:, :, j + 1] = torch.where(forced[:, :, j] >= 0, forced[:, :, j], token)
+    frames = undelay(inputs[:, :, 1:])
+    return [frames[i, :, :n] for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("case", ["one window", "two prompted windows", "no guidance"])
+def test_the_static_decoder_samples_exactly_what_the_plain_loop_samples(tiny_model, case):
+    g = torch.Generator().manual_seed(1)
+    conditions = [torch.randn(n, 64, generator=g) for n in (5, 3)]
+    lengths, prompts, guidance = [40, 33], [None, None], 3.0
+    if case == "one window":
+        conditions, lengths, prompts = conditions[:1], lengths[:1], prompts[:1]
+    elif case == "two prompted windows":
+        prompts = [torch.randint(0, 2048, (4, 12), generator=g), torch.randint(0, 2048, (4, 7), generator=g)]
+    else:
+        guidance = 1.0
+    gen = MusicGenerator(tiny_model, GenerationSettings(seed=11, guidance_scale=guidance))
+    ours = gen.sample(conditions, lengths, prompts)
+    reference = _plain_loop_codes(tiny_model, conditions, lengths, prompts, seed=11, guidance=guidance)
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)
+
+
+def test_windows_padded_up_to_a_bucket_do_not_change_the_real_ones(tiny_model):
+    """Three windows run as a bucket of four: greedy tokens equal the plain loop's on the three."""
+    g = torch.Generator().manual_seed(2)
+    conditions = [torch.randn(n, 64, generator=g) for n in (4, 2, 6)]
+    lengths = [30, 21, 26]
+    gen = MusicGenerator(tiny_model, GenerationSettings(seed=0, temperature=0))
+    ours = gen.sample(conditions, lengths)
+    reference = _plain_loop_codes(tiny_model, conditions, lengths, [None] * 3, seed=0, temperature=0)
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)

@@ -1,10 +1,12 @@
 """The three stages a catalog run overlaps: prepare, compose (several videos in one batch), finish."""
 
+import numpy as np
 import pytest
+import torch
 
 from gvmgen.generate import GenerationSettings
 from gvmgen.media.audio import read_wav
-from gvmgen.pipeline import ScoreSettings, compose, finish, prepare
+from gvmgen.pipeline import ScoreSettings, compose, encode, extract_frames, finish, prepare
 
 
 @pytest.mark.slow
@@ -31,3 +33,15 @@ def test_a_video_too_short_to_score_is_refused_before_generation(tiny_model, tmp
                     "-c:v", "libx264", str(one_frame)], check=True)
     with pytest.raises(MediaError, match=r"one-frame.mp4: too short to score: 0.04 s of picture \(the minimum is 0.5 s\)"):
         prepare(tiny_model, one_frame, ScoreSettings())
+
+
+def test_frames_extracted_without_the_model_encode_to_what_prepare_streams(tiny_model, fixtures):
+    """The split a Dask run makes: media workers send frames, the model's worker encodes them."""
+    settings = ScoreSettings(generation=GenerationSettings(seed=0))
+    video = fixtures / "video" / "testvideo.mp4"
+    frames = extract_frames(video, tiny_model.config.image_size, settings.detection)
+    assert frames.pixels.dtype == np.uint8 and frames.pixels.shape == (len(frames.analysis.frames), 32, 32, 3)
+    apart, streamed = encode(tiny_model, frames, settings), prepare(tiny_model, video, settings)
+    torch.testing.assert_close(apart.tokens.tokens, streamed.tokens.tokens, atol=1e-5, rtol=1e-5)
+    assert torch.equal(apart.tokens.times, streamed.tokens.times)
+    assert apart.tokens.cuts == streamed.tokens.cuts and apart.windows == streamed.windows

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from .config import GVMGenConfig
+from .decoding import StaticDecoder
 from .delay import delay
 from .feature_transformation import FeatureTransformation
 
@@ -108,10 +109,13 @@ class GVMGen(nn.Module):
 
     @torch.no_grad()
     def encode_video_frames(self, frames: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Frame tokens for a whole video, `batch_size` frames at a time: memory does not grow with length."""
+        """(N, S, S, 3) uint8 frames -> (N, D) float32 tokens on the CPU, `batch_size` frames at a time on
+        the model's device: memory does not grow with length. On a GPU the matrix products run in bf16
+        (autocast, whatever the weights' dtype): CLIP ViT-L is most of a frame's cost."""
         device = self.pixel_mean.device
-        out = [self.frame_tokens(frames[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, len(frames), batch_size)]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = [self.frame_tokens(frames[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
+                   for i in range(0, len(frames), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.config.lm["hidden_size"])
 
     def window_condition(self, tokens: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
@@ -129,6 +133,16 @@ class GVMGen(nn.Module):
         return self.null_condition.to(dtype).expand(batch, 1, d)
 
     # ---- language model -------------------------------------------------------------------------
+    def static_decoder(self) -> StaticDecoder:
+        """The LM's static-shape decoder on the LM's current device and dtype, made once: its buffers and
+        CUDA graphs serve every later window and video. Kept out of the module tree (no state_dict)."""
+        weight = next(self.lm.parameters())
+        decoder = self.__dict__.get("_static_decoder")
+        if decoder is None or (decoder.device, decoder.dtype) != (weight.device, weight.dtype):
+            decoder = StaticDecoder(self.lm, self.pad_token)
+            self.__dict__["_static_decoder"] = decoder
+        return decoder
+
     def lm_logits(self, codes: torch.Tensor, condition: torch.Tensor, condition_mask: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits for training and tests.
 

@@ -3,7 +3,7 @@
 import torch
 
 from gvmgen.model import GVMGen, preset
-from gvmgen.model.decoding import CachedMusicgen
+from gvmgen.model.decoding import SPAN_STEP, StaticDecoder, batch_bucket
 from gvmgen.model.delay import delay, delayed_valid_mask, undelay
 
 
@@ -41,17 +41,38 @@ def test_delay_pattern_round_trips_and_pads():
     assert torch.equal(delayed[:, 2, 2:13], codes[:, 2])  # codebook k starts k steps late
 
 
-def test_cached_decoding_matches_the_transformers_forward(tiny_model):
-    codes = torch.randint(0, 2048, (2, 4, 30))
+def test_static_decoding_matches_the_transformers_forward(tiny_model):
+    frames = SPAN_STEP + 20                                                          # crosses a span boundary
+    codes = torch.randint(0, 2048, (2, 4, frames))
     cond = torch.randn(2, 6, 64)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
     with torch.no_grad():
         reference = tiny_model.lm_logits(codes, cond, mask)                         # (B, K, S, V)
     inputs = torch.cat([torch.full((2, 4, 1), 2048), delay(codes, 2048)[:, :, :-1]], dim=2)
-    cache = CachedMusicgen(tiny_model.lm, cond, mask, max_steps=inputs.shape[2])
-    steps = [cache.step(inputs[:, :, :10])]                                           # prefill, then one by one
-    steps += [cache.step(inputs[:, :, j:j + 1]) for j in range(10, inputs.shape[2])]
+    decoder = StaticDecoder(tiny_model.lm, tiny_model.pad_token)
+    decoder.reset(cond, mask, steps=inputs.shape[2])
+    steps = [decoder.feed(inputs[:, :, :10])]                                         # prefill, then one by one
+    steps += [decoder.feed(inputs[:, :, j:j + 1]) for j in range(10, inputs.shape[2])]
     torch.testing.assert_close(torch.stack(steps, dim=2), reference[:, :, 9:], atol=1e-4, rtol=1e-4)
+
+
+def test_a_decoder_reused_for_a_smaller_batch_forgets_the_larger_one(tiny_model):
+    """Buffers are sized for the largest batch and reused: stale rows and condition slots must not leak."""
+    codes = torch.randint(0, 2048, (1, 4, 8))
+    inputs = torch.cat([torch.full((1, 4, 1), 2048), delay(codes, 2048)[:, :, :-1]], dim=2)
+    cond = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        reference = tiny_model.lm_logits(codes, cond, torch.ones(1, 3, dtype=torch.bool))
+    decoder = StaticDecoder(tiny_model.lm, tiny_model.pad_token)
+    decoder.reset(torch.randn(4, 40, 64), torch.ones(4, 40, dtype=torch.bool), steps=300)
+    decoder.feed(torch.randint(0, 2048, (4, 4, 50)))
+    decoder.reset(cond, torch.ones(1, 3, dtype=torch.bool), steps=inputs.shape[2])
+    logits = decoder.feed(inputs)
+    torch.testing.assert_close(logits, reference[:, :, -1], atol=1e-4, rtol=1e-4)
+
+
+def test_batches_are_padded_to_buckets():
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 8, 9, 33, 64, 65)] == [1, 2, 4, 8, 8, 16, 64, 64, 128]
 
 
 def test_masked_condition_tokens_are_ignored(tiny_model):

@@ -1,0 +1,31 @@
+"""bench/catalog.py on the tiny preset: two short videos through the real score-catalog flow."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_catalog_bench_prints_consistent_results(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "catalog.py"), "--preset", "tiny", "--videos", "2",
+                           "--min-seconds", "3", "--max-seconds", "5", "--batch-videos", "2"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = dict(line.split()[1].split("=") for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    value = {k: float(v) for k, v in results.items()}
+    assert value["catalog_videos_scored"] == 2
+    assert 6 <= value["catalog_music_s"] <= 10                          # two videos of 3-5 s
+    assert value["catalog_music_s_per_s"] == pytest.approx(value["catalog_music_s"] / value["catalog_wall_s"], rel=0.02)
+    assert value["catalog_vs_generation_only"] == pytest.approx(
+        value["catalog_music_s_per_s"] / value["generation_only_music_s_per_s"], rel=0.01)
+    stages = ("prepare", "compose", "finish")
+    assert all(value[f"split_{s}_task_s"] > 0 for s in stages)
+    assert sum(value[f"split_{s}_share"] for s in stages) == pytest.approx(1, abs=0.005)
+    assert math.isnan(value["gpu_busy_share"]) or 0 <= value["gpu_busy_share"] <= 1
