@@ -43,6 +43,7 @@ from prefect import flow, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
@@ -53,7 +54,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from gvmgen.generate import GenerationSettings
 from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_model
-from gvmgen.pipeline import PreparedVideo, ScoreSettings, compose, finish, prepare
+from gvmgen.pipeline import PreparedVideo, ScoreSettings, VideoFrames, compose, encode, extract_frames, finish, prepare
 from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
@@ -146,6 +147,10 @@ class RunContext:
     retry_failed: bool
     lease_s: float
     owner: str                 # the run's process: every lease of the run is held in its name
+    sample_rate: int           # the model's, known without loading it where the media work runs
+    image_size: int | None     # set when media work runs on other machines (Dask): they send frames of
+                               # this size and the model's process encodes them; never load the model
+
 
     @property
     def score_settings(self) -> ScoreSettings:
@@ -154,14 +159,15 @@ class RunContext:
 
 @dataclass
 class ClaimedVideo:
-    """A video this run holds the lease on, prepared and waiting for the model."""
+    """A video this run holds the lease on, prepared (or, from a media worker, its frames) and
+    waiting for the model."""
     video_id: int
     job_id: int
     key: str
     uri: str
     work: Path                 # a private scratch folder, removed when the video is finished
-    prepared: PreparedVideo
-    sample_rate: int
+    prepared: PreparedVideo | None
+    frames: VideoFrames | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -169,9 +175,10 @@ def result_row(key: str, status: str, started: float | None = None, claimed: Cla
                loudness_lufs: float | None = None, cause: str | None = None) -> dict:
     """One row of the run's table artifact. status: scored, skipped (done before), copied, failed,
     failed earlier, pending (left for the next run: infrastructure), elsewhere (leased by a live worker)."""
-    info = claimed.prepared.analysis if claimed else None
+    prepared = claimed.prepared if claimed else None
+    info = prepared.analysis if prepared else claimed.frames.analysis if claimed else None
     return {"video": key, "duration": round(info.info.duration, 2) if info else None,
-            "shots": len(info.shots) if info else None, "windows": len(claimed.prepared.windows) if claimed else None,
+            "shots": len(info.shots) if info else None, "windows": len(prepared.windows) if prepared else None,
             "loudness_lufs": None if loudness_lufs is None else round(loudness_lufs, 1),
             "seconds": None if started is None else round(time.perf_counter() - started, 1), "status": status,
             "cause": cause}
@@ -304,16 +311,19 @@ def prepare_video(video_id: int, ctx: RunContext):
         try:
             local = open_store(ctx.source, single=True).download(video.key, work / "in")
             stage = "prepare"
-            prepared = prepare(cached_model(ctx.model), local, ctx.score_settings)
-            info = prepared.analysis.info
+            if ctx.image_size:  # a media worker: frames only, the model's process encodes them
+                prepared, frames = None, extract_frames(local, ctx.image_size, ctx.score_settings.detection)
+            else:
+                prepared, frames = prepare(cached_model(ctx.model), local, ctx.score_settings), None
+            analysis = (prepared or frames).analysis
+            info = analysis.info
             repo.record_probe(session, video, duration=info.duration, width=info.width, height=info.height,
-                              fps=prepared.analysis.fps, rotation=info.rotation, audio_streams=info.audio_streams,
-                              shots=prepared.analysis.shots)
+                              fps=analysis.fps, rotation=info.rotation, audio_streams=info.audio_streams,
+                              shots=analysis.shots)
         except Exception as e:
             shutil.rmtree(work, ignore_errors=True)
             return as_state(fail(session, ctx, video, job, stage, e, started))
-        return ClaimedVideo(video_id, job.id, video.key, video.source_uri, work, prepared,
-                            cached_model(ctx.model).config.sample_rate, started)
+        return ClaimedVideo(video_id, job.id, video.key, video.source_uri, work, prepared, frames, started)
 
 
 class Interrupted(Exception):
@@ -344,25 +354,33 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
         with concurrency(GPU_LIMIT, occupy=1):
             return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=between_steps)
 
+    outcome: dict[int, object] = {}  # index in `claimed` -> its track, or its failure row
+    for i, c in enumerate(claimed):  # frames from media workers: CLIP runs here, on the model's device
+        if c.prepared is None:
+            try:
+                c.prepared, c.frames = encode(model, c.frames, ctx.score_settings), None
+            except Exception as e:
+                outcome[i] = _compose_failure(c, ctx, e, "prepare")
+    ready = [i for i in range(len(claimed)) if i not in outcome]
     try:
-        results = run(claimed)
+        outcome.update(zip(ready, run([claimed[i] for i in ready])) if ready else ())
     except Exception as e:
-        if len(claimed) == 1 or isinstance(e, Interrupted):
-            results = [_compose_failure(c, ctx, e) for c in claimed]
-        else:
-            results = []
-            for c in claimed:
-                try:
-                    results.extend(run([c]))
-                except Exception as e:
-                    results.append(_compose_failure(c, ctx, e))
+        for i in ready:
+            if len(ready) == 1 or isinstance(e, Interrupted):
+                outcome[i] = _compose_failure(claimed[i], ctx, e)
+                continue
+            try:
+                (outcome[i],) = run([claimed[i]])
+            except Exception as alone:
+                outcome[i] = _compose_failure(claimed[i], ctx, alone)
+    results = [outcome[i] for i in range(len(claimed))]
     failures = [r["cause"] for r in results if isinstance(r, dict)]
     return Failed(message="; ".join(failures), data=results) if failures else results
 
 
-def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception) -> dict:
+def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception, stage: str = "compose") -> dict:
     with sessions() as session:
-        return fail(session, ctx, session.get(Video, claimed.video_id), session.get(Job, claimed.job_id), "compose",
+        return fail(session, ctx, session.get(Video, claimed.video_id), session.get(Job, claimed.job_id), stage,
                     error, claimed.started, claimed)
 
 
@@ -374,7 +392,7 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
         stage = "finish"
         try:
             out_key = PurePosixPath(claimed.key)
-            done = finish(claimed.prepared, track, claimed.sample_rate, claimed.work / "out" / out_key.name,
+            done = finish(claimed.prepared, track, ctx.sample_rate, claimed.work / "out" / out_key.name,
                           ctx.score_settings)
             if not repo.renew(session, job, ctx.owner, ctx.lease_s):  # our lease ran out and another worker has it
                 shutil.rmtree(claimed.work, ignore_errors=True)
@@ -485,7 +503,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
                                         owner)
     ensure_gpu_limit(gpu_slots)
-    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, lease_s, owner)
+    config = cached_model(model).config
+    media_elsewhere = not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)  # Dask, say
+    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, lease_s, owner,
+                     config.sample_rate, config.image_size if media_elsewhere else None)
 
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []

@@ -1,8 +1,10 @@
 """`gvmgen generate` end to end, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,5 +111,7 @@ def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):
     result = _gvmgen("score", library, "--out", tmp_path / "scored", "--dask", "local", "--json", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["scored"] == 1
-    assert "distributed.scheduler" in result.stderr                  # a real Dask scheduler ran the tasks
+    log = (Path(os.environ["GVMGEN_HOME"]) / "logs" / "prefect.log").read_text()
+    assert "distributed.scheduler" in log and "distributed" not in result.stderr   # a real Dask scheduler ran
+    # the tasks, and its logs, like Prefect's, went to the log file rather than into the terminal
     assert sorted(p.name for p in (tmp_path / "scored").iterdir()) == ["counter.mp4", "counter.report.png", "counter.wav"]
