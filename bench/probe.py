@@ -16,19 +16,22 @@ held-out videos we measure
   after it differs from that of the half-second before; it counts when above the video's own 75th
   percentile (generated tokens never stand still, so an absolute threshold would count everything).
 
-Variants (three seeds each): the official configuration; with the time position embedding; without the
-spatial cross-attention (mean-pooled patch tokens instead of the music queries); and on 3-min videos,
-the official whole-video conditioning against our sliding windows (same trained official models).
+Variants (three seeds each), every feature-transformation layout: the official one and the residual one,
+each with and without the time position embedding, and the two ablations without queries (mean-pooled
+patch tokens; the CLS token, the official code's path without its Q-Former). The best variant (highest
+mean conditioning gain) is then run on 3-min videos with the official whole-video conditioning and with
+our sliding windows (the same trained models).
 
 To fit the CPU, windows and training clips are 5 s instead of 30 (the mechanism is the same).
 
-    python bench/probe.py [--seeds 3] [--steps 300]
+    python bench/probe.py [--seeds 3] [--steps 400]
 """
 
 from __future__ import annotations
 
 import argparse
 import colorsys
+import re
 import time
 from dataclasses import dataclass
 
@@ -112,10 +115,20 @@ class Tokenised:
         return out
 
 
+# variant -> (feature-transformation layout, time embedding)
+VARIANTS = {
+    "official": ("official", False),
+    "official + time embedding": ("official", True),
+    "residual": ("residual", False),
+    "residual + time embedding": ("residual", True),
+    "mean-pooled patches (no queries)": ("mean-pool", False),
+    "CLS token (no queries)": ("cls", False),
+}
+
+
 def variant_config(name: str):
     config = preset("tiny")
-    config.time_embedding = name == "time embedding"
-    config.spatial_cross_attention = name != "no spatial x-attn"
+    config.feature_transformation, config.time_embedding = VARIANTS[name]
     return config
 
 
@@ -194,15 +207,13 @@ def train(name: str, clips: list[Clip], seed: int, steps: int):
 
 
 def conditioning_gain(model, videos: list[Tokenised]) -> float:
-    """Held-out cross-entropy with each clip's picture taken from another video, minus that with its own
-    picture (teacher-forced, no sampling noise): > 0 when the model uses what it sees."""
+    """Held-out cross-entropy with each clip's picture taken from another clip, minus that with its own
+    picture (the trainer's validation measure): > 0 when the model uses what it sees."""
     import tempfile
 
-    own = [c for v in videos for c in v.clips(model.config.frame_rate)]
-    other = [Clip(c.start, c.end, d.times, d.patches, c.codes) for c, d in zip(own, own[len(own) // 2:] + own)]
+    clips = [c for v in videos for c in v.clips(model.config.frame_rate)]
     with tempfile.TemporaryDirectory() as work:
-        trainer = Trainer(model, own, [], TrainSettings(steps=0, batch_size=8), work)
-        gain = trainer.evaluate(other)["loss"] - trainer.evaluate(own)["loss"]
+        gain = Trainer(model, clips, [], TrainSettings(steps=0, batch_size=8), work).evaluate(clips)["conditioning_gain"]
     model.requires_grad_(False)
     return gain
 
@@ -218,6 +229,10 @@ def evaluate(model, videos: list[Tokenised], condition: str, seed: int) -> dict:
         agree.append(a), chance.append(c), hits.append(h), shuffled.append(b)
     return {"agreement": np.mean(agree), "agreement_chance": np.mean(chance), "hit_rate": np.mean(hits),
             "hit_rate_shuffled": np.mean(shuffled), "conditioning_gain": conditioning_gain(model, videos)}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"\W+", "_", name.split(" (")[0]).strip("_")
 
 
 def main() -> None:
@@ -248,14 +263,20 @@ def main() -> None:
           f"{truth:.2f} ({time.perf_counter() - began:.0f} s)", flush=True)
 
     rows: dict[str, list[dict]] = {}
+    models: dict[str, list] = {}
     for seed in range(args.seeds):
-        for name in ("official", "time embedding", "no spatial x-attn"):
+        for name in VARIANTS:
             model = train(name, clips, seed, args.steps)
+            models.setdefault(name, []).append(model)
             rows.setdefault(name, []).append(evaluate(model, test_set, "window", seed))
-            if name == "official":
-                rows.setdefault("3-min, sliding windows", []).append(evaluate(model, long_set, "window", seed))
-                rows.setdefault("3-min, whole video (official)", []).append(evaluate(model, long_set, "video", seed))
             print(f"seed {seed} {name}: {rows[name][-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
+    best = max(VARIANTS, key=lambda name: np.mean([r["conditioning_gain"] for r in rows[name]]))
+    sliding, whole = f"3-min, sliding windows ({best})", f"3-min, whole video, official conditioning ({best})"
+    for seed, model in enumerate(models[best]):
+        rows.setdefault(sliding, []).append(evaluate(model, long_set, "window", seed))
+        rows.setdefault(whole, []).append(evaluate(model, long_set, "video", seed))
+        print(f"seed {seed} 3-min: {rows[sliding][-1]} / {rows[whole][-1]} ({time.perf_counter() - began:.0f} s)",
+              flush=True)
 
     def cell(name, key):
         values = [r[key] for r in rows[name]]
@@ -268,21 +289,33 @@ def main() -> None:
         print(f"| {name} | {cell(name, 'agreement')} | {cell(name, 'agreement_chance')} | {cell(name, 'hit_rate')} "
               f"| {cell(name, 'hit_rate_shuffled')} | {cell(name, 'conditioning_gain')} |")
 
-    def compare(label, better, worse, key, at_least=False):
+    def compare(label, better, worse, key, at_least=False, against=None):
         """The claim: `better` above `worse` by more than the spread over seeds (or, `at_least`, not
-        below it by more than the spread)."""
-        a, b = [r[key] for r in rows[better]], [r[key] for r in rows[worse]]
+        below it by more than the spread); `against`: compared with `worse`'s measure of that name."""
+        a, b = [r[key] for r in rows[better]], [r[against or key] for r in rows[worse]]
         spread = max(np.std(a), np.std(b))
         gap = np.mean(a) - np.mean(b)
         holds = gap >= -spread if at_least else gap > spread
         print(f"RESULT {label}_{key}_gap={gap:+.4f} spread={spread:.4f} {'holds' if holds else 'does not hold'}")
 
     print()
+    for key in ("agreement", "hit_rate"):
+        for name in VARIANTS:  # above chance by more than the spread over seeds?
+            compare(f"{slug(name)}_vs_chance", name, name, key, against=f"{key}_chance" if key == "agreement"
+                    else "hit_rate_shuffled")
     for key in ("agreement", "hit_rate", "conditioning_gain"):
-        compare("full_vs_no_spatial", "official", "no spatial x-attn", key)
-        compare("time_embedding_vs_official", "time embedding", "official", key, at_least=True)
+        compare("best_vs_official", best, "official", key)
+        compare("best_vs_mean_pool", best, "mean-pooled patches (no queries)", key, at_least=True)
     for key in ("agreement", "hit_rate"):  # the same trained models: only the conditioning differs
-        compare("sliding_vs_whole_video_3min", "3-min, sliding windows", "3-min, whole video (official)", key)
+        compare("sliding_vs_whole_video_3min", sliding, whole, key)
+    gains = {name: [r["conditioning_gain"] for r in rows[name]] for name in VARIANTS}
+    print(f"RESULT conditioning_gain_official={np.mean(gains['official']):.4f}")
+    print(f"RESULT best_variant={slug(best)}")
+    print(f"RESULT conditioning_gain_best={np.mean(gains[best]):.4f}")
+    print(f"RESULT conditioning_gain_best_spread={np.std(gains[best]):.4f}")
+    margin = np.mean(gains[best]) - np.mean(gains["official"])  # the issue's bar: more than twice the spread
+    print(f"RESULT best_minus_official_gain={margin:+.4f} twice_spread={2 * np.std(gains[best]):.4f} "
+          f"{'holds' if margin > 2 * np.std(gains[best]) else 'does not hold'}")
     print(f"probe took {time.perf_counter() - began:.0f} s")
 
 
