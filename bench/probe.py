@@ -206,16 +206,17 @@ def train(name: str, clips: list[Clip], seed: int, steps: int):
     return model.eval()
 
 
-def conditioning_gain(model, videos: list[Tokenised]) -> float:
-    """Held-out cross-entropy with each clip's picture taken from another clip, minus that with its own
-    picture (the trainer's validation measure): > 0 when the model uses what it sees."""
+def picture_use(model, videos: list[Tokenised]) -> dict:
+    """The trainer's validation measures of picture use: the conditioning gain (held-out cross-entropy with
+    each clip's picture taken from another clip, minus that with its own: > 0 when the model uses what it
+    sees) and the frame tokens' spread across frames (near 0: the visual side ignores the picture)."""
     import tempfile
 
     clips = [c for v in videos for c in v.clips(model.config.frame_rate)]
     with tempfile.TemporaryDirectory() as work:
-        gain = Trainer(model, clips, [], TrainSettings(steps=0, batch_size=8), work).evaluate(clips)["conditioning_gain"]
+        measured = Trainer(model, clips, [], TrainSettings(steps=0, batch_size=8), work).evaluate(clips)
     model.requires_grad_(False)
-    return gain
+    return {"conditioning_gain": measured["conditioning_gain"], "spread": measured["spread"]}
 
 
 def evaluate(model, videos: list[Tokenised], condition: str, seed: int) -> dict:
@@ -228,7 +229,7 @@ def evaluate(model, videos: list[Tokenised], condition: str, seed: int) -> dict:
         h, b = cut_hits(tokens, v.video.cuts, v.video.duration, rate, rng)
         agree.append(a), chance.append(c), hits.append(h), shuffled.append(b)
     return {"agreement": np.mean(agree), "agreement_chance": np.mean(chance), "hit_rate": np.mean(hits),
-            "hit_rate_shuffled": np.mean(shuffled), "conditioning_gain": conditioning_gain(model, videos)}
+            "hit_rate_shuffled": np.mean(shuffled), **picture_use(model, videos)}
 
 
 def slug(name: str) -> str:
@@ -266,9 +267,11 @@ def main() -> None:
     models: dict[str, list] = {}
     for seed in range(args.seeds):
         for name in VARIANTS:
+            at_start = picture_use(fresh_model(variant_config(name)), test_set)["spread"]
             model = train(name, clips, seed, args.steps)
             models.setdefault(name, []).append(model)
             rows.setdefault(name, []).append(evaluate(model, test_set, "window", seed))
+            rows[name][-1]["spread_kept"] = rows[name][-1]["spread"] / at_start  # what the collapse monitor reads
             print(f"seed {seed} {name}: {rows[name][-1]} ({time.perf_counter() - began:.0f} s)", flush=True)
     best = max(VARIANTS, key=lambda name: np.mean([r["conditioning_gain"] for r in rows[name]]))
     sliding, whole = f"3-min, sliding windows ({best})", f"3-min, whole video, official conditioning ({best})"
@@ -283,11 +286,12 @@ def main() -> None:
         return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
     print(f"\n| variant ({args.seeds} seeds) | token agreement | (chance) | cut hit rate | (shuffled cuts) "
-          f"| conditioning gain (nats) |")
-    print("|---|---|---|---|---|---|")
+          f"| conditioning gain (nats) | frame-token spread, of its value at step 0 |")
+    print("|---|---|---|---|---|---|---|")
     for name in rows:
         print(f"| {name} | {cell(name, 'agreement')} | {cell(name, 'agreement_chance')} | {cell(name, 'hit_rate')} "
-              f"| {cell(name, 'hit_rate_shuffled')} | {cell(name, 'conditioning_gain')} |")
+              f"| {cell(name, 'hit_rate_shuffled')} | {cell(name, 'conditioning_gain')} "
+              f"| {cell(name, 'spread_kept') if 'spread_kept' in rows[name][0] else '(same models)'} |")
 
     def compare(label, better, worse, key, at_least=False, against=None):
         """The claim: `better` above `worse` by more than the spread over seeds (or, `at_least`, not
