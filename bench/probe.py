@@ -16,9 +16,9 @@ held-out videos we measure
   after it differs from that of the half-second before; it counts when above the video's own 75th
   percentile (generated tokens never stand still, so an absolute threshold would count everything).
 
-Variants (three seeds each), every feature-transformation layout: the official one and the residual one,
-each with and without the time position embedding, and the two ablations without queries (mean-pooled
-patch tokens; the CLS token, the official code's path without its Q-Former). The best variant (highest
+Variants (three seeds each), every feature-transformation layout: the official one, the residual one,
+and the two ablations without queries (mean-pooled patch tokens; the CLS token, the official code's
+path without its Q-Former). The best variant (highest
 mean conditioning gain) is then run on 3-min videos with the official whole-video conditioning and with
 our sliding windows (the same trained models).
 
@@ -30,10 +30,8 @@ To fit the CPU, windows and training clips are 5 s instead of 30 (the mechanism 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import re
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,94 +39,25 @@ import torch
 from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
 from gvmgen.model.checkpoints import fresh_model
 from gvmgen.model.config import preset
-from gvmgen.training.dataset import Clip, plan_clips
+from gvmgen.training.dataset import Clip
+from gvmgen.training.synthetic import WINDOW_S, Tokenised, make_video
 from gvmgen.training.trainer import Trainer, TrainSettings
 
-WINDOW_S = 5.0
-RATES = (1, 2, 4)          # notes per second, by stripe density
 CHANGE_PERCENTILE = 75     # a change counts when above this percentile of the video's own changes
 
 
-@dataclass
-class ProbeVideo:
-    duration: float
-    cuts: list[float]
-    shots: list[tuple[int, int]]        # (pitch class, rate index) per shot
-    times: np.ndarray                   # frame times (each second, and each cut)
-    frames: np.ndarray                  # (N, S, S, 3) uint8
-    audio: np.ndarray                   # float32 at the codec's rate
-
-
-def make_video(rng: np.random.Generator, duration: float, size: int, rate: int) -> ProbeVideo:
-    cuts, t = [], rng.uniform(2, 8)
-    while t < duration - 1:
-        cuts.append(round(float(t), 2))
-        t += rng.uniform(2, 8)
-    bounds = [0.0, *cuts, duration]
-    shots, previous = [], None
-    for _ in range(len(bounds) - 1):
-        shot = (int(rng.integers(12)), int(rng.integers(len(RATES))))
-        while shot == previous:  # a cut always changes the picture, so it always changes the music
-            shot = (int(rng.integers(12)), int(rng.integers(len(RATES))))
-        shots.append(shot)
-        previous = shot
-    times = np.unique(np.concatenate([np.arange(int(duration)), cuts]))
-    shot_of = lambda x: int(np.searchsorted(bounds, x, side="right") - 1)  # noqa: E731
-    frames = np.stack([picture(rng, *shots[shot_of(x)], size) for x in times])
-    samples = np.zeros(int(duration * rate), np.float32)
-    for (pitch, r), a, b in zip(shots, bounds[:-1], bounds[1:]):
-        freq, step = 261.63 * 2 ** (pitch / 12), 1.0 / RATES[r]
-        for start in np.arange(a, b, step):  # a steady note for 60% of each beat, with 5-ms ramps
-            n = int(min(0.6 * step, b - start) * rate)
-            i = int(start * rate)
-            tt = np.arange(n) / rate
-            ramp = np.minimum(1, np.minimum(tt, tt[::-1]) / 0.005)
-            samples[i:i + n] += 0.4 * ramp * (np.sin(2 * np.pi * freq * tt) + 0.3 * np.sin(4 * np.pi * freq * tt))
-    return ProbeVideo(duration, cuts, shots, times, frames, samples)
-
-
-def picture(rng: np.random.Generator, pitch: int, rate_index: int, size: int) -> np.ndarray:
-    """A frame of a shot: its hue, stripes as dense as its notes are fast, a random shift and noise."""
-    rgb = np.array(colorsys.hsv_to_rgb(pitch / 12, 0.8, 0.9))
-    stripes = 2 * 2 ** rate_index
-    x = (np.arange(size) / size + rng.uniform()) * stripes
-    shade = 0.6 + 0.4 * (np.sin(2 * np.pi * x) > 0)
-    image = rgb[None, None, :] * shade[None, :, None] * np.ones((size, 1, 1))
-    image += rng.normal(0, 0.03, image.shape)
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
-
-
-class Tokenised:
-    """A probe video as the model sees it: patch tokens of its frames and its true codes."""
-
-    def __init__(self, model, video: ProbeVideo):
-        self.video = video
-        self.patches = model.patch_tokens(torch.from_numpy(video.frames)).half()
-        self.codes = model.encode_audio(torch.from_numpy(video.audio)[None])[0].to(torch.int16)
-
-    def clips(self, rate: int) -> list[Clip]:
-        out = []
-        for a, b in plan_clips(self.video.duration, self.video.cuts, WINDOW_S):
-            inside = torch.from_numpy((self.video.times >= a) & (self.video.times < b))
-            out.append(Clip(a, b, torch.from_numpy(self.video.times)[inside].float() - a, self.patches[inside],
-                            self.codes[:, round(a * rate):round(b * rate)]))
-        return out
-
-
-# variant -> (feature-transformation layout, time embedding)
+# variant -> feature-transformation layout
 VARIANTS = {
-    "official": ("official", False),
-    "official + time embedding": ("official", True),
-    "residual": ("residual", False),
-    "residual + time embedding": ("residual", True),
-    "mean-pooled patches (no queries)": ("mean-pool", False),
-    "CLS token (no queries)": ("cls", False),
+    "official": "official",
+    "residual": "residual",
+    "mean-pooled patches (no queries)": "mean-pool",
+    "CLS token (no queries)": "cls",
 }
 
 
 def variant_config(name: str):
     config = preset("tiny")
-    config.feature_transformation, config.time_embedding = VARIANTS[name]
+    config.feature_transformation = VARIANTS[name]
     return config
 
 

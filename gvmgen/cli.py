@@ -185,6 +185,8 @@ def finetune(
     lr: float = typer.Option(1e-4, "--lr"),
     store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
                               "default GVMGEN_HOME/store)."),
+    variant: str = typer.Option(None, "--variant", help="The feature transformation: official, residual, "
+                                "mean-pool or cls (default: the base's; another one starts fresh)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
@@ -197,7 +199,7 @@ def finetune(
     try:
         with _training_progress(name, steps, disable=as_json):
             result = finetune_flow(source, name, base=base, steps=steps, lm=lm.value, batch_size=batch_size,
-                                   lr=lr, store=store)
+                                   lr=lr, store=store, variant=variant)
     except Exception as e:
         console.print(f"[red]error:[/red] fine-tuning failed: {type(e).__name__}: {e}")
         raise typer.Exit(2)
@@ -208,6 +210,8 @@ def finetune(
                       f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
                       f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
                       f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+        if "warning" in result:
+            console.print(f"[yellow]warning:[/yellow] {result['warning']}")
 
 
 @app.command("eval")

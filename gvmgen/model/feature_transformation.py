@@ -8,9 +8,12 @@ This is the paper's spatial cross-attention, in two layouts (`GVMGenConfig.featu
   after its LayerNorm. Nothing carries a frame's content past a block once the queries dominate it,
   and in training the frame tokens can stop depending on the picture (README, "Alignment probe").
 - `residual`: pre-LN blocks with a residual path around all three sub-blocks (BLIP-2's Q-Former is
-  residual throughout), and queries that start from the frame's mean patch token. The identity paths
-  then carry that mean patch to the output whatever the attention learns, so the output keeps the
-  picture by construction: at worst it is mean pooling, refined by what the queries pick out.
+  residual throughout), reading patches already normalised (by CLIP's post-LN, see GVMGen), and queries
+  that start from the frame's mean patch token. The identity paths carry that mean patch to the output
+  whatever the attention learns, and no LayerNorm follows them: a constant that training adds to every
+  frame (the queries, the biases, which Adam grows at the learning rate whatever their gradient) shifts
+  the tokens but cannot shrink their differences, as a LayerNorm after it would (the official collapse).
+  So the output keeps the picture by construction: at worst mean pooling, refined by the queries.
 
 The pooled ablations (`mean-pool`, `cls`) have no layers; GVMGen pools the patches itself.
 """
@@ -77,7 +80,10 @@ class ResidualLayer(nn.Module):
 
 
 class FeatureTransformation(nn.Module):
-    """(N, P, C) patch tokens of N frames -> (N, C): the music queries' outputs, pooled (mean or sum)."""
+    """(N, P, C) patch tokens of N frames -> (N, C): the music queries' outputs, pooled (mean or sum).
+
+    The official layout reads the CLIP encoder's raw output and is followed by CLIP's post-LN; the
+    residual one reads the post-LN's output and is followed by nothing but linear projections."""
 
     def __init__(self, config: GVMGenConfig):
         super().__init__()
@@ -85,7 +91,8 @@ class FeatureTransformation(nn.Module):
         self.layout = config.feature_transformation
         self.pooling = config.ft_query_pooling
         self.queries = nn.Parameter(torch.randn(1, config.num_queries, width) * 0.02)
-        self.norm = nn.LayerNorm(width, eps=eps)   # official: on the queries; residual: on the patches
+        # official: its LayerNorm on the queries; residual: none, the patches come normalised
+        self.norm = nn.LayerNorm(width, eps=eps) if self.layout == "official" else None
         self.dropout = nn.Dropout(config.ft_dropout)
         layer = OfficialLayer if self.layout == "official" else ResidualLayer
         self.layers = nn.ModuleList(
@@ -112,7 +119,6 @@ class FeatureTransformation(nn.Module):
         if self.layout == "official":
             h = self.dropout(self.norm(self.queries)).expand(n, -1, -1)           # (N, Q, C)
         else:
-            patches = self.norm(patches)                                           # (N, P, C)
             h = self.queries + self.dropout(patches.mean(dim=1, keepdim=True))     # (N, Q, C)
         for layer in self.layers:
             h = layer(h, patches)

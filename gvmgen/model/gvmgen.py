@@ -105,14 +105,16 @@ class GVMGen(nn.Module):
 
     def tokens_from_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, C) patch tokens -> (N, D): the trainable part of the visual side."""
-        layout = self.config.feature_transformation
+        layout, post_ln = self.config.feature_transformation, self.vision.post_layernorm
+        if layout == "residual":  # normalised before the queries, nothing but linear maps after them
+            return self.output_proj(self.visual_projection(self.feature_transformation(post_ln(patches))))
         if layout == "mean-pool":
-            queried = patches.mean(dim=1)                                       # (N, C) all patches
+            pooled = patches.mean(dim=1)                                        # (N, C) all patches
         elif layout == "cls":
-            queried = patches[:, 0]                                             # (N, C) the CLS token
+            pooled = patches[:, 0]                                              # (N, C) the CLS token
         else:
-            queried = self.feature_transformation(patches)                      # (N, C)
-        return self.output_proj(self.visual_projection(self.vision.post_layernorm(queried)))  # (N, D)
+            pooled = self.feature_transformation(patches)                       # (N, C) the queries
+        return self.output_proj(self.visual_projection(post_ln(pooled)))        # (N, D)
 
     @torch.no_grad()
     def encode_video_frames(self, frames: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
