@@ -51,7 +51,7 @@ TRAIN = textwrap.dedent("""
     shards, out, kill_at = [Path(p) for p in sys.argv[1:3]], Path(sys.argv[3]), int(sys.argv[4])
     clips = [ShardClip(p, 0) for p in shards]
     def metrics(m):
-        if m["step"] == kill_at:
+        if m["step"] == kill_at and m["split"] == "train":
             os.kill(os.getpid(), signal.SIGKILL)   # as a lost machine would: no cleanup, no last save
     settings = TrainSettings(steps=8, batch_size=2, accumulation=2, lr=1e-3, warmup_steps=2, checkpoint_every=2,
                              eval_every=4)
