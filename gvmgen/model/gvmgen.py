@@ -129,8 +129,8 @@ class GVMGen(nn.Module):
         if self.time_embedding is not None:
             tokens = tokens + self.time_embedding(seconds.to(tokens.device)).to(tokens.dtype)
         if self.config.cross_attention_pos_emb:
-            positions = torch.arange(len(tokens), device=tokens.device)
-            tokens = tokens + self.config.cross_attention_pos_emb_scale * sin_embedding(positions, tokens.shape[-1]).to(tokens.dtype)
+            positions = sin_embedding(torch.arange(len(tokens), device=tokens.device), tokens.shape[-1])  # (F, D)
+            tokens = tokens + self.config.cross_attention_pos_emb_scale * positions.to(tokens.dtype)
         return tokens
 
     def null_tokens(self, batch: int, dtype=None) -> torch.Tensor:

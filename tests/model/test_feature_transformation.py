@@ -49,9 +49,10 @@ def test_the_residual_layout_keeps_the_picture_when_its_blocks_output_nothing(pa
     residual, official = _model("residual"), _model("official")
     with torch.no_grad():
         for layer in residual.feature_transformation.layers:
-            for linear in (layer.attention.out_proj, layer.ffn_out) + ((layer.crossattention.out_proj,)
-                                                                        if layer.crossattention is not None else ()):
-                linear.weight.zero_(), linear.bias.zero_()
+            blocks = [layer.attention, layer.crossattention] if layer.crossattention is not None else [layer.attention]
+            for linear in [b.out_proj for b in blocks] + [layer.ffn_out]:
+                linear.weight.zero_()
+                linear.bias.zero_()
         for layer in official.feature_transformation.layers:
             if layer.crossattention is not None:
                 layer.crossattention.out_proj.weight.zero_()
