@@ -272,6 +272,8 @@ def finetune(
     lr: float = typer.Option(1e-4, "--lr"),
     store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
                               "default GVMGEN_HOME/store)."),
+    variant: str = typer.Option(None, "--variant", help="The feature transformation: official, residual, "
+                                "mean-pool or cls (default: the base's; another one starts fresh)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
@@ -284,14 +286,16 @@ def finetune(
     _prefect_ready()
     with _training_progress(name, steps, disable=as_json or OPTIONS["quiet"]):
         result = finetune_flow(source, name, base=base, steps=steps, lm=lm.value, batch_size=batch_size,
-                               lr=lr, store=store)
+                               lr=lr, store=store, variant=variant)
     if as_json:
         print(json.dumps(result))
     elif not OPTIONS["quiet"]:
         out.print(f"model {result['model']}: {result['videos']} videos ({result['left_out']} left out), "
-                      f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
-                      f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
-                      f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+                  f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
+                  f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
+                  f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+    if "warning" in result:
+        console.print(f"warning: {result['warning']}", markup=False, highlight=False)
 
 
 @app.command("eval")

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
@@ -23,10 +23,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gvmgen.home import home
-from gvmgen.model.checkpoints import load_model, save_model
+from gvmgen.model.checkpoints import load_model, save_model, with_feature_transformation
+from gvmgen.model.config import FEATURE_TRANSFORMATIONS
 from gvmgen.report import write_loss_curve
 from gvmgen.training.dataset import MUSIC_EXTENSIONS, build_clips, encoder_key, paired_music_key, save_shard, split_of
-from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, merge_adapters
+from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_warning, merge_adapters
 from storage import registry
 from storage import repository as repo
 from storage.models import Video
@@ -47,9 +48,10 @@ def list_music(source: str) -> list[str]:
 
 
 @task(cache_policy=NO_CACHE)
-def build_shard(video_id: int, source: str, store: str, base: str, music: list[str], clip_s: float) -> dict:
-    """One video's clips as a shard in `store`/datasets/, recorded in the manifest; a video whose shard
-    exists is skipped. Returns a row of the dataset table."""
+def build_shard(video_id: int, source: str, store: str, base: str, music: list[str], clip_s: float | None) -> dict:
+    """One video's clips (up to `clip_s`, default the model's segment duration) as a shard in
+    `store`/datasets/, recorded in the manifest; a video whose shard exists is skipped. Returns a row of
+    the dataset table."""
     with sessions() as session:
         video = session.get(Video, video_id)
         model = load_model(registry.resolve(session, base), device=_device())
@@ -65,7 +67,7 @@ def build_shard(video_id: int, source: str, store: str, base: str, music: list[s
                 src = open_store(source)
                 local = src.download(video.key, Path(work) / "in")
                 paired = src.download(music_key, Path(work) / "in") if music_key else None
-                clips = build_clips(model, local, paired, clip_s)
+                clips = build_clips(model, local, paired, clip_s or model.config.segment_duration)
                 if not clips:
                     return {**row, "status": "skipped", "cause": "shorter than the shortest clip (5 s)"}
                 name = video.content_hash.replace(":", "-") + ".safetensors"
@@ -78,10 +80,14 @@ def build_shard(video_id: int, source: str, store: str, base: str, music: list[s
 
 
 @task(cache_policy=NO_CACHE)
-def train_model(name: str, base: str, store: str, video_ids: list[int], settings: dict) -> dict:
-    """Train on the manifest's clips of these videos, publish the model, draw its loss curve."""
+def train_model(name: str, base: str, store: str, video_ids: list[int], settings: dict,
+                variant: str | None = None) -> dict:
+    """Train on the manifest's clips of these videos, publish the model, draw its loss curve; warn when
+    the frame tokens collapse (their spread falls below 5% of step 0's)."""
     with sessions() as session:
         model = load_model(registry.resolve(session, base), device=_device())
+        if variant:
+            model = with_feature_transformation(model, variant)
         encoders = encoder_key(model.config)
         clips = repo.training_set(session, encoders, video_ids)
         videos = sorted({c.content_hash for c in clips})
@@ -100,7 +106,8 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
     def on_metrics(m: dict) -> None:
         history.append(m)
         with sessions() as session:
-            repo.record_metric(session, name, m["step"], m["split"], m["loss"], m["accuracy"], m.get("lr"))
+            repo.record_metric(session, name, m["step"], m["split"], m["loss"], m["accuracy"], m.get("lr"),
+                               m.get("spread"), m.get("conditioning_gain"))
         if m["split"] == "train" and (m["step"] % 10 == 0 or m["step"] == train_settings.steps):
             update_progress_artifact(progress, 100.0 * m["step"] / train_settings.steps)
 
@@ -108,11 +115,18 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
     with concurrency(GPU_LIMIT, occupy=1):
         merge_adapters(trainer.run())
     with sessions() as session:  # the whole curve, a resumed run's earlier steps included
-        history = [{"step": m.step, "split": m.split, "loss": m.loss, "accuracy": m.accuracy}
-                   for m in repo.training_metrics(session, name)]
+        history = [{"step": m.step, "split": m.split, "loss": m.loss, "accuracy": m.accuracy, "spread": m.spread,
+                    "conditioning_gain": m.conditioning_gain} for m in repo.training_metrics(session, name)]
     final = {s: next((m for m in reversed(history) if m["split"] == s), None) for s in ("train", "validation")}
     metrics = {"steps": train_settings.steps, "train_clips": len(train), "validation_clips": len(validation),
-               **{f"{s}_{k}": round(m[k], 4) for s, m in final.items() if m for k in ("loss", "accuracy")}}
+               "variant": model.config.feature_transformation,
+               **{f"{s}_{k}": round(m[k], 4) for s, m in final.items() if m for k in ("loss", "accuracy")},
+               **{f"validation_{k}": round(final["validation"][k], 4) for k in ("spread", "conditioning_gain")
+                  if final["validation"] and final["validation"][k] is not None}}
+    warning = collapse_warning([m for m in history if m["split"] == "validation"])
+    if warning:
+        get_run_logger().warning("%s: %s", name, warning)
+        create_markdown_artifact(f"## {name}: the visual side collapsed\n\n{warning}.", key="finetune-collapse")
     with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
         folder = Path(work) / name
         save_model(model.cpu(), folder)
@@ -121,8 +135,10 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
             row = registry.publish(session, name, base, folder, store, metrics)
         curve_uri = f"{row.checkpoint_uri}/loss.png"
     create_link_artifact(curve_uri, link_text=f"loss curve of {name}", key="finetune-loss-curve")
-    create_table_artifact(history, key="finetune-metrics", description=f"{name}: loss and token accuracy per step")
-    return {"model": name, "checkpoint": row.checkpoint_uri, "loss_curve": curve_uri, **metrics}
+    create_table_artifact(history, key="finetune-metrics", description=f"{name}: loss and token accuracy per step; "
+                          "at each evaluation, the frame tokens' spread across frames and the conditioning gain")
+    return {"model": name, "checkpoint": row.checkpoint_uri, "loss_curve": curve_uri, **metrics,
+            **({"warning": warning} if warning else {})}
 
 
 def _cached_shard(store, key: str) -> Path:
@@ -133,13 +149,17 @@ def _cached_shard(store, key: str) -> Path:
 
 @flow(name="finetune", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, store: str | None = None,
-             catalog_name: str | None = None, clip_s: float = 30.0, batch_size: int = 4, accumulation: int = 1,
+             catalog_name: str | None = None, clip_s: float | None = None, batch_size: int = 4, accumulation: int = 1,
              lr: float = 1e-4, lm: str = "cross", lora_rank: int = 16, checkpoint_every: int = 100,
-             eval_every: int = 100, seed: int = 0) -> dict:
+             eval_every: int = 100, seed: int = 0, variant: str | None = None) -> dict:
     """Fine-tune `base` on the videos of `source` and publish the result as model version `name`.
 
     `store`: where shards and the model go (a folder or s3://...; default GVMGEN_HOME/store).
+    `clip_s`: the longest training clip; default the base model's segment duration (30 s).
     `lm`: "cross" trains the LM's cross-attention only, "full" all of it, "lora" adds LoRA adapters.
+    `variant`: the feature transformation's layout (official, residual, mean-pool, cls); default the
+    base's. Another layout than the base's starts fresh; every other weight comes from the base.
+    The summary carries a `warning` when the frame tokens collapsed (see collapse_warning).
     A rerun reuses every cached shard and resumes training from its last checkpoint.
     """
     started = time.perf_counter()
@@ -147,6 +167,8 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
     settings = dict(steps=steps, batch_size=batch_size, accumulation=accumulation, lr=lr, lm=lm,
                     lora_rank=lora_rank, checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed)
     TrainSettings(**settings)  # bad settings fail here, before any work
+    if variant is not None and variant not in FEATURE_TRANSFORMATIONS:
+        raise ValueError(f"variant must be one of {FEATURE_TRANSFORMATIONS}, got {variant!r}")
     video_ids = register_videos(source, catalog_name or source, list_library(source))
     music = list_music(source)
     rows = [f.result() for f in [build_shard.submit(v, source, store, base, music, clip_s) for v in video_ids]]
@@ -159,5 +181,5 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
     if not usable:
         raise ValueError(f"{source}: no video gave a training clip (see the finetune-left-out artifact)")
     ensure_gpu_limit(1)
-    result = train_model(name, base, store, usable, settings)
+    result = train_model(name, base, store, usable, settings, variant)
     return {**result, "videos": len(usable), "left_out": len(failed), "seconds": round(time.perf_counter() - started, 1)}

@@ -70,9 +70,10 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
 
 
 def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
-    """Training and validation loss (log scale) and token accuracy against the step, atomically."""
+    """Training and validation loss (log scale), token accuracy, and the validation frame tokens' spread
+    (the collapse monitor: near 0, the music no longer depends on the picture) against the step, atomically."""
     path = Path(path)
-    fig, (loss, accuracy) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (loss, accuracy, spread) = plt.subplots(1, 3, figsize=(15, 3.8))
     fig.suptitle(title, fontsize=10)
     for split, colour in (("train", "#3182bd"), ("validation", "#e6550d")):
         points = [m for m in metrics if m["split"] == split]
@@ -81,10 +82,15 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
             marker = "o" if split == "validation" else None
             loss.plot(steps, [m["loss"] for m in points], color=colour, marker=marker, label=split)
             accuracy.plot(steps, [m["accuracy"] for m in points], color=colour, marker=marker, label=split)
+    monitored = [m for m in metrics if m.get("spread") is not None]
+    spread.plot([m["step"] for m in monitored], [m["spread"] for m in monitored], color="#e6550d", marker="o",
+                label="validation")
     loss.set_yscale("log")
     loss.set_ylabel("cross-entropy")
     accuracy.set_ylabel("token accuracy")
-    for ax in (loss, accuracy):
+    spread.set_ylabel("frame-token spread")
+    spread.set_ylim(bottom=0)
+    for ax in (loss, accuracy, spread):
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     return _save(fig, path)

@@ -163,6 +163,9 @@ class TrainingMetric(Base):
     loss: Mapped[float] = mapped_column(Float)
     accuracy: Mapped[float] = mapped_column(Float)
     lr: Mapped[float | None] = mapped_column(Float)
+    # validation only: the frame tokens' spread across frames (collapse monitor) and the conditioning gain
+    spread: Mapped[float | None] = mapped_column(Float)
+    conditioning_gain: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

@@ -281,12 +281,12 @@ def move_to_validation(session: Session, encoders: str, content_hash: str) -> No
 
 
 def record_metric(session: Session, model_name: str, step: int, split: str, loss: float, accuracy: float,
-                  lr: float | None = None) -> None:
+                  lr: float | None = None, spread: float | None = None, conditioning_gain: float | None = None) -> None:
     """One point of a training curve; a resumed run writes the steps after its checkpoint again."""
     session.execute(delete(TrainingMetric).where(TrainingMetric.model_name == model_name,
                                                  TrainingMetric.step == step, TrainingMetric.split == split))
     session.add(TrainingMetric(model_name=model_name, step=step, split=split, loss=loss, accuracy=accuracy, lr=lr,
-                               created_at=utcnow()))
+                               spread=spread, conditioning_gain=conditioning_gain, created_at=utcnow()))
     session.commit()
 
 

@@ -3,7 +3,8 @@
 - `tiny`: random weights from a fixed seed (untrained: it makes noise, for pipeline checks).
 - `small` / `medium`: pretrained CLIP ViT-L/14-336, MusicGen and EnCodec in Hugging Face format, from
   a local directory, GVMGEN_HOME's download folder or the user's Hugging Face cache. The layers GVMGen
-  adds (music queries, feature transformation, output projection) start fresh until fine-tuned.
+  adds (music queries, feature transformation, output projection) start fresh, in the FRESH_LAYOUT
+  variant, until fine-tuned.
 - a directory holding `state_dict.bin` (+ `compression_state_dict.bin`): an audiocraft export, such
   as the official GVMGen checkpoint or a plain MusicGen one, converted here without audiocraft.
 - a directory holding `gvmgen_config.json` + `model.safetensors`: our own format.
@@ -19,6 +20,7 @@ import copy
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..home import weights_dir
-from .config import CLIP_REPO, ENCODEC_REPO, MUSICGEN_REPOS, GVMGenConfig, preset
+from .config import CLIP_REPO, ENCODEC_REPO, FRESH_LAYOUT, MUSICGEN_REPOS, GVMGenConfig, preset
 from .gvmgen import GVMGen
 
 OUR_CONFIG = "gvmgen_config.json"
@@ -43,6 +45,10 @@ class WeightsNotFound(FileNotFoundError):
 
 class UnsafeCheckpoint(ValueError):
     pass
+
+
+class UnhonouredConfig(UserWarning):
+    """A checkpoint's configuration sets something this implementation does not do; it loads without it."""
 
 
 # ---- entry points ---------------------------------------------------------------------------------
@@ -65,6 +71,23 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torc
         else:
             raise WeightsNotFound(f"model {spec!r}: neither a preset (tiny, small, medium) nor an existing directory")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def with_feature_transformation(model: GVMGen, layout: str) -> GVMGen:
+    """`model` with a fresh feature transformation of `layout` (one of FEATURE_TRANSFORMATIONS) and every
+    other weight kept: fine-tuning a checkpoint in another variant. The same model when it has that layout."""
+    if layout == model.config.feature_transformation:
+        return model
+    config = copy.deepcopy(model.config)
+    config.feature_transformation = layout
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        switched = GVMGen(config)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("feature_transformation.")}
+    missing, unexpected = switched.load_state_dict(kept, strict=False)
+    assert not unexpected and all(k.startswith("feature_transformation.") for k in missing), (missing, unexpected)
+    parameter = next(model.parameters())
+    return switched.to(device=parameter.device, dtype=parameter.dtype).train(model.training)
 
 
 def fresh_model(config: GVMGenConfig) -> GVMGen:
@@ -185,6 +208,8 @@ def fetch_weights(name: str) -> list[Path]:
 VISUAL = "condition_provider.conditioners.visual_content."
 
 _LM_RULES = [
+    # audiocraft's non-custom attention wraps torch's MultiheadAttention as `.mha`; its custom one does not
+    (r"\.(self_attn|cross_attention)\.mha\.", r".\1."),
     (r"^emb\.(\d+)\.", r"model.decoder.embed_tokens.\1."),
     (r"^transformer\.layers\.(\d+)\.", r"model.decoder.layers.\1."),
     (r"\.cross_attention\.", ".encoder_attn."),
@@ -225,26 +250,21 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
 
     A GVMGen export carries the whole OpenAI-format CLIP inside its conditioner; a plain MusicGen
     export has none, so its visual side comes from `clip_source` and its new layers start fresh,
-    shaped as in `base` (default: the official configuration).
+    shaped as in `base` (default: the official configuration with the presets' FRESH_LAYOUT). The
+    export's own settings (LM dropout, cross-attention position embedding, the Q-Former's queries, type
+    and layers, segment duration) override `base`'s; those we cannot honour are named in warnings.
     """
     directory = Path(directory)
     package = safe_torch_load(directory / "state_dict.bin")
     xp = _xp_config(package, directory / "state_dict.bin")
     state = package["best_state"]
-    lm = xp.get("transformer_lm", {})
-    config = copy.deepcopy(base or GVMGenConfig())
-    config.lm = dict(config.lm, hidden_size=lm["dim"], num_attention_heads=lm["num_heads"],
-                     num_hidden_layers=lm["num_layers"], ffn_dim=int(lm["dim"] * lm.get("hidden_scale", 4)),
-                     num_codebooks=lm.get("n_q", 4), vocab_size=lm.get("card", 2048))
-    config.codec = _audiocraft_codec_config(directory)
-    cfg_free = xp.get("classifier_free_guidance", {})
-    config.condition_dropout = cfg_free.get("training_dropout", config.condition_dropout)
-    config.guidance_scale = cfg_free.get("inference_coef", config.guidance_scale)
-
     clip_prefix = VISUAL + "clip.visual."
     visual = {k[len(clip_prefix):]: v for k, v in state.items() if k.startswith(clip_prefix)}
+    # Fresh GVMGen layers (a plain MusicGen export) start from the presets' layout; a GVMGen export brings its own.
+    config = _apply_xp_config(copy.deepcopy(base or GVMGenConfig(feature_transformation=FRESH_LAYOUT)), xp,
+                              directory / "state_dict.bin")
+    config.codec = _audiocraft_codec_config(directory)
     if visual:
-        qformer = xp.get("conditioners", {}).get("visual_content", {}).get("video", {}).get("qformer", {})
         width = visual["conv1.weight"].shape[0]
         patch = visual["conv1.weight"].shape[-1]
         grid = round((visual["positional_embedding"].shape[0] - 1) ** 0.5)
@@ -252,13 +272,13 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
                            num_attention_heads=max(1, width // 64), projection_dim=visual["proj"].shape[1],
                            intermediate_size=visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
                            num_hidden_layers=len({k.split(".")[2] for k in visual if k.startswith("transformer.resblocks.")}))
-        config.num_queries = visual["query_tokens"].shape[1]
-        config.ft_heads = config.clip["num_attention_heads"]
-        config.ft_ffn_dim = visual["qformer.encoder.layer.0.intermediate_query.dense.weight"].shape[0]
-        config.ft_layers = qformer.get("qformer_layers", config.ft_layers)
-        config.ft_cross_attention_every = qformer.get("cross_attention_frequency", config.ft_cross_attention_every)
-        config.ft_layer_norm_eps = float(qformer.get("layer_norm_eps", config.ft_layer_norm_eps))
-        config.ft_dropout = qformer.get("hidden_dropout_prob", config.ft_dropout)
+        # The official model has no other layout: the Q-Former's (is_qformer), or else the CLS token's.
+        config.feature_transformation = "official" if "query_tokens" in visual else "cls"
+        if "query_tokens" in visual:  # the weights' shapes over the YAML, where both say
+            config.num_queries = visual["query_tokens"].shape[1]
+            config.ft_heads = config.clip["num_attention_heads"]
+            config.ft_ffn_dim = visual["qformer.encoder.layer.0.intermediate_query.dense.weight"].shape[0]
+            config.ft_layers = len({k.split(".")[3] for k in visual if k.startswith("qformer.encoder.layer.")})
     else:
         clip_dir = resolve_hf(clip_source)
         clip_cfg = _read_config(clip_dir)
@@ -280,6 +300,61 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
         _load_part(model.visual_projection, _strip(clip, "visual_projection."), "visual_projection", str(clip_dir))
     _load_part(model.codec, _audiocraft_codec_state(directory), "codec", str(directory / "compression_state_dict.bin"))
     return model
+
+
+def _apply_xp_config(config: GVMGenConfig, xp: dict, path: Path) -> GVMGenConfig:
+    """The settings of an audiocraft experiment (`xp.cfg`) that shape, train or sample the model, applied to
+    `config`; each setting we cannot honour is named in an UnhonouredConfig warning. Absent keys take
+    audiocraft's defaults."""
+    lm = xp.get("transformer_lm", {})
+    dropout = lm.get("dropout", 0.0)
+    config.lm = dict(config.lm, hidden_size=lm["dim"], num_attention_heads=lm["num_heads"],
+                     num_hidden_layers=lm["num_layers"], ffn_dim=int(lm["dim"] * lm.get("hidden_scale", 4)),
+                     num_codebooks=lm.get("n_q", 4), vocab_size=lm.get("card", 2048), dropout=dropout,
+                     # audiocraft: attention_dropout null means "the same as dropout"
+                     attention_dropout=dropout if lm.get("attention_dropout") is None else lm["attention_dropout"],
+                     activation_function=lm.get("activation", "gelu"))
+    cfg_free = xp.get("classifier_free_guidance", {})
+    config.condition_dropout = cfg_free.get("training_dropout", config.condition_dropout)
+    config.guidance_scale = cfg_free.get("inference_coef", config.guidance_scale)
+    fuser = xp.get("fuser", {})
+    config.cross_attention_pos_emb = bool(fuser.get("cross_attention_pos_emb", False))
+    config.cross_attention_pos_emb_scale = float(fuser.get("cross_attention_pos_emb_scale", 1.0))
+    config.segment_duration = float(xp.get("dataset", {}).get("segment_duration", config.segment_duration))
+    video = xp.get("conditioners", {}).get("visual_content", {}).get("video", {})
+    qformer = video.get("qformer", {})
+    config.num_queries = qformer.get("query_num", config.num_queries)
+    config.ft_query_pooling = qformer.get("query_type", config.ft_query_pooling)
+    config.ft_layers = qformer.get("qformer_layers", config.ft_layers)
+    config.ft_cross_attention_every = qformer.get("cross_attention_frequency", config.ft_cross_attention_every)
+    config.ft_layer_norm_eps = float(qformer.get("layer_norm_eps", config.ft_layer_norm_eps))
+    config.ft_dropout = qformer.get("hidden_dropout_prob", config.ft_dropout)
+
+    pattern = xp.get("codebooks_pattern", {})
+    delays = pattern.get("delay", {}).get("delays", list(range(config.num_codebooks)))
+    unsupported = {  # setting: (its value, what this implementation does)
+        "transformer_lm.norm_first": (lm.get("norm_first", True), True),
+        "transformer_lm.positional_embedding": (lm.get("positional_embedding", "sin"), "sin"),
+        "transformer_lm.layer_scale": (lm.get("layer_scale"), None),
+        "transformer_lm.qk_layer_norm": (lm.get("qk_layer_norm", False), False),
+        "transformer_lm.qk_layer_norm_cross": (lm.get("qk_layer_norm_cross", False), False),
+        "transformer_lm.kv_repeat": (lm.get("kv_repeat", 1), 1),
+        "transformer_lm.two_step_cfg": (lm.get("two_step_cfg", False), False),
+        "codebooks_pattern.modeling": (pattern.get("modeling", "delay"), "delay"),
+        "codebooks_pattern.delay.delays": (list(delays), list(range(config.num_codebooks))),
+        "conditioners.visual_content.video.finetune": (video.get("finetune", True), True),
+    }
+    if lm.get("activation", "gelu") not in ("gelu", "relu"):
+        unsupported["transformer_lm.activation"] = (lm["activation"], "gelu or relu")
+        config.lm["activation_function"] = "gelu"
+    for op in ("sum", "prepend", "input_interpolate"):
+        if "visual_content" in fuser.get(op, []):
+            unsupported[f"fuser.{op}"] = (fuser[op], "visual_content in fuser.cross only")
+    for setting, (value, ours) in unsupported.items():
+        if value != ours:
+            warnings.warn(UnhonouredConfig(f"{path}: {setting} is {value!r}, but this implementation does {ours!r}; "
+                                           "loaded as if it were"), stacklevel=3)
+    return config
 
 
 def _audiocraft_compression(directory: Path) -> dict:

@@ -43,31 +43,61 @@ def _musicgen_lm(hidden: int, layers: int, heads: int) -> dict:
     )
 
 
+FEATURE_TRANSFORMATIONS = ("official", "residual", "mean-pool", "cls")
+
+
 @dataclass
 class GVMGenConfig:
     clip: dict = field(default_factory=lambda: dict(CLIP_VIT_L14_336))
     lm: dict = field(default_factory=lambda: _musicgen_lm(1024, 24, 16))
     codec: dict = field(default_factory=lambda: dict(ENCODEC_32KHZ))
 
-    # Feature transformation (Q-Former style), on the CLIP width.
+    # Feature transformation (Q-Former style), on the CLIP width. Its layout, one of
+    # FEATURE_TRANSFORMATIONS: "official" (the official QFormer, whose attention blocks have no residual
+    # path: it can lose the picture in training), "residual" (pre-LN, residual paths around every block,
+    # queries seeded with the frame's mean patch: keeps the picture by construction), and two ablations
+    # without queries: "mean-pool" (the mean of all patch tokens) and "cls" (the CLS token, the official
+    # code's path when its Q-Former is off). The presets start from FRESH_LAYOUT; an official checkpoint
+    # brings its own layout.
+    feature_transformation: str = "official"
     num_queries: int = 16              # the paper's ablation: 16 beats 8 and 32
+    ft_query_pooling: str = "mean"     # the queries' outputs -> one token per frame: "mean" (official) or "sum"
     ft_layers: int = 6
     ft_heads: int = 16
     ft_ffn_dim: int = 2048             # 2 x width, as the official QFormerLayer
     ft_cross_attention_every: int = 2  # cross-attention to patch tokens in layers 0, 2, 4
     ft_dropout: float = 0.1
     ft_layer_norm_eps: float = 1e-12
-    spatial_cross_attention: bool = True  # False (an ablation): mean-pooled patch tokens instead of the queries
 
     # Conditioning and guidance (the visual side sees one frame per second of video).
     condition_dropout: float = 0.3     # training: share of examples given the null condition
     guidance_scale: float = 3.0
     learned_null_condition: bool = False  # False: the official all-zero null condition
     time_embedding: bool = False       # beyond the paper: tells the LM which second a frame is
+    # audiocraft's fuser option (off in the official model): a fixed sinusoidal embedding of each frame's
+    # index in its window, times the scale, added to the frame tokens the LM cross-attends to.
+    cross_attention_pos_emb: bool = False
+    cross_attention_pos_emb_scale: float = 1.0
+
+    # Seconds of music per training example: fine-tuning cuts clips of up to this length (the official
+    # configuration's dataset.segment_duration; an official checkpoint brings its own).
+    segment_duration: float = 30.0
 
     # Sampling.
     top_k: int = 250
     temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.feature_transformation not in FEATURE_TRANSFORMATIONS:
+            raise ValueError(f"feature_transformation must be one of {FEATURE_TRANSFORMATIONS}, "
+                             f"got {self.feature_transformation!r}")
+        if self.ft_query_pooling not in ("mean", "sum"):
+            raise ValueError(f"ft_query_pooling must be 'mean' or 'sum', got {self.ft_query_pooling!r}")
+
+    @property
+    def has_queries(self) -> bool:
+        """Whether the feature transformation has layers (music queries), rather than pooling the patches."""
+        return self.feature_transformation in ("official", "residual")
 
     @property
     def frame_rate(self) -> int:
@@ -94,11 +124,16 @@ class GVMGenConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GVMGenConfig":
+        data = copy.deepcopy(data)
+        # Model versions published before the layouts had a flag for the one ablation there was.
+        if "spatial_cross_attention" in data:
+            data.setdefault("feature_transformation",
+                            "official" if data.pop("spatial_cross_attention") else "mean-pool")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown GVMGen config fields: {sorted(unknown)}")
-        return cls(**copy.deepcopy(data))
+        return cls(**data)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -120,10 +155,15 @@ def tiny_config() -> GVMGenConfig:
     )
 
 
+# The layout that fresh GVMGen layers start from in the `small`/`medium` presets: the one that kept the
+# picture best in the alignment probe (README, "Alignment probe"). `tiny` keeps the official layout: it
+# checks the pipeline on the paper's model shape. `gvmgen finetune --variant` chooses another.
+FRESH_LAYOUT = "residual"
+
 PRESETS = {
     "tiny": tiny_config,
-    "small": lambda: GVMGenConfig(lm=_musicgen_lm(1024, 24, 16)),
-    "medium": lambda: GVMGenConfig(lm=_musicgen_lm(1536, 48, 24)),
+    "small": lambda: GVMGenConfig(lm=_musicgen_lm(1024, 24, 16), feature_transformation=FRESH_LAYOUT),
+    "medium": lambda: GVMGenConfig(lm=_musicgen_lm(1536, 48, 24), feature_transformation=FRESH_LAYOUT),
 }
 
 

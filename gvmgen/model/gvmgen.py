@@ -56,6 +56,15 @@ class TimeEmbedding(nn.Module):
         return self.proj(torch.cat([phase.sin(), phase.cos()], dim=-1))
 
 
+def sin_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(F,) positions -> (F, dim): cosines then sines at geometric periods from 1 to max_period, the
+    layout of audiocraft's cross-attention position embedding, so a checkpoint trained with it reads alike."""
+    half = dim // 2
+    periods = max_period ** (torch.arange(half, device=positions.device, dtype=torch.float32) / (half - 1))
+    phase = positions.float()[:, None] / periods                                # (F, half)
+    return torch.cat([phase.cos(), phase.sin()], dim=-1)
+
+
 class GVMGen(nn.Module):
     def __init__(self, config: GVMGenConfig):
         super().__init__()
@@ -63,11 +72,7 @@ class GVMGen(nn.Module):
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**config.clip))
         self.vision = clip.vision_model          # embeddings, pre-LN, encoder, post-LN
         self.visual_projection = clip.visual_projection  # C -> 768 (pretrained, trained further)
-        width = config.clip["hidden_size"]
-        self.feature_transformation = FeatureTransformation(
-            width, config.num_queries, config.ft_layers, config.ft_heads, config.ft_ffn_dim,
-            config.ft_dropout, config.ft_layer_norm_eps, config.ft_cross_attention_every,
-        ) if config.spatial_cross_attention else None
+        self.feature_transformation = FeatureTransformation(config) if config.has_queries else None
         lm_width = config.lm["hidden_size"]
         self.output_proj = nn.Linear(config.clip["projection_dim"], lm_width)
         self.time_embedding = TimeEmbedding(lm_width) if config.time_embedding else None
@@ -101,11 +106,16 @@ class GVMGen(nn.Module):
 
     def tokens_from_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, C) patch tokens -> (N, D): the trainable part of the visual side."""
-        if self.feature_transformation is None:                                 # the ablation
-            queried = patches.mean(dim=1)                                       # (N, C)
+        layout, post_ln = self.config.feature_transformation, self.vision.post_layernorm
+        if layout == "residual":  # normalised before the queries, nothing but linear maps after them
+            return self.output_proj(self.visual_projection(self.feature_transformation(post_ln(patches))))
+        if layout == "mean-pool":
+            pooled = patches.mean(dim=1)                                        # (N, C) all patches
+        elif layout == "cls":
+            pooled = patches[:, 0]                                              # (N, C) the CLS token
         else:
-            queried = self.feature_transformation(patches)                      # (N, C)
-        return self.output_proj(self.visual_projection(self.vision.post_layernorm(queried)))  # (N, D)
+            pooled = self.feature_transformation(patches)                       # (N, C) the queries
+        return self.output_proj(self.visual_projection(post_ln(pooled)))        # (N, D)
 
     @torch.no_grad()
     def encode_video_frames(self, frames: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -122,6 +132,9 @@ class GVMGen(nn.Module):
         """A window's frame tokens (F, D) at `seconds` from the window's start -> (F, D) LM condition."""
         if self.time_embedding is not None:
             tokens = tokens + self.time_embedding(seconds.to(tokens.device)).to(tokens.dtype)
+        if self.config.cross_attention_pos_emb:
+            positions = sin_embedding(torch.arange(len(tokens), device=tokens.device), tokens.shape[-1])  # (F, D)
+            tokens = tokens + self.config.cross_attention_pos_emb_scale * positions.to(tokens.dtype)
         return tokens
 
     def null_tokens(self, batch: int, dtype=None) -> torch.Tensor:

@@ -25,6 +25,9 @@ from ..model.gvmgen import GVMGen
 from .dataset import Clip
 
 LM_MODES = ("cross", "full", "lora")
+# The frame tokens have collapsed when their spread falls below this share of its value at step 0: the
+# visual side then gives (nearly) the same token for every picture, and the music cannot follow it.
+COLLAPSE_RATIO = 0.05
 
 
 @dataclass
@@ -95,6 +98,31 @@ def merge_adapters(model: GVMGen) -> GVMGen:
     if hasattr(model.lm, "merge_and_unload"):
         model.lm = model.lm.merge_and_unload()
     return model
+
+
+def frame_token_spread(tokens: torch.Tensor) -> float:
+    """(F, D) frame tokens -> how much they vary across frames, relative to their size: the RMS of their
+    deviations from the mean token over their RMS. About 1 for unrelated tokens; 0 when every frame gives
+    the same token, i.e. when the visual side no longer depends on the picture. Relative, because the LM's
+    cross-attention sees the variation against the common part, whatever the scale."""
+    tokens = tokens.float()
+    deviation = tokens - tokens.mean(dim=0, keepdim=True)
+    return (deviation.pow(2).mean().sqrt() / tokens.pow(2).mean().sqrt().clamp_min(1e-12)).item()
+
+
+def collapse_warning(validation: list[dict]) -> str | None:
+    """A warning when the last evaluation's frame-token spread is below COLLAPSE_RATIO of step 0's.
+
+    `validation`: the validation metrics ({"step", "spread", ...}) of a run, in any order."""
+    measured = sorted((m for m in validation if m.get("spread") is not None), key=lambda m: m["step"])
+    if len(measured) < 2 or measured[0]["step"] != 0:
+        return None
+    first, last = measured[0], measured[-1]
+    if last["spread"] >= COLLAPSE_RATIO * first["spread"]:
+        return None
+    return (f"the frame tokens collapsed: their spread across frames fell from {first['spread']:.4g} at step 0 "
+            f"to {last['spread']:.4g} at step {last['step']} (below {COLLAPSE_RATIO:.0%}), so the music no longer "
+            f"depends on the picture; fine-tune with another --variant (e.g. residual)")
 
 
 def _generator(*seeds: int) -> torch.Generator:
@@ -181,6 +209,8 @@ class Trainer:
         A fresh run seeds torch's global RNG (which dropout draws from) with `settings.seed`."""
         if not self.resume():
             torch.manual_seed(self.s.seed)
+            if self.validation:  # the reference the collapse monitor compares later evaluations with
+                self.on_metrics({"step": 0, "split": "validation", **self.evaluate(self.validation)})
         self.model.train()
         self.model.vision.eval()
         self.model.codec.eval()
@@ -209,17 +239,29 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, sources: list[ClipSource]) -> dict:
-        """Loss and token accuracy with the real condition, weighted by clip."""
+        """Loss and token accuracy with the real condition, weighted by clip; the frame tokens' spread
+        across all frames (see frame_token_spread); and the conditioning gain: the loss with each clip's
+        picture taken from another clip, minus the loss with its own (teacher-forced, so free of sampling
+        noise; above 0 when the model uses what it sees; None with fewer than two clips)."""
         was_training = self.model.training
         self.model.eval()
-        losses, accuracies = [], []
-        for i in range(0, len(sources), self.s.batch_size):
+        n, shift = len(sources), max(1, len(sources) // 2)
+        losses, accuracies, swapped_losses, tokens = [], [], [], []
+        for i in range(0, n, self.s.batch_size):
             clips = [c.load() for c in sources[i:i + self.s.batch_size]]
             loss, accuracy = self._loss(clips)
             losses += [loss.item()] * len(clips)
             accuracies += [accuracy.item()] * len(clips)
+            patches = torch.cat([c.patches for c in clips]).to(self.device, self.model.output_proj.weight.dtype)
+            tokens.append(self.model.tokens_from_patches(patches).float().cpu())   # (F, D)
+            if n > 1:
+                others = [sources[(j + shift) % n].load() for j in range(i, i + len(clips))]
+                swapped = [Clip(c.start, c.end, o.times, o.patches, c.codes) for c, o in zip(clips, others)]
+                swapped_losses += [self._loss(swapped)[0].item()] * len(clips)
         self.model.train(was_training)
-        return {"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies)}
+        loss = sum(losses) / n
+        return {"loss": loss, "accuracy": sum(accuracies) / n, "spread": frame_token_spread(torch.cat(tokens)),
+                "conditioning_gain": sum(swapped_losses) / n - loss if swapped_losses else None}
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:

@@ -30,28 +30,34 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
     (library / "silent.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())  # no music at all
 
     result = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, checkpoint_every=3,
-                      eval_every=3, store=str(store))
+                      eval_every=3, store=str(store), variant="residual")
     assert (result["videos"], result["left_out"]) == (2, 1)
+    assert result["variant"] == "residual" and result["validation_spread"] > 0
     assert result["train_clips"] + result["validation_clips"] == 2 and result["validation_clips"] == 1
     assert result["train_loss"] > 0 and 0 <= result["validation_accuracy"] <= 1
     with connect()() as session:
         clips = session.scalars(select(TrainingClip)).all()
         version = session.scalar(select(ModelVersion).where(ModelVersion.name == "studio-v1"))
-        steps = {(m.step, m.split) for m in session.scalars(select(TrainingMetric))}
+        metrics = session.scalars(select(TrainingMetric)).all()
+        steps = {(m.step, m.split) for m in metrics}
+        spreads = {m.split: m.spread for m in metrics}
     assert sorted((c.start, round(c.end)) for c in clips) == [(0.0, 10), (0.0, 24)]
     assert {c.split for c in clips} == {"train", "validation"}
-    assert steps == {(s, "train") for s in range(1, 7)} | {(3, "validation"), (6, "validation")}
+    assert steps == {(s, "train") for s in range(1, 7)} | {(0, "validation"), (3, "validation"), (6, "validation")}
+    assert spreads["train"] is None and spreads["validation"] > 0   # the collapse monitor's reading
     assert version.base == "tiny" and version.metrics["steps"] == 6
     published = sorted(p.name for p in (store / "models" / "studio-v1").iterdir())
     assert published == ["gvmgen_config.json", "loss.png", "model.safetensors"]
     assert len(list((store / "datasets").rglob("*.safetensors"))) == 2
 
-    again = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, store=str(store))
+    again = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, store=str(store),
+                     variant="residual")
     assert again["train_loss"] == result["train_loss"]                  # resumed at its end: nothing retrained
     with connect()() as session:
         assert len(session.scalars(select(TrainingClip)).all()) == 2     # shards were cached, not rebuilt
 
     trained = cached_model("studio-v1")
+    assert trained.config.feature_transformation == "residual"
     assert not torch.equal(trained.output_proj.weight, load_model("tiny").output_proj.weight)
     scored = score_catalog(str(library), str(tmp_path / "scored"), model="studio-v1")
     assert scored["scored"] == 3

@@ -10,8 +10,8 @@ import yaml
 from transformers import (CLIPVisionModelWithProjection, MusicgenConfig, MusicgenForConditionalGeneration,
                           T5Config)
 
-from gvmgen.model.checkpoints import (UnsafeCheckpoint, WeightsNotFound, fresh_model, load_audiocraft, load_hf,
-                                      load_model, save_model)
+from gvmgen.model.checkpoints import (UnhonouredConfig, UnsafeCheckpoint, WeightsNotFound, fresh_model,
+                                      load_audiocraft, load_hf, load_model, save_model)
 from gvmgen.model.config import preset
 
 
@@ -85,6 +85,8 @@ def _to_openai_clip(model) -> dict:
              .replace(".self_attn.", ".attn."))
         out[k] = v
     out["proj"] = model.visual_projection.weight.t()
+    if model.feature_transformation is None:  # the official code without its Q-Former: the CLS path
+        return _fuse_qkv(out, r"\.attn\.")
     out["query_tokens"] = model.feature_transformation.queries
     for k, v in model.feature_transformation.state_dict().items():
         if k == "queries":
@@ -160,20 +162,66 @@ def _xp_codec(model) -> str:
                                       "causal": False, "norm": "weight_norm", "pad_mode": "reflect"}})
 
 
-def test_official_gvmgen_export_loads_with_identical_outputs(tmp_path):
-    model = _randomised()
+def _write_official_export(model, directory, xp=None, attention_key="{}"):
+    """`model` as the official release stores it; `attention_key` spells the LM's attention modules
+    ("{}.mha" for audiocraft's non-custom attention)."""
     visual = "condition_provider.conditioners.visual_content."
-    state = _to_audiocraft_lm(model)
+    state = {re.sub(r"\.(self_attn|cross_attention)\.", lambda m: "." + attention_key.format(m.group(1)) + ".", k): v
+             for k, v in _to_audiocraft_lm(model).items()}
     state.update({f"{visual}clip.visual.{k}": v for k, v in _to_openai_clip(model).items()})
     state[f"{visual}clip.token_embedding.weight"] = torch.zeros(10, 8)   # the text tower rides along, unused
     state[f"{visual}output_proj.weight"] = model.output_proj.weight
     state[f"{visual}output_proj.bias"] = model.output_proj.bias
-    torch.save({"xp.cfg": _xp_lm(model), "best_state": state, "exported": True}, tmp_path / "state_dict.bin")
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"xp.cfg": xp or _xp_lm(model), "best_state": state, "exported": True}, directory / "state_dict.bin")
     torch.save({"xp.cfg": _xp_codec(model), "best_state": _to_audiocraft_encodec(model), "exported": True},
-               tmp_path / "compression_state_dict.bin")
-    loaded = load_model(tmp_path)
+               directory / "compression_state_dict.bin")
+    return directory
+
+
+def test_official_gvmgen_export_loads_with_identical_outputs(tmp_path):
+    model = _randomised()
+    loaded = load_model(_write_official_export(model, tmp_path))
     assert loaded.config.num_queries == model.config.num_queries
+    assert loaded.config.feature_transformation == "official"
     _assert_same_outputs(model, loaded)
+
+
+def test_an_export_with_mha_attention_keys_loads_the_same_weights(tmp_path):
+    model = _randomised()
+    custom = load_model(_write_official_export(model, tmp_path / "custom"))
+    wrapped = _write_official_export(model, tmp_path / "mha", attention_key="{}.mha")
+    keys = torch.load(wrapped / "state_dict.bin", weights_only=True)["best_state"]
+    assert "transformer.layers.0.self_attn.mha.in_proj_weight" in keys
+    assert "transformer.layers.0.cross_attention.mha.out_proj.weight" in keys
+    mha = load_model(wrapped)
+    a, b = custom.state_dict(), mha.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_export_without_its_qformer_loads_as_the_cls_path(tmp_path):
+    config = preset("tiny")
+    config.feature_transformation = "cls"
+    model = fresh_model(config).eval()
+    loaded = load_model(_write_official_export(model, tmp_path))
+    assert loaded.config.feature_transformation == "cls" and loaded.feature_transformation is None
+    _assert_same_outputs(model, loaded)
+
+
+def test_the_exports_own_settings_are_applied_and_the_unsupported_ones_named(tmp_path):
+    model = _randomised()
+    xp = yaml.safe_load(_xp_lm(model))
+    xp["transformer_lm"].update(dropout=0.0, attention_dropout=None, norm_first=False)
+    xp["fuser"] = {"cross_attention_pos_emb": True, "cross_attention_pos_emb_scale": 2.0, "cross": ["visual_content"]}
+    xp["conditioners"]["visual_content"]["video"]["qformer"]["query_type"] = "sum"
+    xp["dataset"] = {"segment_duration": 32}
+    with pytest.warns(UnhonouredConfig, match="transformer_lm.norm_first is False"):
+        loaded = load_model(_write_official_export(model, tmp_path, xp=yaml.safe_dump(xp)))
+    c = loaded.config
+    assert c.lm["dropout"] == 0.0 and c.lm["attention_dropout"] == 0.0 and loaded.lm.config.dropout == 0.0
+    assert c.cross_attention_pos_emb and c.cross_attention_pos_emb_scale == 2.0
+    assert c.ft_query_pooling == "sum" and c.segment_duration == 32.0
+    assert c.feature_transformation == "official" and c.num_queries == model.config.num_queries
 
 
 def test_plain_musicgen_export_takes_clip_and_encodec_from_hugging_face(tmp_path):

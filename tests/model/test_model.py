@@ -1,5 +1,7 @@
 """Shapes of every stage, the delay pattern, cached decoding, guidance and the parameter count."""
 
+from dataclasses import replace
+
 import torch
 
 from gvmgen.model import GVMGen, preset
@@ -138,9 +140,14 @@ def _official_small_parameter_count() -> dict[str, int]:
     return {"clip": clip, "feature_transformation": qformer, "output_proj": output_proj, "lm": lm}
 
 
-def test_small_parameter_count_matches_the_official_configuration():
+def _official_small() -> GVMGen:
+    """The small preset in the official layout (the preset itself starts fresh layers as `residual`)."""
     with torch.device("meta"):
-        model = GVMGen(preset("small"))
+        return GVMGen(replace(preset("small"), feature_transformation="official"))
+
+
+def test_small_parameter_count_matches_the_official_configuration():
+    model = _official_small()
     count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
     expected = _official_small_parameter_count()
     assert count(model.vision, model.visual_projection) == expected["clip"]
@@ -151,7 +158,6 @@ def test_small_parameter_count_matches_the_official_configuration():
 
 def test_small_trainable_parameters_match_the_official_493m():
     """small.yaml of the official repository states '493M Param.' for what GVMGen trains."""
-    with torch.device("meta"):
-        model = GVMGen(preset("small"))
+    model = _official_small()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 493_000_000 <= trainable < 494_000_000

@@ -1,5 +1,5 @@
 """The trainer: it can memorise a clip (the paper's first sanity check), resumes exactly after a kill,
-and trains LoRA adapters that fold back into a plain model."""
+trains LoRA adapters that fold back into a plain model, and notices when the frame tokens collapse."""
 
 import os
 import signal
@@ -7,13 +7,16 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
 from gvmgen.generate import GenerationSettings, MusicGenerator
-from gvmgen.model.checkpoints import load_model
+from gvmgen.model.checkpoints import fresh_model, load_model
+from gvmgen.model.config import preset
 from gvmgen.training.dataset import build_clips, save_shard
-from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, merge_adapters
+from gvmgen.training.synthetic import Tokenised, make_video
+from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_warning, merge_adapters
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ TRAIN = textwrap.dedent("""
     shards, out, kill_at = [Path(p) for p in sys.argv[1:3]], Path(sys.argv[3]), int(sys.argv[4])
     clips = [ShardClip(p, 0) for p in shards]
     def metrics(m):
-        if m["step"] == kill_at:
+        if m["step"] == kill_at and m["split"] == "train":
             os.kill(os.getpid(), signal.SIGKILL)   # as a lost machine would: no cleanup, no last save
     settings = TrainSettings(steps=8, batch_size=2, accumulation=2, lr=1e-3, warmup_steps=2, checkpoint_every=2,
                              eval_every=4)
@@ -91,3 +94,43 @@ def test_lora_adapters_train_and_fold_into_a_plain_lm(ten_second_clip, tmp_path)
     assert not torch.equal(after["model.decoder.layers.0.self_attn.q_proj.weight"],
                            before["model.decoder.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(after["lm_heads.0.weight"], before["lm_heads.0.weight"])
+
+
+def test_collapse_warning_compares_the_last_spread_with_step_zero():
+    history = [{"step": 0, "spread": 0.6}, {"step": 100, "spread": 0.2}, {"step": 50, "spread": 0.01}]
+    assert collapse_warning(history) is None                         # recovered by its last evaluation
+    warning = collapse_warning(history + [{"step": 150, "spread": 0.029}])
+    assert "0.6 at step 0" in warning and "0.029 at step 150" in warning
+    assert collapse_warning([{"step": 50, "spread": 0.6}, {"step": 100, "spread": 0.001}]) is None  # no step 0
+
+
+@pytest.fixture(scope="module")
+def synthetic_catalog():
+    """Clips where the hue sets the pitch and the stripes the note rate: 8 training videos, 2 held out."""
+    model = load_model("tiny")
+    rng = np.random.default_rng(1234)
+    with torch.no_grad():
+        videos = [Tokenised(model, make_video(rng, rng.uniform(20, 60), model.config.image_size,
+                                              model.config.sample_rate)) for _ in range(10)]
+    clips = [v.clips(model.config.frame_rate) for v in videos]
+    return [c for v in clips[:8] for c in v], [c for v in clips[8:] for c in v]
+
+
+def _validation_after_training(layout: str, catalog, tmp_path) -> list[dict]:
+    config = preset("tiny")
+    config.feature_transformation = layout
+    log = []
+    settings = TrainSettings(steps=30, batch_size=8, lr=3e-3, warmup_steps=10, weight_decay=0.0, lm="full",
+                             eval_every=30, checkpoint_every=30)
+    Trainer(fresh_model(config), *catalog, settings, tmp_path / layout, on_metrics=log.append).run()
+    return [m for m in log if m["split"] == "validation"]
+
+
+@pytest.mark.slow
+def test_the_spread_monitor_fires_on_the_official_layout_and_not_on_the_residual_one(synthetic_catalog, tmp_path):
+    official = _validation_after_training("official", synthetic_catalog, tmp_path)
+    assert [m["step"] for m in official] == [0, 30]
+    assert all(m["conditioning_gain"] is not None for m in official)
+    assert "collapsed" in collapse_warning(official)
+    residual = _validation_after_training("residual", synthetic_catalog, tmp_path)
+    assert collapse_warning(residual) is None, residual

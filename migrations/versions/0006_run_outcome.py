@@ -1,15 +1,15 @@
 """runs: the worker that ran it, why it stopped (infrastructure, interruption) and how many videos
 stood failed from earlier runs
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005_training_monitor
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005_training_monitor'
 branch_labels = None
 depends_on = None
 
