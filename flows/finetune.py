@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from gvmgen.home import home
@@ -33,7 +32,7 @@ from storage import repository as repo
 from storage.models import Video
 from storage.objects import fetch_copy, open_store
 
-from .score_catalog import GPU_LIMIT, RETRY, ensure_gpu_limit, list_library, register_videos, sessions
+from .score_catalog import RETRY, ensure_gpu_limit, gpu_slot, list_library, register_videos, sessions
 
 
 def _device() -> str:
@@ -112,7 +111,7 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
             update_progress_artifact(progress, 100.0 * m["step"] / train_settings.steps)
 
     trainer = Trainer(model, train, validation, train_settings, home() / "training" / name, on_metrics=on_metrics)
-    with concurrency(GPU_LIMIT, occupy=1):
+    with gpu_slot():
         merge_adapters(trainer.run())
     with sessions() as session:  # the whole curve, a resumed run's earlier steps included
         history = [{"step": m.step, "split": m.split, "loss": m.loss, "accuracy": m.accuracy, "spread": m.spread,

@@ -62,12 +62,14 @@ from storage.models import Job, ModelVersion, Run, Video
 from storage.objects import ObjectError, ObjectInfo, fetch_copy, open_store
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
+GPU_LEASE_S = 30             # a held slot is renewed while held; a killed process's is reclaimed after this
 MAX_ATTEMPTS = 3             # infrastructure failures of one video before it is failed
 VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is the infrastructure's
 SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
 BATCH_RANGE = (1, 64)
 LEASE_RANGE = (1, 7 * 24 * 3600)
 _STOP = threading.Event()    # set when the run is interrupted: tasks take no new work
+_LOCAL_GPU = threading.Lock()
 
 
 # The flow and its tasks reach the flag through these two functions, which pickle by name: Dask ships
@@ -235,6 +237,18 @@ RETRY = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=only
              cache_policy=NO_CACHE)
 
 
+def gpu_slot():
+    """Model work holds one slot of the `gpu` limit of the Prefect server the fleet shares. In embedded
+    mode (no PREFECT_API_URL: Prefect's temporary server, one per process) it holds a lock of this
+    process instead: that server does not run the service that reclaims the slot of a killed process,
+    so a Ctrl-C or SIGKILL at the wrong moment would leave the limit full for every later run."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S)
+    return _LOCAL_GPU
+
+
 # ---- tasks ---------------------------------------------------------------------------------------------
 @task(**RETRY)
 def list_library(source: str) -> list[ObjectInfo]:
@@ -351,7 +365,7 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
             last_renewal[0] = time.monotonic()
 
     def run(batch: list[ClaimedVideo]) -> list:
-        with concurrency(GPU_LIMIT, occupy=1):
+        with gpu_slot():
             return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=between_steps)
 
     outcome: dict[int, object] = {}  # index in `claimed` -> its track, or its failure row
