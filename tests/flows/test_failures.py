@@ -115,9 +115,8 @@ def test_an_unsafe_key_in_a_listing_fails_alone(prefect_engine, fixtures, monkey
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    data = (fixtures / "video" / "counter.mp4").read_bytes()
-    client.put_object(Bucket=bucket, Key="library/counter.mp4", Body=data)
-    client.put_object(Bucket=bucket, Key="library/../escape.mp4", Body=data)
+    client.put_object(Bucket=bucket, Key="library/counter.mp4", Body=(fixtures / "video" / "counter.mp4").read_bytes())
+    client.put_object(Bucket=bucket, Key="library/../escape.mp4", Body=(fixtures / "video" / "fades.mp4").read_bytes())
     with pytest.raises(VideosFailed) as failed:
         score_catalog(f"s3://{bucket}/library", f"s3://{bucket}/scored", model="tiny")
     summary = failed.value.summary
