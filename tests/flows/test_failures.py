@@ -183,7 +183,8 @@ def test_infrastructure_failures_leave_a_video_pending_until_the_third_attempt()
         cat = repo.catalog(session, "lib", "/lib")
         model = repo.model_version(session, "tiny", "preset:tiny")
         run = repo.start_run(session, cat, model, {}, {}, worker="w")
-        ctx = RunContext(run.id, model.id, "/lib", "/out", "tiny", {}, False, 60, owner="w")
+        ctx = RunContext(run.id, model.id, "/lib", "/out", "tiny", {}, False, 60, owner="w", sample_rate=32000,
+                         image_size=None)
         now = datetime.now(timezone.utc)
         flaky, bad = (repo.register_video(session, cat, ObjectInfo(k, 1, None, now), f"file:///lib/{k}", f"sha256:{k}")[0]
                       for k in ("flaky.mp4", "bad.mp4"))
