@@ -62,7 +62,7 @@ from storage.models import Job, ModelVersion, Run, Video
 from storage.objects import ObjectError, ObjectInfo, fetch_copy, open_store
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
-GPU_LEASE_S = 30             # a held slot is renewed while held; a killed process's is reclaimed after this
+GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
 MAX_ATTEMPTS = 3             # infrastructure failures of one video before it is failed
 VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is the infrastructure's
 SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
