@@ -10,9 +10,16 @@ keeps the whole pass close to the cost of the bare decode. Python then chooses:
   nearest the middle of the longest stretch of one shot within the second, so it never straddles a cut;
 - one more frame for any shot that no second chose (a shot shorter than a second, between two cuts).
 
-Frame times are the decoded frames' own timestamps (variable frame rate safe), counted from the video
-stream's first frame. Only about a second of frames is held at a time, and the chosen ones leave in
-chunks through a callback: memory is the same for a 2-minute and a 2-hour video.
+Every time is seconds from the video's first displayed frame: ffmpeg decodes with the container's own
+timestamps (`-copyts`), and the first frame's timestamp is the origin, whatever the container's start
+time, edit list or timestamp offset (MPEG-TS starts at 1.4 s, a broadcast capture anywhere). Frame
+times are the decoded frames' own timestamps, so variable frame rate is safe, and the length that
+counts is the decoded picture's, not what the container claims (a truncated file is refused).
+
+A shot too short to hold a candidate gets its frame from a second, seeking decode of the full
+picture, so every frame CLIP sees is scaled from the same picture. Only about a second of frames is
+held at a time, and the chosen ones leave in chunks through a callback: memory is the same for a
+2-minute and a 2-hour video.
 """
 
 from __future__ import annotations
@@ -29,29 +36,39 @@ from pathlib import Path
 from queue import Queue
 from typing import Callable
 
-import cv2
 import numpy as np
 
-from .probe import MediaError, VideoInfo, probe, tool
+from .probe import MediaError, VideoInfo, ffmpeg_path, probe, tool
 
 DETECTION_WIDTH = 128      # half PySceneDetect's 256: the known cuts still land on their frames, at a quarter of the CPU
-CANDIDATE_SPACING_S = 1 / 3  # CLIP-sized candidates: a shot of PySceneDetect's minimum length (0.5 s at 30 fps) holds one
+CANDIDATE_SPACING_S = 1 / 3  # CLIP-sized candidates: a shot of the default minimum length (0.5 s) holds one
+DETECTORS = ("content", "adaptive")
+# Missing more than this much of the claimed picture is a truncated file, not rounding or an edit list.
+TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE = 0.5, 0.02
 
 
 @dataclass
 class ShotDetection:
     detector: str = "content"          # "content" (PySceneDetect ContentDetector) or "adaptive"
     threshold: float | None = None     # None: PySceneDetect's default (27 content, 3.0 adaptive)
-    min_shot_frames: int = 15          # PySceneDetect's default minimum shot length
+    min_shot_s: float = 0.5            # PySceneDetect's default (15 frames) at 30 fps, in seconds at any rate
 
-    def build(self):
+    def __post_init__(self):
+        if self.detector not in DETECTORS:
+            raise ValueError(f"unknown shot detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"the detector threshold must be positive, got {self.threshold}")
+        if not 0 <= self.min_shot_s <= 60:
+            raise ValueError(f"the minimum shot length must lie between 0 and 60 s, got {self.min_shot_s}")
+
+    def build(self, fps: float):
+        """The detector for video at `fps` frames a second (PySceneDetect counts shot lengths in frames)."""
         from scenedetect import AdaptiveDetector, ContentDetector
 
+        min_frames = max(1, round(self.min_shot_s * fps))
         if self.detector == "content":
-            return ContentDetector(threshold=self.threshold or 27.0, min_scene_len=self.min_shot_frames)
-        if self.detector == "adaptive":
-            return AdaptiveDetector(adaptive_threshold=self.threshold or 3.0, min_scene_len=self.min_shot_frames)
-        raise ValueError(f"unknown shot detector {self.detector!r}; choose content or adaptive")
+            return ContentDetector(threshold=self.threshold or 27.0, min_scene_len=min_frames)
+        return AdaptiveDetector(adaptive_threshold=self.threshold or 3.0, min_scene_len=min_frames)
 
 
 @dataclass
@@ -69,6 +86,8 @@ class Analysis:
     fps: float                         # measured from the frame timestamps
     vfr: bool
     decoded_frames: int
+    duration: float                    # seconds of decoded picture: the first frame to the end of the last
+    origin: float                      # the first frame's timestamp in the container, seconds
 
     @property
     def cuts(self) -> list[float]:
@@ -76,7 +95,7 @@ class Analysis:
 
     def to_json(self) -> dict:
         i = self.info
-        return {"duration": round(i.duration, 6), "start": round(i.start, 6), "width": i.width, "height": i.height,
+        return {"duration": round(self.duration, 6), "start": round(self.origin, 6), "width": i.width, "height": i.height,
                 "rotation": i.rotation, "fps": round(self.fps, 3), "vfr": self.vfr, "sar": i.sar,
                 "audio_streams": i.audio_streams,
                 "shots": [{"start": round(a, 3), "end": round(b, 3)} for a, b in self.shots],
@@ -97,13 +116,24 @@ def analyse(path: Path, size: int = 336, detection: ShotDetection | None = None,
     if not reader.times:
         raise MediaError(path, "no frame could be decoded")
     frames, cut_indices = chooser.finish()
-    times = reader.times
-    starts = [0.0] + [times[c] for c in cut_indices]
-    shots = list(zip(starts, starts[1:] + [max(info.duration, times[-1])]))
+    fps, vfr, duration = frame_timing(reader.times, info.nominal_fps)
+    if info.duration - duration > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE * info.duration):
+        raise MediaError(path, f"truncated: {duration:.1f} s of {info.duration:.1f} s decodable")
+    starts = [0.0] + [reader.times[c] for c in cut_indices]
+    shots = list(zip(starts, starts[1:] + [duration]))
+    return Analysis(info, shots, frames, fps, vfr, len(reader.times), duration, reader.origin)
+
+
+def frame_timing(times: list[float], nominal_fps: float) -> tuple[float, bool, float]:
+    """(fps, vfr, duration) from the frames' own times (seconds from the first frame): the rate is the
+    mean interval's; the video is variable-rate when an interval strays more than 10% from the median
+    (a millisecond time base rounds 59.94 fps to 16 and 17 ms: 6%); the duration runs to the end of
+    the last frame, which lasts one median interval (1/nominal fps for a single frame)."""
     intervals = np.diff(times)
-    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else info.nominal_fps
-    vfr = bool(len(intervals) > 1 and np.abs(intervals - np.median(intervals)).max() > 0.1 * np.median(intervals))
-    return Analysis(info, shots, frames, float(fps), vfr, len(times))
+    median = float(np.median(intervals)) if len(intervals) else 1.0 / (nominal_fps or 25.0)
+    fps = len(intervals) / (times[-1] - times[0]) if times[-1] > times[0] else 1.0 / median
+    vfr = bool(len(intervals) > 1 and (np.abs(intervals - median) > 0.1 * median).any())
+    return float(fps), vfr, float(times[-1] + median)
 
 
 class _DecodedFrames:
@@ -112,23 +142,24 @@ class _DecodedFrames:
 
     def __init__(self, info: VideoInfo, size: int):
         self.info, self.size = info, size
-        self.times: list[float] = []
+        self.times: list[float] = []                 # seconds from the first frame
+        self.origin = 0.0                            # the first frame's timestamp
         self.waiting: deque[tuple[float, np.ndarray]] = deque()  # candidates arrived, not yet taken
         self.candidates_done = False
         w, h = info.width, info.height  # as displayed
         self.small_shape = (max(2, 2 * round(DETECTION_WIDTH * h / w / 2)), DETECTION_WIDTH, 3)
-        s = f"{info.start:.6f}"
         pick = (f"isnan(prev_selected_t)+gte(t-prev_selected_t\\,{CANDIDATE_SPACING_S})"
-                f"+gt(floor(t-{s})\\,floor(prev_selected_t-{s}))")
+                f"+gt(floor(t-start_t)\\,floor(prev_selected_t-start_t))")
+        # the centre square as displayed (pixel aspect applied), cropped before scaling
+        self.clip_filter = f"crop=w='min(iw\\,ih/sar)':h='min(ih\\,iw*sar)',scale={size}:{size}:flags=area,setsar=1"
         self.graph = (f"[0:v:0]showinfo@all=checksum=0,split=2[d][c];"
                       f"[d]scale={self.small_shape[1]}:{self.small_shape[0]}:flags=neighbor,setsar=1[small];"
-                      f"[c]select='{pick}',showinfo@candidate=checksum=0,"
-                      # the centre square as displayed (pixel aspect applied), cropped before scaling
-                      f"crop=w='min(iw\\,ih/sar)':h='min(ih\\,iw*sar)',scale={size}:{size}:flags=area,setsar=1[clip]")
+                      f"[c]select='{pick}',showinfo@candidate=checksum=0,{self.clip_filter}[clip]")
 
     def __iter__(self):
         read_fd, write_fd = os.pipe()
-        cmd = [tool("ffmpeg"), "-hide_banner", "-nostats", "-loglevel", "info", "-i", str(self.info.path),
+        cmd = [tool("ffmpeg"), "-hide_banner", "-nostats", "-loglevel", "info", "-nostdin",
+               "-copyts", "-i", ffmpeg_path(self.info.path),  # the container's own timestamps
                "-filter_complex", self.graph,
                "-map", "[small]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
                "-map", "[clip]", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", f"pipe:{write_fd}"]
@@ -146,7 +177,10 @@ class _DecodedFrames:
         small = None
         try:
             while (small := self._small.get()) is not None:
-                self.times.append(self._time(self._times[b"all"].get()))
+                pts = self._times[b"all"].get()
+                if not self.times and pts is not None:
+                    self.origin = pts
+                self.times.append(self._time(pts))
                 yield self.times[-1], small
         finally:
             if small is not None:                          # the caller stopped early: stop ffmpeg,
@@ -161,7 +195,7 @@ class _DecodedFrames:
             raise MediaError(self.info.path, f"decoding failed ({' '.join(log)[-300:]})")
 
     def _time(self, pts: float | None) -> float:
-        return max(0.0, pts - self.info.start) if pts is not None else (self.times[-1] if self.times else 0.0)
+        return max(0.0, pts - self.origin) if pts is not None else (self.times[-1] if self.times else 0.0)
 
     def candidates_until(self, t: float) -> list[tuple[float, np.ndarray]]:
         """The candidates with times up to `t`, waiting for them if ffmpeg has not sent them yet."""
@@ -176,12 +210,21 @@ class _DecodedFrames:
             taken.append(self.waiting.popleft())
         return taken
 
-    def upscaled(self, small: np.ndarray) -> np.ndarray:
-        """A CLIP-sized picture from a detection frame: for a shot too short to hold a candidate."""
-        h, w = small.shape[:2]
-        side = min(h, w)
-        square = small[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
-        return cv2.resize(square[:, :, ::-1], (self.size, self.size), interpolation=cv2.INTER_CUBIC)  # BGR -> RGB
+    def full_picture(self, t: float) -> np.ndarray:
+        """The frame at `t` (seconds from the first frame), CLIP-sized from the full picture like every
+        candidate: a seeking decode, for the rare shot too short to hold a candidate."""
+        at = self.origin + t
+        seek = max(0.0, at - self.info.format_start - 2.0)  # -ss counts from the file's start
+        cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-copyts", "-ss", f"{seek:.6f}",
+               "-i", ffmpeg_path(self.info.path), "-map", "0:v:0",
+               "-vf", f"select='gte(t\\,{at - 0.0005:.6f})',{self.clip_filter}", "-frames:v", "1",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        result = subprocess.run(cmd, capture_output=True)
+        size = self.size * self.size * 3
+        if len(result.stdout) < size:
+            raise MediaError(self.info.path, f"the frame at {t:.3f} s cannot be decoded again "
+                                             f"({result.stderr.decode(errors='replace').strip()[-200:]})")
+        return np.frombuffer(result.stdout[:size], dtype=np.uint8).reshape(self.size, self.size, 3)
 
 
 def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
@@ -212,7 +255,8 @@ class _FrameChooser:
     """Streams decoded frames through the shot detector and picks the frames to keep."""
 
     def __init__(self, detection: ShotDetection, reader: _DecodedFrames, sink: FrameSink | None, chunk: int):
-        self.detector = detection.build()
+        self.fps = reader.info.nominal_fps or 30.0   # PySceneDetect counts in frames at this rate
+        self.detector = detection.build(self.fps)
         self.reader, self.sink, self.chunk = reader, sink, chunk
         self.lag = getattr(self.detector, "event_buffer_length", 0) + 2
         self.cuts: list[int] = []                     # frame indices that start a new shot
@@ -227,7 +271,7 @@ class _FrameChooser:
         from scenedetect import FrameTimecode
 
         self.index += 1
-        cuts = self.detector.process_frame(FrameTimecode(self.index, 30.0), small)  # BGR, as OpenCV decodes
+        cuts = self.detector.process_frame(FrameTimecode(self.index, self.fps), small)  # BGR, as OpenCV decodes
         self.cuts.extend(c.frame_num for c in cuts)
         self.pending.append((self.index, t, small))
         self._decide(final_index=self.index - self.lag)
@@ -235,7 +279,7 @@ class _FrameChooser:
     def finish(self) -> tuple[list[Frame], list[int]]:
         from scenedetect import FrameTimecode
 
-        self.cuts.extend(c.frame_num for c in self.detector.post_process(FrameTimecode(self.index, 30.0)) or [])
+        self.cuts.extend(c.frame_num for c in self.detector.post_process(FrameTimecode(self.index, self.fps)) or [])
         self.cuts = sorted({c for c in self.cuts if 0 < c <= self.index})
         self._decide(final_index=self.index)
         for shot in sorted(self.unchosen):            # short shots no second chose
@@ -275,15 +319,19 @@ class _FrameChooser:
             for shot in [s for s in self.unchosen if s < last_shot]:  # ended without a frame of its own
                 self._keep(shot, "shot", *self.unchosen[shot][1:])
 
-    def _picture(self, run: list, pool: list) -> tuple[float, np.ndarray]:
-        """The candidate inside the run nearest its middle frame (or that frame itself, upscaled)."""
+    @staticmethod
+    def _picture(run: list, pool: list) -> tuple[float, np.ndarray | None]:
+        """The candidate inside the run nearest its middle frame, or that frame's time alone (its
+        picture is decoded again only if it is kept)."""
         middle = run[len(run) // 2][1]
         inside = [c for c in pool if run[0][1] <= c[0] <= run[-1][1]]
         if inside:
             return min(inside, key=lambda c: abs(c[0] - middle))
-        return middle, self.reader.upscaled(run[len(run) // 2][2])
+        return middle, None
 
-    def _keep(self, shot: int, kind: str, t: float, image: np.ndarray) -> None:
+    def _keep(self, shot: int, kind: str, t: float, image: np.ndarray | None) -> None:
+        if image is None:
+            image = self.reader.full_picture(t)
         self.covered.add(shot)
         self.unchosen.pop(shot, None)
         frame = Frame(t=t, shot=shot, kind=kind)

@@ -22,6 +22,12 @@ class MediaError(ValueError):
         return type(self), (self.path, self.cause)
 
 
+def ffmpeg_path(path) -> str:
+    """A local path as ffmpeg and ffprobe must be given it: absolute and behind the `file:` protocol,
+    so that neither a leading `-` (an option) nor a colon (`a:b.mp4`, a protocol) changes its meaning."""
+    return "file:" + str(Path(path).absolute())
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -32,8 +38,9 @@ def tool(name: str) -> str:
 @dataclass
 class VideoInfo:
     path: Path
-    duration: float              # seconds of picture
+    duration: float              # seconds of picture, as the container claims (the decode has the last word)
     start: float                 # the video stream's first timestamp, seconds
+    format_start: float          # the file's first timestamp (of any stream): where ffmpeg's -ss counts from
     width: int                   # as displayed: rotation and pixel aspect applied
     height: int
     rotation: int                # degrees the picture is turned for display (0, 90, 180, 270)
@@ -53,6 +60,16 @@ def _fraction(text: str | None) -> Fraction | None:
         return None
 
 
+def _clock(text: str | None) -> float | None:
+    """Matroska's per-stream "DURATION" tag, "00:01:02.500000000" -> 62.5 (the stream's own length,
+    where the format's would include a longer audio track)."""
+    try:
+        h, m, sec = (text or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
+
+
 def _rotation(stream: dict) -> int:
     for side in stream.get("side_data_list", []):
         if "rotation" in side:
@@ -64,10 +81,10 @@ def probe(path: Path) -> VideoInfo:
     path = Path(path)
     if not path.is_file():
         raise MediaError(path, "no such file")
-    cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)]
+    cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", ffmpeg_path(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1].removeprefix(f"{path}: ")
+        cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1].removeprefix(f"{ffmpeg_path(path)}: ")
         raise MediaError(path, f"not a readable media file ({cause})")
     data = json.loads(result.stdout)
     streams = data.get("streams", [])
@@ -75,7 +92,7 @@ def probe(path: Path) -> VideoInfo:
     if not video:
         raise MediaError(path, "has no video stream")
     v, fmt = video[0], data.get("format", {})
-    duration = float(v.get("duration") or fmt.get("duration") or 0)
+    duration = float(v.get("duration") or _clock(v.get("tags", {}).get("DURATION")) or fmt.get("duration") or 0)
     if duration <= 0:
         raise MediaError(path, "the video stream has no duration")
     rotation = _rotation(v)
@@ -84,7 +101,8 @@ def probe(path: Path) -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(
-        path=path, duration=duration, start=float(v.get("start_time") or 0), width=width, height=height,
+        path=path, duration=duration, start=float(v.get("start_time") or 0),
+        format_start=float(fmt.get("start_time") or 0), width=width, height=height,
         rotation=rotation, sar=f"{sar.numerator}:{sar.denominator}", nominal_fps=float(_fraction(v.get("avg_frame_rate")) or 0),
         codec=v.get("codec_name", "?"), audio_streams=sum(s.get("codec_type") == "audio" for s in streams),
         streams=[{"index": s["index"], "type": s.get("codec_type"), "codec": s.get("codec_name"),

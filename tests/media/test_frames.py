@@ -38,15 +38,18 @@ def test_fades_are_not_cuts(fixtures):
 
 
 def test_adaptive_detector_is_selectable(fixtures):
+    # The fixture's known cuts hold for PySceneDetect's default minimum of 15 frames: 1.5 s at its 10 fps.
     counter = fixtures / "video" / "counter.mp4"
-    assert analyse(counter, size=32).cuts == []
-    assert analyse(counter, size=32, detection=ShotDetection("adaptive")).cuts == [pytest.approx(2.0)]
+    assert analyse(counter, size=32, detection=ShotDetection(min_shot_s=1.5)).cuts == []
+    assert analyse(counter, size=32, detection=ShotDetection("adaptive", min_shot_s=1.5)).cuts == [pytest.approx(2.0)]
 
 
 def test_a_late_first_timestamp_counts_from_the_first_frame(fixtures):
     analysis = analyse(fixtures / "video" / "delayed_start.mp4", size=32)
-    assert analysis.info.start == pytest.approx(1.075, abs=1e-3)
-    assert [f.t for f in analysis.frames] == [0.0]
+    assert analysis.origin == pytest.approx(1.075, abs=1e-3)
+    assert analysis.duration == pytest.approx(0.96, abs=1e-3) and analysis.fps == pytest.approx(25.0)
+    # 24 frames at 25 fps, one shot: the candidate (every 1/3 s at least: 0, 0.36, 0.72) nearest 0.48 s
+    assert [f.t for f in analysis.frames] == [pytest.approx(0.36)]
 
 
 def test_frames_reach_the_callback_in_chunks_of_clip_sized_pictures(fixtures):
@@ -57,16 +60,35 @@ def test_frames_reach_the_callback_in_chunks_of_clip_sized_pictures(fixtures):
     assert sum(n for _, n in chunks) == len(analysis.frames)
 
 
-def test_a_short_shot_between_two_cuts_gets_its_own_frame(make_video):
-    video = make_video("short.mp4", "-f", "lavfi", "-i", "color=c=red:s=160x90:r=50:d=3",
-                       "-f", "lavfi", "-i", "color=c=green:s=160x90:r=50:d=0.4",
-                       "-f", "lavfi", "-i", "color=c=blue:s=160x90:r=50:d=3",
-                       "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1[v]", "-map", "[v]", "-c:v", "libx264")
-    analysis = analyse(video, size=32)
-    assert analysis.cuts == [pytest.approx(3.0, abs=0.021), pytest.approx(3.4, abs=0.021)]
+def test_a_short_shot_between_two_cuts_gets_its_own_frame_from_the_full_picture(make_video, ffmpeg, tmp_path):
+    # 0.24 s of a detailed picture between two flat ones, falling between the 1/3-s candidates (2.34, 2.68)
+    video = make_video("short.mp4", "-f", "lavfi", "-i", "color=c=red:s=640x360:r=50:d=2.36",
+                       "-f", "lavfi", "-i", "testsrc2=s=640x360:r=50:d=0.24",
+                       "-f", "lavfi", "-i", "color=c=black:s=640x360:r=50:d=3",
+                       "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1[v]", "-map", "[v]",
+                       "-c:v", "libx264", "-crf", "12")
+    pictures = {}
+    analysis = analyse(video, size=224, detection=ShotDetection(min_shot_s=0.2),
+                       on_frames=lambda images, frames: pictures.update((f.t, i) for f, i in zip(frames, images)))
+    assert analysis.cuts == [pytest.approx(2.36, abs=0.021), pytest.approx(2.6, abs=0.021)]
     short = [f for f in analysis.frames if f.shot == 1]
-    assert len(short) == 1 and 3.0 <= short[0].t < 3.4
+    assert len(short) == 1 and short[0].t == pytest.approx(2.48)  # the middle frame of the short shot
     _check_frame_rules(analysis)
+    # the same frame, cut and scaled by ffmpeg straight from the file: as sharp, not upscaled from 128 px
+    ffmpeg("-i", video, "-vf", f"select='gte(t,{short[0].t - 0.001})',crop=360:360,scale=224:224:flags=area",
+           "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", tmp_path / "ref.rgb")
+    reference = np.frombuffer((tmp_path / "ref.rgb").read_bytes(), np.uint8).reshape(224, 224, 3).astype(float)
+    assert np.abs(pictures[short[0].t] - reference).mean() < 4
+
+
+def test_the_minimum_shot_length_is_in_seconds_at_any_frame_rate(make_video):
+    # cuts 0.4 s apart: shots shorter than a 0.5-s minimum at 60 fps (24 frames, more than 15)
+    video = make_video("fast.mp4", "-f", "lavfi", "-i", "color=c=red:s=160x90:r=60:d=2",
+                       "-f", "lavfi", "-i", "color=c=green:s=160x90:r=60:d=0.4",
+                       "-f", "lavfi", "-i", "color=c=blue:s=160x90:r=60:d=2",
+                       "-filter_complex", "[0:v][1:v][2:v]concat=n=3:v=1[v]", "-map", "[v]", "-c:v", "libx264")
+    assert analyse(video, size=32).cuts == [pytest.approx(2.0, abs=0.017)]
+    assert len(analyse(video, size=32, detection=ShotDetection(min_shot_s=0.3)).cuts) == 2
 
 
 def test_variable_frame_rate_timestamps_are_exact(make_video):
