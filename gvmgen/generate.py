@@ -37,7 +37,7 @@ class GenerationSettings:
     cut_snap_s: float = 4.0          # a seam at most this far after a shot cut moves back to it
     condition: str = "window"        # "window": each window hears its own frames; "video": every frame (official)
     batch_size: int = 8              # windows per forward pass (twice the rows with guidance)
-    seed: int | None = None
+    seed: int | None = 0             # the same seed, the same music; None: a fresh random seed each time
     guidance_scale: float | None = None  # None: the model config's (3.0)
     top_k: int | None = None             # None: the model config's (250)
     temperature: float | None = None     # None: the model config's (1.0); 0 samples greedily

@@ -15,34 +15,25 @@ model as the decode produces it, so memory stays flat however long the video.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .generate import GenerationSettings, MusicGenerator, VisualTokens
-from .media.audio import write_wav
+from .files import atomic_path
+from .generate import MusicGenerator, VisualTokens
+from .media.audio import to_delivery, write_track
 from .media.frames import Analysis, Frame, ShotDetection, analyse
-from .media.loudness import STREAMING, LoudnessReport, normalise
+from .media.loudness import LoudnessReport, normalise
 from .media.mux import mux
 from .media.probe import MediaError
 from .model.gvmgen import GVMGen
 from .report import ReportData, write_report
+from .settings import ScoreSettings
 
-
-@dataclass
-class ScoreSettings:
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    detection: ShotDetection = field(default_factory=ShotDetection)
-    target_lufs: float = STREAMING      # -14 LUFS; EBU R128 is -23
-    ceiling_dbtp: float = -1.0
-    mux_mode: str = "replace"           # or "mix": the original audio ducked under the music
-    duck_db: float = 12.0
-
-
-MIN_DURATION_S = 0.5  # shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
+MIN_DURATION_S = 0.5  # of decoded picture; shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
 
 
 @dataclass
@@ -68,7 +59,7 @@ def visual_tokens(model: GVMGen, video: Path, detection: ShotDetection | None = 
 
     analysis = analyse(video, model.config.image_size, detection, on_frames=encode_chunk)
     order = _time_order(frames)
-    tokens = VisualTokens(torch.cat(chunks)[order], _times(analysis), analysis.info.duration, analysis.cuts)
+    tokens = VisualTokens(torch.cat(chunks)[order], _times(analysis), analysis.duration, analysis.cuts)
     return tokens, analysis
 
 
@@ -138,17 +129,17 @@ def encode(model: GVMGen, frames: VideoFrames, settings: ScoreSettings) -> Prepa
     """The model half of `prepare`, for frames extracted elsewhere (`extract_frames`): CLIP and the
     feature transformation on the model's device, in batches (bf16 on a GPU)."""
     tokens = VisualTokens(model.encode_video_frames(torch.from_numpy(frames.pixels)), _times(frames.analysis),
-                          frames.analysis.info.duration, frames.analysis.cuts)
+                          frames.analysis.duration, frames.analysis.cuts)
     return _planned(model, frames.path, tokens, frames.analysis, settings)
 
 
 def _planned(model: GVMGen, video: Path, tokens: VisualTokens, analysis: Analysis,
              settings: ScoreSettings) -> PreparedVideo:
-    if analysis.info.duration < MIN_DURATION_S:  # refused before any generation
-        raise MediaError(video, f"too short to score: {analysis.info.duration:.2f} s of picture "
+    if analysis.duration < MIN_DURATION_S:  # refused before any generation
+        raise MediaError(video, f"too short to score: {analysis.duration:.2f} s of picture "
                                 f"(the minimum is {MIN_DURATION_S:g} s)")
     rate = model.config.frame_rate
-    windows = [(w.start / rate, min(w.end / rate, analysis.info.duration))
+    windows = [(w.start / rate, min(w.end / rate, analysis.duration))
                for w in MusicGenerator(model, settings.generation).plan(tokens)]
     return PreparedVideo(video, tokens, analysis, windows)
 
@@ -159,31 +150,34 @@ def compose(model: GVMGen, videos: list[PreparedVideo], settings: ScoreSettings,
     return MusicGenerator(model, settings.generation).generate([v.tokens for v in videos], progress=progress)
 
 
-def finish(video: PreparedVideo, track, sample_rate: int, out: Path, settings: ScoreSettings) -> FinishedTrack:
-    """Normalise, write the track beside `out` as .wav, mux it into `out` and draw the report beside it
-    as .report.png (all atomically)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    track, loudness = normalise(track, sample_rate, settings.target_lufs, settings.ceiling_dbtp)
-    wav = out.with_suffix(".wav")
-    tmp = wav.with_name(f".{wav.stem}.partial.wav")
-    write_wav(tmp, track, sample_rate)
-    tmp.replace(wav)
-    mux(video.analysis.info, wav, out, settings.mux_mode, settings.duck_db)
-    info = video.analysis.info
+def finish(video: PreparedVideo, track, sample_rate: int, out: Path, settings: ScoreSettings,
+           title: str | None = None) -> FinishedTrack:
+    """Bring the model's `sample_rate` mono track to the delivery format, normalise its loudness there,
+    write it beside `out` (lossless: .flac or .wav), mux it into `out` and draw the report beside it as
+    .report.png (titled `title`, else `out`'s name); each file appears atomically."""
+    out, delivery = Path(out), settings.delivery
+    track = to_delivery(track, sample_rate, delivery.sample_rate, delivery.channels)
+    track, loudness = normalise(track, delivery.sample_rate, settings.target_lufs, settings.ceiling_dbtp)
+    with atomic_path(out.with_suffix(f".{delivery.track_format}")) as tmp:
+        write_track(tmp, track, delivery.sample_rate)
+    track_file = out.with_suffix(f".{delivery.track_format}")
+    analysis = video.analysis
+    mux(analysis.info, track_file, out, analysis.origin, settings.mux_mode, settings.duck_db,
+        delivery.sample_rate, delivery.channels)
     report = write_report(out.with_suffix(".report.png"), ReportData(
-        title=out.name, duration=info.duration,
-        shots=video.analysis.shots, windows=video.windows, seams=video.seams, integrated_lufs=loudness.output_lufs,
-        true_peak_dbtp=loudness.true_peak_dbtp, target_lufs=settings.target_lufs), track, sample_rate)
-    return FinishedTrack(out, wav, report, loudness)
+        title=title or out.name, duration=analysis.duration,
+        shots=analysis.shots, windows=video.windows, seams=video.seams, integrated_lufs=loudness.output_lufs,
+        true_peak_dbtp=loudness.true_peak_dbtp, target_lufs=settings.target_lufs),
+        track, delivery.sample_rate)
+    return FinishedTrack(out, track_file, report, loudness)
 
 
 def score_video(model: GVMGen, video: Path, out: Path, settings: ScoreSettings | None = None,
                 progress: Callable[[int, int], None] | None = None) -> ScoredVideo:
-    """Write `out` (the video with the music muxed in) and the track beside it as `out`.wav."""
+    """Write `out` (the video with the music muxed in), the track and the report beside it."""
     settings = settings or ScoreSettings()
     prepared = prepare(model, video, settings)
     (track,) = compose(model, [prepared], settings, progress)
     done = finish(prepared, track, model.config.sample_rate, out, settings)
-    return ScoredVideo(done.video, done.track, done.report, prepared.analysis.info.duration,
+    return ScoredVideo(done.video, done.track, done.report, prepared.analysis.duration,
                        len(prepared.analysis.shots), len(prepared.analysis.frames), len(prepared.windows), done.loudness)

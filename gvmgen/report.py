@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .media.loudness import short_term_loudness  # noqa: E402
+from .files import atomic_path  # noqa: E402
 
 
 @dataclass
@@ -99,9 +100,7 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
 def _save(fig, path: Path) -> Path:
     """Write the figure atomically: a partial file never carries the final name."""
     fig.tight_layout()
-    partial = path.with_name(f".{path.name}.partial.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(partial, dpi=100)
+    with atomic_path(path) as partial:
+        fig.savefig(partial, dpi=100)
     plt.close(fig)
-    partial.replace(path)
     return path

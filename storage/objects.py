@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import urlparse
+from gvmgen.files import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
 
@@ -130,14 +131,8 @@ class LocalStore:
 
     def upload(self, source: Path, key: str) -> str:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(target) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
             raise
         return self.uri(key)
 
@@ -207,20 +202,13 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         target = Path(workdir) / local_name(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-        os.close(fd)
         try:
-            self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
         except ClientError as e:
-            Path(tmp).unlink(missing_ok=True)
             code = str(e.response.get("Error", {}).get("Code"))
             if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
                 raise ObjectUnreadable(f"{self.uri(key)}: cannot be read ({code})") from None
-            raise
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
             raise
         return target
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from gvmgen.generate import GenerationSettings
-from gvmgen.media.audio import read_wav
-from gvmgen.pipeline import ScoreSettings, compose, encode, extract_frames, finish, prepare
+from gvmgen.media.audio import read_track
+from gvmgen.pipeline import compose, encode, extract_frames, finish, prepare
+from gvmgen.settings import ScoreSettings
 
 
 @pytest.mark.slow
@@ -18,8 +19,9 @@ def test_two_videos_prepared_apart_are_composed_together_and_finished_apart(tiny
     tracks = compose(tiny_model, prepared, settings)
     for video, track, name in zip(prepared, tracks, names):
         done = finish(video, track, tiny_model.config.sample_rate, tmp_path / f"{name}.mp4", settings)
-        audio, rate = read_wav(done.track)
-        assert abs(len(audio) / rate - video.analysis.info.duration) <= 0.02
+        audio, rate = read_track(done.track)
+        assert done.track.suffix == ".flac" and rate == 48000 and audio.shape[1] == 2  # the delivery format
+        assert abs(len(audio) / rate - video.analysis.duration) <= 0.02
         assert abs(done.loudness.output_lufs + 14) <= 0.5 and done.video.is_file()
 
 

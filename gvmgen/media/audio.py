@@ -1,14 +1,15 @@
-"""Audio helpers: crossfade stitching, decoding any file ffmpeg reads, and WAV files."""
+"""Audio helpers: crossfade stitching, the delivery format, track files, and decoding any file ffmpeg reads."""
 
 from __future__ import annotations
 
 import subprocess
-import wave
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import soxr
 
-from .probe import MediaError, tool
+from .probe import MediaError, ffmpeg_path, tool
 
 
 def crossfade_gains(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,20 +48,24 @@ def stitch(segments: list[tuple[int, np.ndarray]], total: int) -> np.ndarray:
     return out
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Mono float audio in [-1, 1] -> 16-bit PCM WAV."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
+def write_track(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Float audio in [-1, 1], (samples,) or (samples, channels), as 24-bit PCM: FLAC or WAV, by the
+    suffix of `path`."""
+    soundfile.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_24")
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path), "rb") as f:
-        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype="<i2")
-        return pcm.astype(np.float32) / 32767.0, f.getframerate()
+def read_track(path: Path) -> tuple[np.ndarray, int]:
+    """(audio, sample_rate): float32, (samples,) for mono or (samples, channels)."""
+    audio, rate = soundfile.read(str(path), dtype="float32")
+    return audio, rate
+
+
+def to_delivery(audio: np.ndarray, sample_rate: int, target_rate: int, channels: int) -> np.ndarray:
+    """The model's mono track at the delivery format: resampled with soxr (very high quality), then in
+    every channel: (samples,) for one, (samples, channels) for more."""
+    if target_rate != sample_rate:
+        audio = soxr.resample(np.asarray(audio, dtype=np.float32), sample_rate, target_rate, quality="VHQ")
+    return audio if channels == 1 else np.repeat(audio[:, None], channels, axis=1)
 
 
 def decode_audio(path: Path, sample_rate: int, lead_s: float = 0.0) -> np.ndarray:
@@ -69,7 +74,7 @@ def decode_audio(path: Path, sample_rate: int, lead_s: float = 0.0) -> np.ndarra
     `lead_s` is how late the audio starts against the timeline it must line up with (a video
     stream's start, say): positive pads silence in front, negative drops the audio before it.
     """
-    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-ac", "1",
+    cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-i", ffmpeg_path(path), "-map", "0:a:0", "-ac", "1",
            "-ar", str(sample_rate), "-f", "f32le", "-"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0:

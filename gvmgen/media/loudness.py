@@ -20,6 +20,9 @@ STREAMING = -14.0   # LUFS: what the streaming platforms normalise to
 EBU_R128 = -23.0    # LUFS: broadcast
 
 
+MISS_TOLERANCE_LU = 0.5  # a track further than this from its target is reported
+
+
 @dataclass
 class LoudnessReport:
     input_lufs: float
@@ -27,12 +30,21 @@ class LoudnessReport:
     true_peak_dbtp: float
     gain_db: float
 
+    def miss(self, target_lufs: float) -> str | None:
+        """Why the track missed `target_lufs`, or None when it did not (silence never reaches it; a track
+        with extreme peaks cannot reach a loud target under the ceiling without heavy limiting)."""
+        if np.isfinite(self.output_lufs) and abs(self.output_lufs - target_lufs) <= MISS_TOLERANCE_LU:
+            return None
+        return f"loudness {self.output_lufs:.1f} LUFS misses the target {target_lufs:g} LUFS"
+
 
 def true_peak(audio: np.ndarray) -> np.ndarray:
-    """|x| upsampled 4x, folded back to one value per input sample (the max of its 4 sub-samples)."""
-    up = np.abs(resample_poly(audio, 4, 1))
-    up = np.pad(up, (0, 4 * len(audio) - len(up)))
-    return up.reshape(len(audio), 4).max(axis=1)
+    """|x| upsampled 4x, folded back to one value per input sample (the max of its 4 sub-samples and,
+    for (samples, channels) audio, of every channel)."""
+    audio = audio.reshape(len(audio), -1)
+    up = np.abs(resample_poly(audio, 4, 1, axis=0))
+    up = np.pad(up, ((0, 4 * len(audio) - len(up)), (0, 0)))
+    return up.reshape(len(audio), 4 * audio.shape[1]).max(axis=1)
 
 
 def true_peak_db(audio: np.ndarray) -> float:
@@ -49,12 +61,14 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float, lookahead_s: f
     gain = minimum_filter1d(need, size=2 * ahead + 1)                      # flat over +-ahead of a peak
     gain = minimum_filter1d(gain, size=release, origin=-(release // 2))    # held a while after it
     # A moving average no wider than the flat top ramps the gain in and out without touching the top.
-    return audio * uniform_filter1d(gain, size=ahead)
+    gain = uniform_filter1d(gain, size=ahead)
+    return audio * (gain if audio.ndim == 1 else gain[:, None])  # every channel alike: the image holds
 
 
 def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float = STREAMING,
               ceiling_dbtp: float = -1.0) -> tuple[np.ndarray, LoudnessReport]:
-    """Mono float audio -> the same at `target_lufs` integrated, true peak <= `ceiling_dbtp`."""
+    """Float audio, (samples,) or (samples, channels) -> the same at `target_lufs` integrated (BS.1770
+    sums the channels' power), true peak <= `ceiling_dbtp`."""
     meter = pyloudnorm.Meter(sample_rate)
     audio = np.asarray(audio, dtype=np.float64)
     measured = meter.integrated_loudness(audio)

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from ..home import weights_dir
 from .config import CLIP_REPO, ENCODEC_REPO, FRESH_LAYOUT, MUSICGEN_REPOS, GVMGenConfig, preset
 from .gvmgen import GVMGen
+from ..files import atomic_path
 
 OUR_CONFIG = "gvmgen_config.json"
 OUR_WEIGHTS = "model.safetensors"
@@ -121,11 +122,9 @@ def save_model(model: GVMGen, directory: Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / (OUR_WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    model.config.save(directory / (OUR_CONFIG + ".tmp"))
-    tmp.replace(directory / OUR_WEIGHTS)
-    (directory / (OUR_CONFIG + ".tmp")).replace(directory / OUR_CONFIG)
+    with atomic_path(directory / OUR_WEIGHTS) as weights, atomic_path(directory / OUR_CONFIG) as config:
+        save_file(state, str(weights))
+        model.config.save(config)
 
 
 def load_ours(directory: Path) -> GVMGen:

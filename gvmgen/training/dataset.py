@@ -24,6 +24,7 @@ from ..media.audio import decode_audio
 from ..media.frames import Frame, ShotDetection, analyse
 from ..media.probe import MediaError, probe
 from ..model.gvmgen import GVMGen
+from ..files import atomic_path
 
 MUSIC_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
 
@@ -108,9 +109,8 @@ def save_shard(path: Path, clips: list[Clip]) -> Path:
         tensors[f"{i}.times"], tensors[f"{i}.patches"], tensors[f"{i}.codes"] = c.times, c.patches, c.codes
         spans.append([c.start, c.end])
     path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata={"spans": json.dumps(spans)})
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata={"spans": json.dumps(spans)})
     return path
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..model.delay import delay, delayed_valid_mask
 from ..model.gvmgen import GVMGen
 from .dataset import Clip
+from ..files import atomic_path
 
 LM_MODES = ("cross", "full", "lora")
 # The frame tokens have collapsed when their spread falls below this share of its value at step 0: the
@@ -269,15 +270,13 @@ class Trainer:
 
     def save(self) -> Path:
         """Everything a resume needs, written atomically (a kill mid-write leaves the previous one)."""
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, "settings": asdict(self.s), "trainable": self._trainable_state(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        partial = self.checkpoint.with_name(f".{self.checkpoint.name}.partial")
-        torch.save(state, partial)
-        partial.replace(self.checkpoint)
+        with atomic_path(self.checkpoint) as partial:
+            torch.save(state, partial)
         return self.checkpoint
 
     def resume(self) -> bool:

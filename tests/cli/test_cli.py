@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gvmgen.media.audio import read_wav
+from gvmgen.media.audio import read_track
 from gvmgen.media.probe import probe
 
 
@@ -26,8 +26,8 @@ def test_generate_writes_a_playable_video_whose_music_lasts_as_long_as_the_pictu
     decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-f", "null", "-"],
                             capture_output=True, text=True)
     assert decode.returncode == 0 and decode.stderr == ""
-    track, rate = read_wav(tmp_path / "out.wav")
-    assert abs(len(track) / rate - probe(video).duration) <= 0.02
+    track, rate = read_track(tmp_path / "out.flac")
+    assert rate == 48000 and track.shape[1] == 2 and abs(len(track) / rate - probe(video).duration) <= 0.02
     assert summary["shots"] == 4 and abs(summary["loudness_lufs"] + 14) <= 0.5 and summary["true_peak_dbtp"] <= -1
 
 

@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from gvmgen.media.audio import write_wav
+from gvmgen.media.audio import write_track
 from gvmgen.media.loudness import EBU_R128, STREAMING, normalise
 
 SR = 32000
@@ -31,7 +31,7 @@ def _decoded(fixtures, name):
 def test_real_music_reaches_the_target_under_the_ceiling(fixtures, tmp_path, target):
     music = _decoded(fixtures, "bach.mp3") * 4.0          # far too loud, clipping-prone
     out, report = normalise(music, SR, target_lufs=target, ceiling_dbtp=-1.0)
-    write_wav(tmp_path / "out.wav", out, SR)
+    write_track(tmp_path / "out.wav", out, SR)
     integrated, peak = _ebur128(tmp_path / "out.wav")
     assert abs(integrated - target) <= 0.5
     assert peak <= -1.0 + 0.1                                # ebur128 reads 0.1 dB steps
@@ -41,7 +41,7 @@ def test_real_music_reaches_the_target_under_the_ceiling(fixtures, tmp_path, tar
 def test_dense_loud_noise_is_limited_without_missing_the_target(tmp_path):
     noise = np.random.default_rng(0).normal(0, 0.5, 20 * SR)
     out, _ = normalise(noise, SR)
-    write_wav(tmp_path / "out.wav", out, SR)
+    write_track(tmp_path / "out.wav", out, SR)
     integrated, peak = _ebur128(tmp_path / "out.wav")
     assert abs(integrated - STREAMING) <= 0.5 and peak <= -0.9
 

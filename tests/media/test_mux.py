@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from gvmgen.media.audio import write_wav
+from gvmgen.media.audio import write_track
 from gvmgen.media.mux import mux
 from gvmgen.media.probe import probe
 
@@ -25,15 +25,15 @@ def _streams(path):
 
 def _music_for(info, tmp_path, freq=440.0):
     n = round(info.duration * 32000)
-    path = tmp_path / "music.wav"
-    write_wav(path, 0.3 * np.sin(2 * np.pi * freq * np.arange(n) / 32000), 32000)
+    path = tmp_path / "music.flac"
+    write_track(path, 0.3 * np.sin(2 * np.pi * freq * np.arange(n) / 32000), 32000)
     return path
 
 
 def test_video_packets_are_copied_and_the_music_lasts_as_long_as_the_picture(fixtures, tmp_path):
     source = fixtures / "video" / "testvideo.mp4"
     info = probe(source)
-    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4")
+    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4", info.start)
     assert _packet_hashes(tmp_path / "out.mp4") == _packet_hashes(source)
     audio = [s for s in _streams(tmp_path / "out.mp4") if s["codec_type"] == "audio"]
     assert len(audio) == 1 and audio[0]["codec_name"] == "aac"
@@ -43,7 +43,7 @@ def test_video_packets_are_copied_and_the_music_lasts_as_long_as_the_picture(fix
 
 def test_music_starts_with_the_first_frame_of_a_late_starting_video(fixtures, tmp_path):
     info = probe(fixtures / "video" / "delayed_start.mp4")
-    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4")
+    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4", info.start)
     audio = [s for s in _streams(tmp_path / "out.mp4") if s["codec_type"] == "audio"][0]
     video = [s for s in _streams(tmp_path / "out.mp4") if s["codec_type"] == "video"][0]
     assert float(video["start_time"]) == pytest.approx(1.075, abs=1e-3)   # timestamps kept as they were
@@ -61,13 +61,13 @@ def two_audio_tracks(make_video):
 def test_replace_keeps_only_the_music(two_audio_tracks, tmp_path):
     info = probe(two_audio_tracks)
     assert info.audio_streams == 2
-    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4", mode="replace")
+    mux(info, _music_for(info, tmp_path), tmp_path / "out.mp4", info.start, mode="replace")
     assert [s["codec_type"] for s in _streams(tmp_path / "out.mp4")] == ["video", "audio"]
 
 
 def test_mix_ducks_the_first_track_under_the_music_and_keeps_the_second(two_audio_tracks, tmp_path):
     info = probe(two_audio_tracks)
-    mux(info, _music_for(info, tmp_path, freq=1000), tmp_path / "out.mp4", mode="mix", duck_db=12)
+    mux(info, _music_for(info, tmp_path, freq=1000), tmp_path / "out.mp4", info.start, mode="mix", duck_db=12)
     assert [s["codec_type"] for s in _streams(tmp_path / "out.mp4")] == ["video", "audio", "audio"]
     pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-map", "0:a:0", "-ac", "1",
                           "-ar", "8000", "-f", "f32le", "-"], capture_output=True, check=True).stdout
@@ -85,6 +85,6 @@ def test_subtitles_and_attachments_survive_in_mkv(make_video, tmp_path):
                        "-f", "lavfi", "-i", "sine=d=3", "-map", "0:v", "-map", "2:a", "-map", "1:s",
                        "-c:v", "libx264", "-c:a", "aac", "-c:s", "srt")
     info = probe(video)
-    mux(info, _music_for(info, tmp_path), tmp_path / "out.mkv")
+    mux(info, _music_for(info, tmp_path), tmp_path / "out.mkv", info.start)
     assert [s["codec_type"] for s in _streams(tmp_path / "out.mkv")] == ["video", "audio", "subtitle"]
     assert _packet_hashes(tmp_path / "out.mkv", "s") == _packet_hashes(video, "s")
