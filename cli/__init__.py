@@ -9,6 +9,8 @@ GVMGEN_HOME/logs/prefect.log, not into the terminal, so progress bars stay whole
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import signal
@@ -74,51 +76,118 @@ class Preset(str, Enum):
     medium = "medium"
 
 
+class TrackFormat(str, Enum):
+    flac = "flac"
+    wav = "wav"
+
+
+# Every option that shapes the music, shared by `generate` and `score`: (name, type, typer option,
+# where it goes in gvmgen.settings.ScoreSettings). Defaults are ScoreSettings' own.
+SETTINGS_OPTIONS = [
+    ("seed", int, typer.Option(0, "--seed", help="Seed for sampling (0 to 2147483647): the same seed, the same music."),
+     "generation.seed"),
+    ("stitch", Stitch, typer.Option(Stitch.continue_, "--stitch", help="How the windows of a long video are joined."),
+     "generation.stitch"),
+    ("loudness", float, typer.Option(-14.0, "--loudness", help="Target integrated loudness, LUFS, -40 to -5 "
+                                     "(-14 streaming, -23 EBU R128 broadcast)."), "target_lufs"),
+    ("ceiling", float, typer.Option(-1.0, "--ceiling", help="True-peak ceiling, dBTP (-9 to 0)."), "ceiling_dbtp"),
+    ("mux_mode", MuxMode, typer.Option(MuxMode.replace, "--mux", help="replace the original audio, or mix the "
+                                       "music over it."), "mux_mode"),
+    ("duck_db", float, typer.Option(12.0, "--duck-db", help="With --mux mix: how far the original audio is lowered, dB."),
+     "duck_db"),
+    ("detector", Detector, typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
+     "detection.detector"),
+    ("threshold", float, typer.Option(None, "--threshold", help="The shot detector's threshold (default: "
+                                      "PySceneDetect's, 27 content, 3 adaptive)."), "detection.threshold"),
+    ("min_shot", float, typer.Option(0.5, "--min-shot", help="Shortest shot, seconds, at any frame rate."),
+     "detection.min_shot_s"),
+    ("sample_rate", int, typer.Option(48000, "--sample-rate", help="Sample rate of the delivered music, Hz."),
+     "delivery.sample_rate"),
+    ("channels", int, typer.Option(2, "--channels", help="Channels of the delivered music (1 or 2)."),
+     "delivery.channels"),
+    ("track_format", TrackFormat, typer.Option(TrackFormat.flac, "--track-format", help="The lossless track "
+                                               "beside each video: 24-bit flac or wav."), "delivery.track_format"),
+]
+
+
+def settings_options(command):
+    """Give `command` every option of SETTINGS_OPTIONS; it receives them as one `settings` argument
+    (a gvmgen.settings.ScoreSettings), so `generate` and `score` cannot drift apart."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "settings"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+              for name, kind, option, _ in SETTINGS_OPTIONS]
+
+    @functools.wraps(command)
+    def with_settings(**kwargs):
+        from gvmgen.settings import ScoreSettings
+
+        tree: dict = {}
+        for name, _, _, where in SETTINGS_OPTIONS:
+            value = kwargs.pop(name)
+            *parents, leaf = where.split(".")
+            node = tree
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value.value if isinstance(value, Enum) else value
+        return command(**kwargs, settings=ScoreSettings.from_dict(tree))
+
+    with_settings.__signature__ = signature.replace(parameters=own + shared)
+    return with_settings
+
+
 @app.command()
+@settings_options
 def generate(
     video: Path = typer.Argument(..., help="The video to score."),
-    out: Path = typer.Option(..., "-o", "--out", help="The scored video; the track is written beside it as .wav."),
+    output: Path = typer.Option(..., "-o", "--out", help="The scored video; the track (.flac) and report "
+                             "(.report.png) are written beside it."),
     model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
-    seed: int = typer.Option(None, "--seed", help="Seed for sampling; the same seed gives the same music."),
-    stitch: Stitch = typer.Option(Stitch.continue_, "--stitch", help="How windows of a long video are joined."),
-    mux_mode: MuxMode = typer.Option(MuxMode.replace, "--mux", help="replace the original audio, or mix the music over it."),
-    duck_db: float = typer.Option(12.0, "--duck-db", help="With --mux mix: how far the original audio is lowered."),
-    loudness: float = typer.Option(-14.0, "--loudness", help="Target integrated loudness, LUFS (-23 for EBU R128)."),
-    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output (and its track and report) if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    settings=None,
 ):
-    """Compose music for VIDEO and write it muxed into OUT."""
+    """Compose music for VIDEO and write it muxed into the output (-o)."""
     import torch
 
-    from gvmgen.generate import GenerationSettings
-    from gvmgen.media.frames import ShotDetection
+    from gvmgen.media.mux import check_container
+    from gvmgen.media.probe import probe
     from gvmgen.model.checkpoints import load_model
-    from gvmgen.pipeline import ScoreSettings, score_video
+    from gvmgen.pipeline import score_video
 
+    info = probe(video)  # a bad video, or an output that cannot be written, costs nothing
+    check_container(output, info.codec)
+    written = [output, output.with_suffix(f".{settings.delivery.track_format}"), output.with_suffix(".report.png")]
+    if any(path.exists() and path.samefile(video) for path in written):
+        raise ValueError(f"{output}: would overwrite the video being scored ({video}); choose another output")
+    existing = [str(path) for path in written if path.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]}: exists (--overwrite replaces it)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     with console.status(f"loading model {model}"):
         loaded = load_model(model, device=device)
-    settings = ScoreSettings(generation=GenerationSettings(stitch=stitch.value, seed=seed),
-                             detection=ShotDetection(detector.value), target_lufs=loudness,
-                             mux_mode=mux_mode.value, duck_db=duck_db)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeRemainingColumn(), console=console,
                   disable=as_json or OPTIONS["quiet"] or not console.is_terminal) as bar:
         task = bar.add_task(f"scoring {video.name}", total=None)
-        result = score_video(loaded, video, out, settings,
+        result = score_video(loaded, video, output, settings,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    miss = result.loudness.miss(settings.target_lufs)
     summary = {"video": str(result.video), "track": str(result.track), "report": str(result.report),
                "duration": result.duration,
                "shots": result.shots, "frames": result.frames, "windows": result.windows, "model": model,
-               "loudness_lufs": round(result.loudness.output_lufs, 2), "true_peak_dbtp": round(result.loudness.true_peak_dbtp, 2)}
+               "loudness_lufs": round(result.loudness.output_lufs, 2), "true_peak_dbtp": round(result.loudness.true_peak_dbtp, 2),
+               "note": miss}
     if as_json:
         print(json.dumps(summary))
     elif not OPTIONS["quiet"]:
         out.print(f"wrote {result.video}, {result.track} and {result.report} "
                   f"({result.duration:.2f} s, {result.windows} window(s))")
+    if miss:
+        console.print(f"warning: {miss}", markup=False, highlight=False)
 
 
 PREFECT_LOGGING = """\
@@ -197,31 +266,41 @@ def server(port: int = typer.Option(4200, "--port", help="Port of the UI and API
 
 
 @app.command()
+@settings_options
 def score(
     source: str = typer.Argument(..., help="The library: a folder, one video, file:///path or s3://bucket/prefix."),
-    out_uri: str = typer.Option(..., "--out", help="Where the scored videos and tracks go (folder or s3://...)."),
+    out_uri: str = typer.Option(..., "--out", help="Where the scored videos, tracks and reports go (folder or "
+                                "s3://...; not the library, but it may lie inside it)."),
     model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
                               "model's name, or a checkpoint directory."),
-    stitch: Stitch = typer.Option(Stitch.continue_, "--stitch"),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampling (0 to 2147483647)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in the output that no run of gvmgen wrote."),
     lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
                                   "worker's videos are taken again after it; 1 to 604800)."),
     batch_videos: int = typer.Option(4, "--batch-videos", help="Ready videos whose windows share the model's batches (1 to 64)."),
     dask: str = typer.Option(None, "--dask", help="Run media work on a Dask cluster: its scheduler address, "
                              "or 'local' for a local cluster (needs prefect-dask)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    settings=None,
 ):
     """Score every video of a library with the score-catalog flow (Prefect, no server needed).
 
-    Exit status: 0 every video of the library is scored; 1 some video stands failed (in this run, or
-    earlier and not retried); 2 usage or infrastructure error (its unfinished videos stay pending).
+    A video is scored once per content, model and settings: a rerun skips what is done, and changing
+    any setting scores everything again. Exit status: 0 every video of the library is scored; 1 some
+    video stands failed (in this run, or earlier and not retried); 2 usage or infrastructure error
+    (its unfinished videos stay pending).
     """
+    run_catalog(source, out_uri, model, settings.to_dict(), retry_failed, overwrite, lease_s, batch_videos, dask,
+                as_json)
+
+
+def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_failed: bool, overwrite: bool,
+                lease_s: float, batch_videos: int, dask: str | None, as_json: bool) -> None:
     _prefect_environment()
     from flows.score_catalog import VideosFailed, preflight, score_catalog
 
     with console.status(f"checking the options and loading model {model}"):
-        preflight(source, out_uri, model, seed, batch_videos, lease_s)
+        preflight(source, out_uri, model, settings, batch_videos, lease_s)
     flow = score_catalog
     if dask:
         from prefect_dask import DaskTaskRunner
@@ -229,7 +308,7 @@ def score(
         flow = score_catalog.with_options(task_runner=DaskTaskRunner() if dask == "local" else DaskTaskRunner(address=dask))
     _prefect_ready()
     with _run_progress(disable=as_json or OPTIONS["quiet"]):
-        state = flow(source, out_uri, model=model, stitch=stitch.value, seed=seed, retry_failed=retry_failed,
+        state = flow(source, out_uri, model=model, settings=settings, retry_failed=retry_failed, overwrite=overwrite,
                      lease_s=lease_s, batch_videos=batch_videos, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, VideosFailed):
@@ -245,11 +324,13 @@ def score(
         out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped (done before), "
                   f"{summary['failed']} failed, failed earlier, not retried: {len(earlier)}"
                   + (f", {summary['pending']} pending (being scored elsewhere)" if summary["pending"] else "")
-                  + f"; videos, tracks (.wav) and reports (.report.png) in {out_uri}")
+                  + f"; videos, tracks and reports (.report.png) in {out_uri}")
         for failure in summary["failures"]:
             out.print(f"  {failure['video']} ({failure['status']}): {failure['cause']}", markup=False, highlight=False)
         if earlier:
             out.print("  (--retry-failed takes the videos that failed earlier again)")
+    for note in summary.get("notes", []):
+        console.print(f"warning: {note['video']}: {note['note']}", markup=False, highlight=False)
     raise typer.Exit(1 if summary["failures"] else 0)
 
 
@@ -383,8 +464,8 @@ def _training_progress(name: str, steps: int, disable: bool):
     return _progress_from_sql(poll, disable, "building the training clips")
 
 
-@app.command()
-def inspect(
+@app.command("inspect")
+def inspect_video(
     video: Path = typer.Argument(..., help="The video to look at."),
     detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -500,9 +581,10 @@ def retry_failed(run_id: int = typer.Argument(..., help="The run whose failed vi
         if run is None:
             raise ValueError(f"no run {run_id} (gvmgen runs list shows them)")
         params = dict(run.parameters)
-    score(params["source"], out_uri=params["output"], model=params.get("model", "tiny"),
-          stitch=Stitch(params.get("stitch", "continue")), seed=params.get("seed", 0), retry_failed=True,
-          lease_s=900, batch_videos=4, dask=None, as_json=False)
+    if "settings" not in params:  # a run of gvmgen 0.1 recorded only these two
+        params["settings"] = {"generation": {k: params[k] for k in ("stitch", "seed") if k in params}}
+    run_catalog(params["source"], params["output"], params.get("model", "tiny"), params["settings"],
+                retry_failed=True, overwrite=False, lease_s=900, batch_videos=4, dask=None, as_json=False)
 
 
 @db_app.command("upgrade")

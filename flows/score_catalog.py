@@ -35,7 +35,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
 
@@ -51,15 +51,16 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from gvmgen.generate import GenerationSettings
+from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_model
-from gvmgen.pipeline import PreparedVideo, ScoreSettings, VideoFrames, compose, encode, extract_frames, finish, prepare
+from gvmgen.pipeline import PreparedVideo, VideoFrames, compose, encode, extract_frames, finish, prepare
+from gvmgen.settings import ScoreSettings
 from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video
-from storage.objects import ObjectError, ObjectInfo, fetch_copy, open_store
+from storage.objects import ObjectError, ObjectInfo, fetch_copy, library_exclusion, local_name, open_store
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
@@ -83,7 +84,9 @@ def interrupt(on: bool = True) -> None:
 
 
 def worker_id() -> str:
-    """This process, as the owner of leases: carried in RunContext to every task of its run."""
+    """The process calling it, as the owner of leases (host:pid). A video's lease is taken by the process
+    that prepares it (a thread of the flow's, or a Dask worker) and travels with the video to the tasks
+    that finish it (ClaimedVideo.owner)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -103,18 +106,24 @@ class InfrastructureError(RuntimeError):
     unfinished videos are pending for the next run."""
 
 
-def preflight(source: str, output: str, model: str, seed: int | None, batch_videos: int, lease_s: float) -> None:
-    """Everything that can be wrong before any work, each raising one line: the options' ranges, the
-    library (its first listing page), the output (written to and cleaned), the model (loaded, and kept
-    for the run). The flow runs it first; the CLI runs it before starting Prefect, so a usage error
-    costs nothing (in the same process the second call finds the model loaded)."""
+def preflight(source: str, output: str, model: str, settings: dict | None, batch_videos: int,
+              lease_s: float) -> ScoreSettings:
+    """Everything that can be wrong before any work, each raising one line: the settings and the
+    options' ranges, the library (its first listing page), the output (not the library, written to
+    and cleaned), the model (loaded, and kept for the run). The flow runs it first; the CLI runs it
+    before starting Prefect, so a usage error costs nothing (in the same process the second call
+    finds the model loaded). Returns the settings, complete."""
+    score_settings = ScoreSettings.from_dict(settings)
+    seed = score_settings.generation.seed
     for name, value, (low, high) in (("seed", seed, SEED_RANGE), ("batch_videos", batch_videos, BATCH_RANGE),
                                      ("lease_s", lease_s, LEASE_RANGE)):
         if value is not None and not low <= value <= high:
             raise ValueError(f"{name} must lie between {low} and {high}, got {value}")
+    library_exclusion(source, output)  # refuses an output that would overwrite the library
     next(iter(open_store(source, single=True).list()), None)
     open_store(output).check_writable()
     cached_model(model)  # missing or broken weights stop here, before any video is touched
+    return score_settings
 
 
 @functools.lru_cache(maxsize=2)
@@ -145,10 +154,11 @@ class RunContext:
     source: str
     output: str
     model: str
-    settings: dict
+    settings: dict             # ScoreSettings.to_dict(): what the result key hashes
     retry_failed: bool
+    overwrite: bool            # replace output files that no run of ours wrote
     lease_s: float
-    owner: str                 # the run's process: every lease of the run is held in its name
+    owner: str                 # the run's process (the runs row names it); leases are held per process
     sample_rate: int           # the model's, known without loading it where the media work runs
     image_size: int | None     # set when media work runs on other machines (Dask): they send frames of
                                # this size and the model's process encodes them; never load the model
@@ -156,7 +166,7 @@ class RunContext:
 
     @property
     def score_settings(self) -> ScoreSettings:
-        return ScoreSettings(generation=GenerationSettings(**self.settings))
+        return ScoreSettings.from_dict(self.settings)
 
 
 @dataclass
@@ -165,6 +175,7 @@ class ClaimedVideo:
     waiting for the model."""
     video_id: int
     job_id: int
+    owner: str                 # the process that took the lease: renewals and the release are in its name
     key: str
     uri: str
     work: Path                 # a private scratch folder, removed when the video is finished
@@ -174,7 +185,7 @@ class ClaimedVideo:
 
 
 def result_row(key: str, status: str, started: float | None = None, claimed: ClaimedVideo | None = None,
-               loudness_lufs: float | None = None, cause: str | None = None) -> dict:
+               loudness_lufs: float | None = None, cause: str | None = None, note: str | None = None) -> dict:
     """One row of the run's table artifact. status: scored, skipped (done before), copied, failed,
     failed earlier, pending (left for the next run: infrastructure), elsewhere (leased by a live worker)."""
     prepared = claimed.prepared if claimed else None
@@ -183,7 +194,7 @@ def result_row(key: str, status: str, started: float | None = None, claimed: Cla
             "shots": len(info.shots) if info else None, "windows": len(prepared.windows) if prepared else None,
             "loudness_lufs": None if loudness_lufs is None else round(loudness_lufs, 1),
             "seconds": None if started is None else round(time.perf_counter() - started, 1), "status": status,
-            "cause": cause}
+            "cause": cause, "note": note}
 
 
 def describe(error: BaseException, uri: str) -> str:
@@ -196,8 +207,8 @@ def describe(error: BaseException, uri: str) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def fail(session, ctx: RunContext, video: Video, job: Job, stage: str, error: BaseException, started: float,
-         claimed: ClaimedVideo | None = None) -> dict:
+def fail(session, ctx: RunContext, owner: str, video: Video, job: Job, stage: str, error: BaseException,
+         started: float, claimed: ClaimedVideo | None = None) -> dict:
     """Classify a failure and act on it: the video's is recorded and its lease given back as failed;
     the infrastructure's gives the lease back as pending (or, after MAX_ATTEMPTS, fails the video)."""
     if claimed:
@@ -205,11 +216,11 @@ def fail(session, ctx: RunContext, video: Video, job: Job, stage: str, error: Ba
     cause = describe(error, video.source_uri)
     if not isinstance(error, VIDEO_FAULTS):
         if job.attempts < MAX_ATTEMPTS:
-            repo.release(session, job, ctx.owner, "pending")
+            repo.release(session, job, owner, "pending")
             return result_row(video.key, "pending", started, claimed, cause=f"infrastructure ({stage}): {cause}")
         cause = f"gave up after {job.attempts} attempts: {cause}"
     repo.record_error(session, video, session.get(Run, ctx.run_id), stage, cause)
-    repo.release(session, job, ctx.owner, "failed")
+    repo.release(session, job, owner, "failed")
     return result_row(video.key, "failed", started, claimed, cause=cause)
 
 
@@ -251,8 +262,11 @@ def gpu_slot():
 
 # ---- tasks ---------------------------------------------------------------------------------------------
 @task(**RETRY)
-def list_library(source: str) -> list[ObjectInfo]:
-    return list(open_store(source, single=True).list())
+def list_library(source: str, output: str) -> list[ObjectInfo]:
+    """The library's videos, less any output folder inside it (its scored videos are not sources)."""
+    excluded = library_exclusion(source, output)
+    return [o for o in open_store(source, single=True).list()
+            if excluded is None or not o.key.startswith(excluded)]
 
 
 @task(**RETRY)
@@ -296,11 +310,11 @@ def ensure_gpu_limit(slots: int) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
 
 
-def not_claimed(session, ctx: RunContext, video: Video, model_row: ModelVersion) -> dict:
+def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: ModelVersion) -> dict:
     """Why the lease was not ours: done before (or the same content under another key of this run: it
     gets that output's copy), failed before (and not retried), or leased by another worker."""
     job = repo.job_of(session, video, model_row, repo.settings_hash(ctx.settings))
-    if job.status == "done" or job.owner == ctx.owner:
+    if job.status == "done" or job.owner == owner:
         return result_row(video.key, "skipped")
     if job.status == "failed":
         error = repo.latest_errors(session, [video.id]).get(video.id)
@@ -308,18 +322,44 @@ def not_claimed(session, ctx: RunContext, video: Video, model_row: ModelVersion)
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
 
 
+def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
+    """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off):
+    neither a recorded output nor a scored copy of this content (which another setting may replace)."""
+    out = open_store(ctx.output)
+    if ctx.overwrite or not out.exists(video.key):
+        return None
+    if repo.output_at(session, out.uri(video.key)) or repo.scored_before(session, video.content_hash):
+        return None
+    return out.uri(video.key)
+
+
+def deliverable(video: Video, codec: str) -> None:
+    """A MediaError (the video's fault) unless its scored copy can be written in its own container."""
+    try:
+        check_container(PurePosixPath(video.key), codec)
+    except ValueError as e:
+        raise MediaError(video.source_uri, str(e).split(": ", 1)[-1]) from None
+
+
 @task(cache_policy=NO_CACHE)
 def prepare_video(video_id: int, ctx: RunContext):
     """Lease, download and prepare one video; a row (skipped, failed, ...) when there is nothing to compose."""
     started = time.perf_counter()
+    owner = worker_id()  # this process: a thread of the flow's, or a Dask worker
     with sessions() as session:
         video, model_row = session.get(Video, video_id), session.get(ModelVersion, ctx.model_version_id)
         if interrupted():
             return as_state(result_row(video.key, "pending", cause="the run was interrupted"))
-        job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=ctx.owner,
+        job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=owner,
                          lease_s=ctx.lease_s, retry_failed=ctx.retry_failed)
         if job is None:
-            return as_state(not_claimed(session, ctx, video, model_row))
+            return as_state(not_claimed(session, ctx, owner, video, model_row))
+        taken = foreign_output(session, ctx, video)
+        if taken:  # not the video's fault: it is scored once the file is moved, or with --overwrite
+            cause = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
+            repo.record_error(session, video, session.get(Run, ctx.run_id), "output", cause)
+            repo.release(session, job, owner, "pending")
+            return as_state(result_row(video.key, "failed", started, cause=cause))
         work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
         stage = "download"
         try:
@@ -334,10 +374,11 @@ def prepare_video(video_id: int, ctx: RunContext):
             repo.record_probe(session, video, duration=info.duration, width=info.width, height=info.height,
                               fps=analysis.fps, rotation=info.rotation, audio_streams=info.audio_streams,
                               shots=analysis.shots)
+            deliverable(video, info.codec)
         except Exception as e:
             shutil.rmtree(work, ignore_errors=True)
-            return as_state(fail(session, ctx, video, job, stage, e, started))
-        return ClaimedVideo(video_id, job.id, video.key, video.source_uri, work, prepared, frames, started)
+            return as_state(fail(session, ctx, owner, video, job, stage, e, started))
+        return ClaimedVideo(video_id, job.id, owner, video.key, video.source_uri, work, prepared, frames, started)
 
 
 class Interrupted(Exception):
@@ -361,7 +402,7 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
         if time.monotonic() - last_renewal[0] > ctx.lease_s / 4:
             with sessions() as session:
                 for c in claimed:
-                    repo.renew(session, session.get(Job, c.job_id), ctx.owner, ctx.lease_s)
+                    repo.renew(session, session.get(Job, c.job_id), c.owner, ctx.lease_s)
             last_renewal[0] = time.monotonic()
 
     def run(batch: list[ClaimedVideo]) -> list:
@@ -394,46 +435,50 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
 
 def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception, stage: str = "compose") -> dict:
     with sessions() as session:
-        return fail(session, ctx, session.get(Video, claimed.video_id), session.get(Job, claimed.job_id), stage,
+        return fail(session, ctx, claimed.owner, session.get(Video, claimed.video_id), session.get(Job, claimed.job_id), stage,
                     error, claimed.started, claimed)
 
 
 @task(cache_policy=NO_CACHE)
 def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
     """Normalise, mux, draw the report, upload all three beside each other, record, release."""
+    settings = ctx.score_settings
     with sessions() as session:
         video, job = session.get(Video, claimed.video_id), session.get(Job, claimed.job_id)
         stage = "finish"
         try:
             out_key = PurePosixPath(claimed.key)
-            done = finish(claimed.prepared, track, ctx.sample_rate, claimed.work / "out" / out_key.name,
-                          ctx.score_settings)
-            if not repo.renew(session, job, ctx.owner, ctx.lease_s):  # our lease ran out and another worker has it
+            # named by the video's suffix only: a key may be longer than a file name can be
+            done = finish(claimed.prepared, track, ctx.sample_rate, claimed.work / "out" / f"video{out_key.suffix}",
+                          settings, title=out_key.name)
+            if not repo.renew(session, job, claimed.owner, ctx.lease_s):  # our lease ran out and another worker has it
                 shutil.rmtree(claimed.work, ignore_errors=True)
                 return as_state(result_row(claimed.key, "elsewhere", claimed.started, claimed, cause="lease lost"))
             stage = "upload"
             out = open_store(ctx.output)
-            track_uri = out.upload(done.track, str(out_key.with_suffix(".wav")))
+            track_uri = out.upload(done.track, str(out_key.with_suffix(done.track.suffix)))
             report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
             video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"
         except Exception as e:
-            return as_state(fail(session, ctx, video, job, stage, e, claimed.started, claimed))
-        recorded = repo.complete(session, job, ctx.owner, video, session.get(ModelVersion, ctx.model_version_id),
+            return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
+        recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
                                  session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
                                  report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
-                                 true_peak_dbtp=done.loudness.true_peak_dbtp, seed=ctx.settings.get("seed"),
+                                 true_peak_dbtp=done.loudness.true_peak_dbtp, seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
     shutil.rmtree(claimed.work, ignore_errors=True)
     if recorded is None:  # interrupted meanwhile: the lease went back, the next run records it
         return as_state(result_row(claimed.key, "pending", claimed.started, claimed, cause="the run was interrupted"))
-    return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs)
+    return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs,
+                      note=done.loudness.miss(settings.target_lufs))
 
 
 @task(**RETRY)
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
-    """Skipped videos whose content was scored under another key (the same file twice in a library) get
-    that output's video, track and report under their own key: every video has its scored copy, and
-    the work is done once. Returns the keys copied."""
+    """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
+    or a catalog scored before into another output) get the recorded output's video, track and report
+    under their own key: every video has its scored copy, and the work is done once. Returns the keys
+    copied."""
     copied = []
     out = open_store(ctx.output)
     with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
@@ -442,14 +487,15 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
             video = repo.video_by_key(session, run.catalog_id, key)
             output = repo.done(session, video, model_row, repo.settings_hash(ctx.settings))
             target = PurePosixPath(key)
-            if output is None or output.video_id == video.id or out.exists(str(target)):
+            if output is None or out.exists(str(target)):
                 continue
-            sources = [(output.track_uri, target.with_suffix(".wav")), (output.report_uri, target.with_suffix(".report.png")),
+            sources = [(output.track_uri, target.with_suffix(PurePosixPath(output.track_uri).suffix)),
+                       (output.report_uri, target.with_suffix(".report.png")),
                        (output.video_uri, target)]  # the video last: its presence means "scored"
             for uri, name in sources:
                 if uri:
                     folder, file = uri.rsplit("/", 1)
-                    local = fetch_copy(open_store(folder), file, Path(work) / f"{len(copied)}-{file}")
+                    local = fetch_copy(open_store(folder), file, Path(work) / local_name(uri))
                     out.upload(local, str(name))
             copied.append(key)
     return copied
@@ -467,12 +513,13 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
 
 
 @task(**RETRY)
-def close_run(run_id: int, owner: str, rows: list[dict], status: str, cause: str | None = None) -> None:
-    """Hand back any lease the run still holds (an interruption, an infrastructure stop) and finish
-    the run's row with its counts and status."""
+def close_run(run_id: int, owners: list[str], rows: list[dict], status: str, cause: str | None = None) -> None:
+    """Hand back any lease the run's processes still hold (an interruption, an infrastructure stop) and
+    finish the run's row with its counts and status."""
     counts = status_counts(rows)
     with sessions() as session:
-        repo.release_owner(session, owner)
+        for owner in owners:
+            repo.release_owner(session, owner)
         repo.finish_run(session, session.get(Run, run_id), status, counts["scored"], counts["skipped"],
                         counts["failed"], counts["failed_earlier"], cause)
 
@@ -495,36 +542,41 @@ def _outcome(future_or_state, key: str) -> object:
 
 
 @flow(name="score-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4))
-def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "continue", seed: int | None = 0,
-                  catalog_name: str | None = None, retry_failed: bool = False, lease_s: float = 900,
-                  batch_videos: int = 4, gpu_slots: int = 1) -> dict:
+def score_catalog(source: str, output: str, model: str = "tiny", settings: dict | None = None,
+                  catalog_name: str | None = None, retry_failed: bool = False, overwrite: bool = False,
+                  lease_s: float = 900, batch_videos: int = 4, gpu_slots: int = 1) -> dict:
     """Score the videos of `source` (a folder, one video, or s3://bucket/prefix) into `output`.
 
+    `settings`: gvmgen.settings.ScoreSettings as a mapping (its to_dict(); keys left out take their
+    defaults), e.g. {"target_lufs": -23, "generation": {"seed": 7}}. The run records it whole, and a
+    video is scored again when any of it changes. `output` may lie inside the library (it is left out
+    of the listing) but may not be the library. `overwrite`: replace files in `output` that no run
+    wrote (else such a video fails with the file named).
     `batch_videos`: at most this many ready videos share the model's batches (and twice as many are
     prepared ahead). `lease_s`: how long a worker's claim on a video lasts; a crashed worker's videos
     are taken again once it runs out. `gpu_slots`: the size of the `gpu` limit when it is first made.
     Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
     and another exception when the infrastructure stopped the run.
     """
-    preflight(source, output, model, seed, batch_videos, lease_s)
+    settings = preflight(source, output, model, settings, batch_videos, lease_s).to_dict()
     interrupt(False)
 
-    settings = asdict(GenerationSettings(stitch=stitch, seed=seed))
     catalog_name = catalog_name or source
-    video_ids = register_videos(source, catalog_name, list_library(source))
-    parameters = {"source": source, "output": output, "model": model, "stitch": stitch, "seed": seed}
+    video_ids = register_videos(source, catalog_name, list_library(source, output))
+    parameters = {"source": source, "output": output, "model": model, "settings": settings}
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
                                         owner)
     ensure_gpu_limit(gpu_slots)
     config = cached_model(model).config
     media_elsewhere = not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)  # Dask, say
-    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, lease_s, owner,
-                     config.sample_rate, config.image_size if media_elsewhere else None)
+    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, overwrite, lease_s,
+                     owner, config.sample_rate, config.image_size if media_elsewhere else None)
 
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
+    owners = {owner}             # the processes holding leases for the run (Dask workers prepare apart)
 
     def handled(row: dict) -> None:
         rows.append(row)
@@ -553,6 +605,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
             for result in (_outcome(f, video_of[f]) for f in ready):
                 if isinstance(result, ClaimedVideo):
                     claimed.append(result)
+                    owners.add(result.owner)
                 else:
                     handled(result)
             if claimed and stopped_by:  # not composed: close_run hands their leases back
@@ -578,14 +631,14 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
         interrupt()
         signal = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         try:
-            close_run.fn(run_id, owner, rows, "interrupted" if signal else "failed",
+            close_run.fn(run_id, sorted(owners), rows, "interrupted" if signal else "failed",
                          "interrupted (SIGTERM or Ctrl-C)" if signal else describe(e, source))
         except Exception:  # the database is gone too: the leases run out on their own
             pass
         raise
 
     if stopped_by:
-        close_run(run_id, owner, rows, "failed", stopped_by[0])
+        close_run(run_id, sorted(owners), rows, "failed", stopped_by[0])
         left = sum(COUNTED[r["status"]] == "pending" for r in rows) + (len(video_ids) - len(rows))
         _publish(run_id, rows)
         raise InfrastructureError(f"{stopped_by[0]}; the run stopped, {left} video(s) left pending for the next run")
@@ -596,11 +649,13 @@ def score_catalog(source: str, output: str, model: str = "tiny", stitch: str = "
             row["status"] = "copied"
     counts = status_counts(rows)
     failed = counts["failed"] + counts["failed_earlier"]
-    close_run(run_id, owner, rows, "failed" if failed else "completed")
+    close_run(run_id, sorted(owners), rows, "failed" if failed else "completed")
     _publish(run_id, rows)
+    ordered = sorted(rows, key=lambda r: r["video"])
     summary = {"run": run_id, **counts,
                "failures": [{"video": r["video"], "status": r["status"], "cause": r["cause"]}
-                            for r in sorted(rows, key=lambda r: r["video"]) if r["status"] in ("failed", "failed earlier")]}
+                            for r in ordered if r["status"] in ("failed", "failed earlier")],
+               "notes": [{"video": r["video"], "note": r["note"]} for r in ordered if r.get("note")]}
     if failed:
         message = f"{failed} of {len(video_ids)} videos failed (see the failures artifact)"
         return Failed(message=message, data=VideosFailed(message, summary))

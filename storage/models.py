@@ -109,7 +109,8 @@ class Job(Base):
 
 class Output(Base):
     __tablename__ = "outputs"
-    __table_args__ = (UniqueConstraint("content_hash", "model_version_id", "settings_hash"),)
+    __table_args__ = (UniqueConstraint("content_hash", "model_version_id", "settings_hash"),
+                      Index("ix_outputs_video_uri", "video_uri"))
     id: Mapped[int] = mapped_column(primary_key=True)
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
@@ -124,6 +125,7 @@ class Output(Base):
     windows: Mapped[list | None] = mapped_column(JSON)           # [[start, end], ...] seconds, as generated
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     true_peak_dbtp: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(128))      # host:pid of the process that held the lease
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

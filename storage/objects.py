@@ -133,7 +133,6 @@ class LocalStore:
         target = self.path(key)
         with atomic_path(target) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
-            raise
         return self.uri(key)
 
 
@@ -238,6 +237,30 @@ def fetch_copy(store: Store, key: str, target: Path) -> Path:
             got = Path(staging) / "copy"
         got.replace(target)
     return target
+
+
+def _location(store: Store) -> tuple[str, PurePosixPath]:
+    """Where a store's objects live: (the filesystem or bucket, the folder or prefix)."""
+    if isinstance(store, LocalStore):
+        return "file", PurePosixPath(store.root.as_posix())
+    return f"s3://{store.bucket}", PurePosixPath("/", store.prefix)
+
+
+def library_exclusion(source: str, output: str) -> str | None:
+    """The key prefix to leave out of the library's listing because the output lies inside it (its
+    scored videos are not sources), or None. An output that is the library itself, or the folder of a
+    single video given as the library, would replace the sources: ValueError, naming both."""
+    library, out = open_store(source, single=True), open_store(output)
+    (where, root), (out_where, out_root) = _location(library), _location(out)
+    if where != out_where or not out_root.is_relative_to(root):
+        return None
+    if out_root == root and library.only:
+        raise ValueError(f"{output}: is the folder of {source}: the scored video would replace it "
+                         f"(choose another output folder)")
+    if out_root == root:
+        raise ValueError(f"{output}: is the library itself: scored videos would replace its videos "
+                         f"(choose another output folder; one inside the library is left out of its listing)")
+    return None if library.only else f"{out_root.relative_to(root).as_posix()}/"
 
 
 def open_store(uri: str | Path, single: bool = False) -> Store:

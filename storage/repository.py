@@ -193,7 +193,7 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
     output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
                     model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
-                    true_peak_dbtp=true_peak_dbtp, windows=windows, created_at=utcnow())
+                    true_peak_dbtp=true_peak_dbtp, windows=windows, worker=owner, created_at=utcnow())
     session.add(output)
     held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
                            .values(owner=None, lease_expires_at=None, status="done")).rowcount
@@ -202,6 +202,16 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
         return None
     session.commit()
     return output
+
+
+def output_at(session: Session, video_uri: str) -> Output | None:
+    """The recorded output whose scored video is at `video_uri`, if any run wrote one there."""
+    return session.scalar(select(Output).where(Output.video_uri == video_uri).limit(1))
+
+
+def scored_before(session: Session, content_hash: str) -> bool:
+    """Whether any run scored this content (with any model or settings)."""
+    return session.scalar(select(Output.id).where(Output.content_hash == content_hash).limit(1)) is not None
 
 
 def record_error(session: Session, video: Video, run: Run | None, stage: str, cause: str) -> VideoError:
