@@ -61,8 +61,8 @@ def _fraction(text: str | None) -> Fraction | None:
 
 
 def _clock(text: str | None) -> float | None:
-    """Matroska's per-stream "DURATION" tag, "00:01:02.500000000" -> 62.5 (the stream's own length,
-    where the format's would include a longer audio track)."""
+    """Matroska's per-stream "DURATION" tag, "00:01:02.500000000" -> 62.5: the stream's own end (the
+    format's would include a longer audio track)."""
     try:
         h, m, sec = (text or "").split(":")
         return int(h) * 3600 + int(m) * 60 + float(sec)
@@ -92,7 +92,9 @@ def probe(path: Path) -> VideoInfo:
     if not video:
         raise MediaError(path, "has no video stream")
     v, fmt = video[0], data.get("format", {})
-    duration = float(v.get("duration") or _clock(v.get("tags", {}).get("DURATION")) or fmt.get("duration") or 0)
+    start = float(v.get("start_time") or 0)
+    tagged_end = _clock(v.get("tags", {}).get("DURATION"))  # Matroska: where the stream ends, not its length
+    duration = float(v.get("duration") or (tagged_end and tagged_end - start) or fmt.get("duration") or 0)
     if duration <= 0:
         raise MediaError(path, "the video stream has no duration")
     rotation = _rotation(v)
@@ -101,7 +103,7 @@ def probe(path: Path) -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(
-        path=path, duration=duration, start=float(v.get("start_time") or 0),
+        path=path, duration=duration, start=start,
         format_start=float(fmt.get("start_time") or 0), width=width, height=height,
         rotation=rotation, sar=f"{sar.numerator}:{sar.denominator}", nominal_fps=float(_fraction(v.get("avg_frame_rate")) or 0),
         codec=v.get("codec_name", "?"), audio_streams=sum(s.get("codec_type") == "audio" for s in streams),

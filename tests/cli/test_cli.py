@@ -114,4 +114,15 @@ def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):
     log = (Path(os.environ["GVMGEN_HOME"]) / "logs" / "prefect.log").read_text()
     assert "distributed.scheduler" in log and "distributed" not in result.stderr   # a real Dask scheduler ran
     # the tasks, and its logs, like Prefect's, went to the log file rather than into the terminal
-    assert sorted(p.name for p in (tmp_path / "scored").iterdir()) == ["counter.mp4", "counter.report.png", "counter.wav"]
+    assert sorted(p.name for p in (tmp_path / "scored").iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
+    # the lease was taken, and the output recorded, by the Dask worker process that did the media work
+    from sqlalchemy import select
+
+    from storage.db import connect
+    from storage.models import Output, Run
+
+    with connect()() as session:
+        (output,) = session.scalars(select(Output)).all()
+        run = session.get(Run, output.run_id)
+    host, pid = output.worker.rsplit(":", 1)
+    assert run.worker != output.worker and int(pid) != int(run.worker.rsplit(":", 1)[1])

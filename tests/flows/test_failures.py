@@ -124,7 +124,7 @@ def test_an_unsafe_key_in_a_listing_fails_alone(prefect_engine, fixtures, monkey
     (failure,) = summary["failures"]
     assert failure["video"] == "../escape.mp4" and "outside the store" in failure["cause"]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="scored/")["Contents"])
-    assert keys == ["scored/counter.mp4", "scored/counter.report.png", "scored/counter.wav"]
+    assert keys == ["scored/counter.flac", "scored/counter.mp4", "scored/counter.report.png"]
 
 
 @pytest.mark.slow

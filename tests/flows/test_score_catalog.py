@@ -59,8 +59,8 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
         score_catalog(source, output, model="tiny")
     first = failed.value.summary
     assert (first["scored"], first["failed"], first["skipped"]) == (2, 2, 0)
-    assert outputs() == ["counter.mp4", "counter.report.png", "counter.wav",
-                         "nested/delayed.mp4", "nested/delayed.report.png", "nested/delayed.wav"]
+    assert outputs() == ["counter.flac", "counter.mp4", "counter.report.png",
+                         "nested/delayed.flac", "nested/delayed.mp4", "nested/delayed.report.png"]
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 2
         causes = {e.cause for e in session.scalars(select(VideoError))}
@@ -93,10 +93,10 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     (library / "copies" / "counter.mp4").write_bytes(data)
     summary = score_catalog(str(library), str(out), model="tiny")
     assert (summary["scored"], summary["skipped"], summary["failed"]) == (1, 1, 0)
-    names = ["counter.mp4", "counter.report.png", "counter.wav"]
+    names = ["counter.flac", "counter.mp4", "counter.report.png"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
         sorted(names + [f"copies/{n}" for n in names])
-    assert (out / "counter.wav").read_bytes() == (out / "copies" / "counter.wav").read_bytes()
+    assert (out / "counter.flac").read_bytes() == (out / "copies" / "counter.flac").read_bytes()
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 1
     rows = json.loads(_latest_artifact("score-catalog-results").data)
