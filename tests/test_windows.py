@@ -95,7 +95,8 @@ def test_a_cut_on_the_seam_keeps_it_there_even_with_cuts_before_it():
 def test_a_seam_never_moves_forward_to_a_cut_after_it():
     """Planted bug: snapping to a cut after the nominal seam, so a window grows past the window length."""
     nominal = plan_windows(4000, window=1500, overlap=600)
-    windows = plan_windows(4000, window=1500, overlap=600, cuts=[1010, 1250], snap=200)  # seam 1200: 190 before, 50 after
+    # the nominal seam is at 1200: one cut 190 frames before it, one 50 after
+    windows = plan_windows(4000, window=1500, overlap=600, cuts=[1010, 1250], snap=200)
     assert all(w.end - w.start <= 1500 for w in windows)
     assert all(s <= n for s, n in zip(_seams(windows), _seams(nominal)))
     assert _seams(windows)[0] == 1010
@@ -104,10 +105,9 @@ def test_a_seam_never_moves_forward_to_a_cut_after_it():
 
 def test_an_odd_overlap_keeps_whole_frames_around_a_snapped_seam():
     """overlap 5: the seam at a cut c joins a window ending at c + 3 to one starting at c - 2."""
-    assert _spans(plan_windows(30, window=10, overlap=5, cuts=[6], snap=3)) == [(0, 9), (4, 14), (9, 19), (14, 24),
-                                                                                (19, 29), (24, 30)]
-    assert all(isinstance(x, int) for w in plan_windows(30, window=10, overlap=5, cuts=[6], snap=3)
-               for x in (w.start, w.end))
+    windows = plan_windows(30, window=10, overlap=5, cuts=[6], snap=3)
+    assert _spans(windows) == [(0, 9), (4, 14), (9, 19), (14, 24), (19, 29), (24, 30)]
+    assert all(isinstance(x, int) for w in windows for x in (w.start, w.end))
 
 
 def test_a_cut_that_would_stop_the_windows_advancing_is_ignored():
@@ -121,6 +121,6 @@ def test_plan_snaps_to_a_cut_given_in_seconds(tiny_model):
     gen = MusicGenerator(tiny_model, GenerationSettings(stitch="continue", window_s=30, overlap_s=12, cut_snap_s=4))
     video = VisualTokens(torch.zeros(0, 64), torch.zeros(0), duration=70.0, cuts=[22.5])  # the nominal seam: 24 s
     windows = gen.plan(video)
-    assert [s / 50 for s in _seams(windows)][0] == 22.5
+    assert _seams(windows)[0] / 50 == 22.5
     assert _spans(windows)[0] == (0, round((22.5 + 6) * 50))
     assert windows[-1].end == 70 * 50
