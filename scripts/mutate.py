@@ -72,6 +72,9 @@ def score(target: Target) -> tuple[int, int, list[str]]:
 
     data = SourceFileMutationData(path=target.path)
     data.load()
+    for pattern in target.patterns:  # a misspelt function would silently count for nothing
+        if not any(fnmatch(name, pattern) for name in data.exit_code_by_key):
+            sys.exit(f"{target.name}: no mutants named {pattern} in {target.path}")
     mine = {name: status_by_exit_code[code] for name, code in data.exit_code_by_key.items()
             if any(fnmatch(name, p) for p in target.patterns)}
     survivors = sorted(name for name, status in mine.items() if status not in DETECTED)

@@ -6,7 +6,7 @@ import torch
 
 from gvmgen.model import GVMGen, preset
 from gvmgen.model.decoding import SPAN_STEP, StaticDecoder, batch_bucket
-from gvmgen.model.delay import delay, delayed_valid_mask, undelay
+from gvmgen.model.delay import delay
 
 
 def test_every_stage_has_the_documented_shape(tiny_model):
