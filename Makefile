@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` (the main job on a sample catalog) and `make test`.
-.PHONY: demo test test-fast bench bench-gpu clean
+.PHONY: demo test test-fast mutate bench bench-gpu clean
 
 .venv/.installed: pyproject.toml scripts/bootstrap.sh
 	./scripts/bootstrap.sh
@@ -12,6 +12,10 @@ test: .venv/.installed
 
 test-fast: .venv/.installed
 	.venv/bin/python -m pytest -q -m "not slow"
+
+# mutation testing of the core modules (scripts/mutate.py lists them); the last line: RESULT mutation_score_min=...
+mutate: .venv/.installed
+	.venv/bin/python scripts/mutate.py
 
 bench: .venv/.installed
 	.venv/bin/python bench/extraction.py

@@ -20,10 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .media.audio import stitch
+from .media.stitching import stitch
 from .model.decoding import Sampling, batch_bucket
 from .model.delay import delay, undelay
 from .model.gvmgen import GVMGen
+from .windows import Window, plan_windows
 
 STITCH_MODES = ("continue", "parallel")
 DEFAULT_OVERLAP_S = {"continue": 12.0, "parallel": 4.0}
@@ -60,34 +61,6 @@ class VisualTokens:
     times: torch.Tensor             # (N,) seconds from the start of the video
     duration: float                 # seconds
     cuts: list[float] = field(default_factory=list)  # shot-cut times, seconds
-
-
-@dataclass(frozen=True)
-class Window:
-    start: int   # codec frames
-    end: int
-    prompt: int  # leading frames repeated from the previous window (continue mode), else 0
-
-
-def plan_windows(num_frames: int, window: int, overlap: int, cuts: list[int] = (), snap: int = 0,
-                 prompted: bool = False) -> list[Window]:
-    """Cover [0, num_frames) with windows of at most `window` frames overlapping by `overlap`.
-
-    The seam between two windows is the middle of their overlap; when a cut lies up to `snap` frames
-    before the nominal seam, the seam moves to the cut (never later: a window cannot grow).
-    """
-    windows, start, half = [], 0, overlap // 2
-    cuts = sorted(cuts)
-    while start + window < num_frames:
-        seam = start + window - (overlap - half)
-        near = [c for c in cuts if seam - snap <= c <= seam and c - half > start]
-        if near:
-            seam = near[-1]
-        end = seam + (overlap - half)
-        windows.append(Window(start, end, overlap if prompted and windows else 0))
-        start = seam - half
-    windows.append(Window(start, num_frames, overlap if prompted and windows else 0))
-    return windows
 
 
 class MusicGenerator:

@@ -1,10 +1,10 @@
-"""Windowed generation: window planning, conditioning per window, guidance, exact lengths."""
+"""Windowed generation: conditioning per window, guidance, exact lengths (the planning: test_windows.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens, Window, plan_windows
+from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
 from gvmgen.model.delay import delay, undelay
 
 
@@ -12,27 +12,6 @@ def _video(duration, d=64, seed=0, cuts=()):
     n = int(np.ceil(duration))
     g = torch.Generator().manual_seed(seed)
     return VisualTokens(torch.randn(n, d, generator=g), torch.arange(n, dtype=torch.float64), float(duration), list(cuts))
-
-
-def test_short_video_is_one_window():
-    assert plan_windows(250, window=1500, overlap=600) == [Window(0, 250, 0)]
-
-
-@pytest.mark.parametrize("prompted", [False, True])
-def test_windows_cover_the_video_and_overlap_by_the_overlap(prompted):
-    windows = plan_windows(15050, window=1500, overlap=600, prompted=prompted)
-    assert windows[0].start == 0 and windows[-1].end == 15050
-    assert all(w.end - w.start <= 1500 for w in windows)
-    assert all(a.end - b.start == 600 for a, b in zip(windows, windows[1:]))
-    assert [w.prompt for w in windows] == [0] + [600 if prompted else 0] * (len(windows) - 1)
-
-
-def test_a_seam_near_a_cut_moves_to_the_cut_and_a_far_cut_is_ignored():
-    nominal = plan_windows(4000, window=1500, overlap=600)
-    seam = (nominal[0].end + nominal[1].start) // 2
-    moved = plan_windows(4000, window=1500, overlap=600, cuts=[seam - 150], snap=200)
-    assert (moved[0].end + moved[1].start) // 2 == seam - 150
-    assert plan_windows(4000, window=1500, overlap=600, cuts=[seam - 300], snap=200) == nominal
 
 
 def test_each_window_is_conditioned_on_the_frames_of_its_own_span_only(tiny_model):

@@ -1,4 +1,4 @@
-"""Shapes of every stage, the delay pattern, cached decoding, guidance and the parameter count."""
+"""Shapes of every stage, cached decoding, guidance and the parameter count (the delay pattern: test_delay.py)."""
 
 from dataclasses import replace
 
@@ -6,7 +6,7 @@ import torch
 
 from gvmgen.model import GVMGen, preset
 from gvmgen.model.decoding import SPAN_STEP, StaticDecoder, batch_bucket
-from gvmgen.model.delay import delay, delayed_valid_mask, undelay
+from gvmgen.model.delay import delay
 
 
 def test_every_stage_has_the_documented_shape(tiny_model):
@@ -31,16 +31,6 @@ def test_frame_tokens_do_not_depend_on_batching(tiny_model):
     frames = torch.randint(0, 256, (9, 32, 32, 3), dtype=torch.uint8)
     torch.testing.assert_close(tiny_model.encode_video_frames(frames, batch_size=2),
                                tiny_model.encode_video_frames(frames, batch_size=9), atol=1e-5, rtol=1e-5)
-
-
-def test_delay_pattern_round_trips_and_pads():
-    codes = torch.randint(0, 2048, (3, 4, 11))
-    delayed = delay(codes, pad=2048)
-    assert delayed.shape == (3, 4, 14)
-    assert torch.equal(undelay(delayed), codes)
-    valid = delayed_valid_mask(4, 11)
-    assert torch.all(delayed[:, ~valid] == 2048) and torch.all(delayed[:, valid] < 2048)
-    assert torch.equal(delayed[:, 2, 2:13], codes[:, 2])  # codebook k starts k steps late
 
 
 def test_static_decoding_matches_the_transformers_forward(tiny_model):
