@@ -1,5 +1,6 @@
 """Every expected error of the command line is one line naming the input and the cause, exit status 2,
-no traceback; --debug brings the traceback back. Nothing is recorded for a usage error."""
+no traceback; --debug brings the traceback back. Nothing is recorded for a usage error. The cases run
+the command line's entry point in this process (cheap); one runs it in a new process, as a shell does."""
 
 import os
 import subprocess
@@ -29,24 +30,61 @@ CASES = {
     "an output that is a file": (["score", "library", "--out", VIDEO], "counter.mp4: exists and is not a folder"),
     "a model that does not exist": (["score", "library", "--out", "out", "--model", "nosuch"], "model 'nosuch'"),
     "an unreachable PostgreSQL": (["runs", "list"], "database is unreachable"),
+    "a loudness target out of range": (["score", "library", "--out", "out", "--loudness", "+10"],
+                                       "the loudness target must lie between -40 and -5 LUFS, got 10"),
+    "an output that is the library": (["score", "library", "--out", "library"], "library: is the library itself"),
+    "an output in no video container": (["generate", VIDEO, "-o", "out.wav"], "out.wav: not a video container"),
+    "a WebM output for H.264 video": (["generate", VIDEO, "-o", "out.webm"], "WebM cannot hold h264 video"),
+    "an output that exists": (["generate", VIDEO, "-o", VIDEO.replace("video/counter", "video/fades")],
+                              "fades.mp4: exists (--overwrite replaces it)"),
+    "a truncated video": (["generate", "truncated.mp4", "-o", "out.mp4"], "truncated.mp4: truncated: 0.2 s of 4.0 s decodable"),
 }
 
 
+def _truncated(path):
+    whole = path.with_name("whole.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=4", "-c:v", "libx264",
+                    "-movflags", "+faststart", str(whole)], check=True)
+    path.write_bytes(whole.read_bytes()[:whole.stat().st_size * 30 // 100])
+
+
+def test_outputs_never_replace_their_inputs(fixtures, tmp_path, run_cli):
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in ("counter.mp4", "fades.mp4"):
+        (library / name).write_bytes((fixtures / "video" / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in library.iterdir()}
+    video = library / "counter.mp4"
+    for args in (["generate", video, "-o", video], ["generate", video, "-o", video, "--overwrite"],
+                 ["score", library, "--out", library], ["score", video, "--out", library]):
+        code, _, err = run_cli(*args, cwd=tmp_path)
+        assert code == 2 and "would replace" in err or "would overwrite" in err, (args, err)
+    assert {p.name: p.read_bytes() for p in library.iterdir()} == before  # byte for byte, and nothing added
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_an_expected_error_is_one_line_and_exit_2(case, fixtures, tmp_path):
+def test_an_expected_error_is_one_line_and_exit_2(case, fixtures, tmp_path, run_cli, monkeypatch):
     args, cause = CASES[case]
     (tmp_path / "library").mkdir()
     (tmp_path / "library" / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
-    env = {"PREFECT_HOME": str(tmp_path / "prefect")}
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    if case == "a truncated video":  # a faststart MP4 cut to its first 30%: the container still says 4 s
+        _truncated(tmp_path / "truncated.mp4")
     if case == "an unreachable PostgreSQL":
-        env["GVMGEN_DATABASE_URL"] = "postgresql+psycopg://gvmgen:secret-password@127.0.0.1:1/gvmgen"
-    result = _gvmgen(*[a.format(fixtures=fixtures) for a in args], env=env, cwd=tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and cause in lines[0], result.stderr
-    assert "Traceback" not in result.stdout + result.stderr and "secret-password" not in result.stderr
+        monkeypatch.setenv("GVMGEN_DATABASE_URL", "postgresql+psycopg://gvmgen:secret-password@127.0.0.1:1/gvmgen")
+    code, out, err = run_cli(*[a.format(fixtures=fixtures) for a in args], cwd=tmp_path)
+    assert code == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and cause in lines[0], err
+    assert "Traceback" not in out + err and "secret-password" not in err
     if args[0] == "score":  # a usage error costs nothing: no run row left behind
-        assert "running" not in _gvmgen("runs", "list", "--json", cwd=tmp_path).stdout
+        assert "running" not in run_cli("runs", "list", "--json", cwd=tmp_path)[1]
+
+
+def test_an_error_in_a_new_process_is_one_line_too(tmp_path):
+    """The same contract end to end, once, as a user's shell sees it."""
+    result = _gvmgen("runs", "show", "999", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: no run 999 (gvmgen runs list shows them)"
 
 
 def test_debug_shows_the_traceback(tmp_path):
