@@ -51,6 +51,9 @@ TARGETS = [
     Target("leases", "storage/repository.py", ("tests/storage/test_leases.py", "tests/storage/test_db.py"),
            ("_job", "claim", "job_of", "renew", "release", "release_owner", "complete")),
     Target("delay", "gvmgen/model/delay.py", ("tests/model/test_delay.py",)),
+    Target("frames", "gvmgen/media/frames.py", ("tests/media/test_frames.py",), ("frame_timing",)),
+    Target("settings", "gvmgen/settings.py", ("tests/test_settings.py",)),
+    Target("settings-hash", "storage/repository.py", ("tests/test_settings.py",), ("settings_hash",)),
 ]
 
 
@@ -96,7 +99,7 @@ def main(names: list[str]) -> int:
         detected, total, survivors = score(target)
         percent = 100.0 * detected / total if total else 0.0
         lowest = min(lowest, percent)
-        lines.append(f"{target.name:<10} {target.path:<26} {detected:>4} / {total:<4} killed  {percent:5.1f}%")
+        lines.append(f"{target.name:<13} {target.path:<26} {detected:>4} / {total:<4} killed  {percent:5.1f}%")
         for name in survivors:
             known = re.search(rf"\b{re.escape(name)}\b", explained)
             print(f"    {name:<60} {'explained in tests/MUTANTS.md' if known else 'NEW: kill it or explain it'}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +19,17 @@ def _gvmgen(*args, **kw):
 
 @pytest.mark.slow
 def test_generate_writes_a_playable_video_whose_music_lasts_as_long_as_the_picture(fixtures, tmp_path):
-    video = fixtures / "video" / "testvideo.mp4"
-    result = _gvmgen("generate", video, "-o", tmp_path / "out.mp4", "--model", "tiny", "--seed", "3", "--json")
+    video = tmp_path / "-x.mp4"  # a name ffmpeg would take for an option, given as ./-x.mp4
+    video.write_bytes((fixtures / "video" / "testvideo.mp4").read_bytes())
+    result = _gvmgen("generate", "./-x.mp4", "-o", "./-out.mp4", "--model", "tiny", "--seed", "3", "--json",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["video"] == str(tmp_path / "out.mp4") and summary["windows"] == 1
-    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-f", "null", "-"],
+    assert summary["video"] == "-out.mp4" and summary["windows"] == 1
+    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "-out.mp4"), "-f", "null", "-"],
                             capture_output=True, text=True)
     assert decode.returncode == 0 and decode.stderr == ""
-    track, rate = read_track(tmp_path / "out.flac")
+    track, rate = read_track(tmp_path / "-out.flac")
     assert rate == 48000 and track.shape[1] == 2 and abs(len(track) / rate - probe(video).duration) <= 0.02
     assert summary["shots"] == 4 and abs(summary["loudness_lufs"] + 14) <= 0.5 and summary["true_peak_dbtp"] <= -1
 
@@ -49,25 +52,48 @@ def test_inspect_prints_what_the_pipeline_sees(fixtures):
     assert len(report["frames"]) == 24 and report["frames"][1]["shot"] == 1 and 1.001 <= report["frames"][1]["t"] < 2
 
 
+def _ebur128(path) -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) of the file's audio, as ffmpeg's own meter reads them."""
+    log = subprocess.run(["ffmpeg", "-hide_banner", "-nostats", "-i", str(path), "-map", "0:a:0", "-af",
+                          "ebur128=peak=true", "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
+    summary = log[log.rindex("Summary:"):]
+    return (float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1)),
+            float(re.search(r"Peak:\s+(-?[\d.]+) dBFS", summary).group(1)))
+
+
 @pytest.mark.slow
-def test_score_runs_the_catalog_flow_and_exits_1_when_a_video_failed(fixtures, tmp_path):
+def test_score_delivers_at_the_loudness_asked_and_rescores_when_a_setting_changes(fixtures, tmp_path):
     import shutil
 
-    library = tmp_path / "library"
+    library, scored = tmp_path / "library", tmp_path / "scored"
     library.mkdir()
     shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
     (library / "broken.mp4").write_text("not a video")
-    env = {**__import__("os").environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    result = _gvmgen("score", library, "--out", tmp_path / "scored", "--json", env=env)
-    assert result.returncode == 1, result.stderr
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    run = lambda *args: _gvmgen(*args, env=env, preexec_fn=lambda: os.umask(0o022))
+    result = run("score", library, "--out", scored, "--loudness", "-23", "--json")
+    assert result.returncode == 1, result.stderr             # a video failed
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["scored"], summary["failed"]) == (1, 1)
-    assert (tmp_path / "scored" / "counter.mp4").is_file()
+    integrated, peak = _ebur128(scored / "counter.mp4")
+    assert abs(integrated + 23) <= 0.5 and peak <= -1.0
+    audio = [s for s in json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json",
+                                                   str(scored / "counter.mp4")], capture_output=True, text=True,
+                                                  check=True).stdout)["streams"] if s["codec_type"] == "audio"]
+    assert [(a["sample_rate"], a["channels"]) for a in audio] == [("48000", 2)]
+    assert {p.name: p.stat().st_mode & 0o777 for p in scored.iterdir()} == {
+        "counter.mp4": 0o644, "counter.flac": 0o644, "counter.report.png": 0o644}
+    first = (scored / "counter.mp4").stat().st_mtime_ns
 
-    retry = _gvmgen("retry-failed", str(summary["run"]), env=env)       # the broken file is tried again
+    retry = run("retry-failed", str(summary["run"]))          # the broken file is tried again, the rest skipped
     assert retry.returncode == 1, retry.stderr
-    latest = json.loads(_gvmgen("runs", "list", "--json", env=env).stdout)[0]
+    latest = json.loads(run("runs", "list", "--json").stdout)[0]
     assert (latest["scored"], latest["skipped"], latest["failed"]) == (0, 1, 1)
+    assert (scored / "counter.mp4").stat().st_mtime_ns == first
+
+    louder = run("score", library, "--out", scored, "--loudness", "-14", "--json")  # another setting: scored again
+    assert json.loads(louder.stdout.strip().splitlines()[-1])["scored"] == 1, louder.stderr
+    assert abs(_ebur128(scored / "counter.mp4")[0] + 14) <= 0.5
 
 
 def test_runs_and_videos_are_listed_from_the_database(tmp_path):

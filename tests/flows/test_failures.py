@@ -108,7 +108,7 @@ def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen,
 
 
 @pytest.mark.slow
-def test_an_unsafe_key_in_a_listing_fails_alone(prefect_engine, fixtures, monkeypatch, s3_endpoint, bucket):
+def test_an_unsafe_key_fails_alone_and_a_300_character_name_is_scored(prefect_engine, fixtures, monkeypatch, s3_endpoint, bucket):
     import boto3
 
     from flows.score_catalog import VideosFailed, score_catalog
@@ -117,14 +117,17 @@ def test_an_unsafe_key_in_a_listing_fails_alone(prefect_engine, fixtures, monkey
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.put_object(Bucket=bucket, Key="library/counter.mp4", Body=(fixtures / "video" / "counter.mp4").read_bytes())
     client.put_object(Bucket=bucket, Key="library/../escape.mp4", Body=(fixtures / "video" / "fades.mp4").read_bytes())
+    long = "l" * 296  # a 300-character file name: longer than a local file name may be
+    client.put_object(Bucket=bucket, Key=f"library/{long}.mp4", Body=(fixtures / "video" / "delayed_start.mp4").read_bytes())
     with pytest.raises(VideosFailed) as failed:
         score_catalog(f"s3://{bucket}/library", f"s3://{bucket}/scored", model="tiny")
     summary = failed.value.summary
-    assert (summary["scored"], summary["failed"]) == (1, 1)
+    assert (summary["scored"], summary["failed"]) == (2, 1)
     (failure,) = summary["failures"]
     assert failure["video"] == "../escape.mp4" and "outside the store" in failure["cause"]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="scored/")["Contents"])
-    assert keys == ["scored/counter.flac", "scored/counter.mp4", "scored/counter.report.png"]
+    assert keys == ["scored/counter.flac", "scored/counter.mp4", "scored/counter.report.png",
+                    f"scored/{long}.flac", f"scored/{long}.mp4", f"scored/{long}.report.png"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gvmgen.media.frames import ShotDetection, analyse
+from gvmgen.media.frames import ShotDetection, analyse, frame_timing
 from gvmgen.media.probe import MediaError, probe
 
 
@@ -151,3 +151,36 @@ def test_two_hours_stream_through_in_chunks(make_video):
     largest = []
     analysis = analyse(video, size=16, chunk=64, on_frames=lambda im, fr: largest.append(len(fr)))
     assert len(_per_second(analysis)) == 7200 and max(largest) <= 64
+
+
+def test_frame_timing_of_constant_rate_video():
+    times = [i / 25 for i in range(100)]
+    fps, vfr, duration = frame_timing(times, nominal_fps=25.0)
+    assert fps == pytest.approx(25.0) and not vfr and duration == pytest.approx(4.0)
+
+
+def test_frame_timing_of_a_millisecond_time_base_is_still_constant_rate():
+    times = [round(i * 1001 / 60000, 3) for i in range(120)]  # 59.94 fps in MKV: 16 and 17 ms steps
+    fps, vfr, duration = frame_timing(times, nominal_fps=59.94)
+    assert fps == pytest.approx(59.94, rel=1e-3) and not vfr and duration == pytest.approx(times[-1] + 0.017)
+
+
+def test_frame_timing_of_variable_rate_video():
+    times = [i / 30 for i in range(30)] + [1 + i / 5 for i in range(10)]
+    fps, vfr, duration = frame_timing(times, nominal_fps=0.0)
+    assert vfr and fps == pytest.approx(39 / times[-1]) and duration == pytest.approx(times[-1] + 1 / 30)
+
+
+@pytest.mark.parametrize("nominal, length", [(30.0, 1 / 30), (0.0, 1 / 25)])
+def test_a_single_frame_lasts_one_nominal_frame(nominal, length):
+    assert frame_timing([0.0], nominal) == (pytest.approx(1 / length), False, pytest.approx(length))
+
+
+def test_a_truncated_file_is_refused_with_what_could_be_decoded(make_video, tmp_path):
+    whole = make_video("whole.mp4", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=4", "-c:v", "libx264",
+                       "-movflags", "+faststart")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 30 // 100])
+    with pytest.raises(MediaError, match=r"cut.mp4: truncated: 0\.\d s of 4\.0 s decodable"):
+        analyse(cut, size=32)
+    assert analyse(whole, size=32).duration == pytest.approx(4.0)

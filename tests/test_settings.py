@@ -1,0 +1,89 @@
+"""One settings object: what every entry point takes, what a run records, what the result key hashes."""
+
+import itertools
+
+import pytest
+
+from gvmgen.settings import ScoreSettings
+from storage.repository import settings_hash
+
+# Every leaf of the settings, with a value other than its default.
+CHANGES = {
+    ("generation", "stitch"): "parallel", ("generation", "seed"): 7, ("generation", "window_s"): 20.0,
+    ("generation", "overlap_s"): 6.0, ("generation", "cut_snap_s"): 2.0, ("generation", "condition"): "video",
+    ("generation", "batch_size"): 4, ("generation", "guidance_scale"): 2.0, ("generation", "top_k"): 50,
+    ("generation", "temperature"): 0.8,
+    ("detection", "detector"): "adaptive", ("detection", "threshold"): 30.0, ("detection", "min_shot_s"): 1.0,
+    ("target_lufs",): -23.0, ("ceiling_dbtp",): -2.0, ("mux_mode",): "mix", ("duck_db",): 6.0,
+    ("delivery", "sample_rate"): 44100, ("delivery", "channels"): 1, ("delivery", "track_format"): "wav",
+}
+
+
+def _changed(path, value) -> dict:
+    data = ScoreSettings().to_dict()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+def test_every_setting_is_covered_here():
+    defaults = ScoreSettings().to_dict()
+    leaves = {(k, sub) for k, v in defaults.items() if isinstance(v, dict) for sub in v} | \
+             {(k,) for k, v in defaults.items() if not isinstance(v, dict)}
+    assert leaves == set(CHANGES)
+
+
+@pytest.mark.parametrize("path", list(CHANGES), ids=".".join)
+def test_changing_any_setting_changes_the_result_key(path):
+    changed = ScoreSettings.from_dict(_changed(path, CHANGES[path]))
+    assert settings_hash(changed.to_dict()) != settings_hash(ScoreSettings().to_dict())
+
+
+def test_the_same_settings_give_the_same_key_whatever_their_order_or_omissions():
+    full = ScoreSettings().to_dict()
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(list(full.items()))}
+    assert settings_hash(reordered) == settings_hash(full)
+    assert ScoreSettings.from_dict({}).to_dict() == full == ScoreSettings.from_dict(full).to_dict()
+    assert len({settings_hash(_changed(path, value)) for path, value in CHANGES.items()}) == len(CHANGES)
+
+
+def test_a_partial_mapping_keeps_the_defaults_it_leaves_out():
+    settings = ScoreSettings.from_dict({"target_lufs": -23, "generation": {"seed": 5}})
+    assert settings.target_lufs == -23 and settings.generation.seed == 5
+    assert settings.generation.stitch == "continue" and settings.delivery.sample_rate == 48000
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"loudness": -23}, "unknown key(s) loudness"),
+    ({"generation": {"sed": 1}}, "settings.generation: unknown key(s) sed"),
+    ({"delivery": 48000}, "settings.delivery must be a mapping"),
+    ({"target_lufs": -4.9}, "between -40 and -5 LUFS"),
+    ({"target_lufs": -40.1}, "between -40 and -5 LUFS"),
+    ({"ceiling_dbtp": 0.5}, "between -9 and 0 dBTP"),
+    ({"duck_db": -1}, "between 0 and 60 dB"),
+    ({"mux_mode": "blend"}, "mux mode"),
+    ({"delivery": {"channels": 6}}, "channels must be 1 or 2"),
+    ({"delivery": {"sample_rate": 4000}}, "sample rate"),
+    ({"delivery": {"track_format": "mp3"}}, "track format"),
+    ({"detection": {"detector": "histogram"}}, "unknown shot detector"),
+    ({"detection": {"min_shot_s": -1}}, "minimum shot length"),
+    ({"detection": {"threshold": 0}}, "threshold must be positive"),
+])
+def test_a_bad_setting_is_refused_by_name(data, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ScoreSettings.from_dict(data)
+
+
+@pytest.mark.parametrize("target", [-40.0, -23.0, -5.0])
+def test_the_ends_of_the_loudness_range_are_accepted(target):
+    assert ScoreSettings(target_lufs=target).target_lufs == target
+
+
+def test_settings_survive_a_round_trip_through_json():
+    import json
+
+    for path, value in itertools.islice(CHANGES.items(), None):
+        data = _changed(path, value)
+        assert ScoreSettings.from_dict(json.loads(json.dumps(data))).to_dict() == data
