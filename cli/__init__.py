@@ -468,13 +468,16 @@ def _training_progress(name: str, steps: int, disable: bool):
 def inspect_video(
     video: Path = typer.Argument(..., help="The video to look at."),
     detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
+    threshold: float = typer.Option(None, "--threshold", help="The shot detector's threshold."),
+    min_shot: float = typer.Option(0.5, "--min-shot", help="Shortest shot, seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ):
     """Show what the pipeline sees in VIDEO: timing, orientation, shots and the frames it would use."""
     from gvmgen.media.frames import ShotDetection, analyse
 
+    detection = ShotDetection(detector.value, threshold, min_shot)
     with console.status(f"analysing {video.name}"):
-        report = analyse(video, size=32, detection=ShotDetection(detector.value)).to_json()
+        report = analyse(video, size=32, detection=detection).to_json()
     if as_json:
         print(json.dumps(report))
         return
