@@ -148,8 +148,9 @@ class _DecodedFrames:
         self.candidates_done = False
         w, h = info.width, info.height  # as displayed
         self.small_shape = (max(2, 2 * round(DETECTION_WIDTH * h / w / 2)), DETECTION_WIDTH, 3)
-        pick = (f"isnan(prev_selected_t)+gte(t-prev_selected_t\\,{CANDIDATE_SPACING_S})"
-                f"+gt(floor(t-start_t)\\,floor(prev_selected_t-start_t))")
+        # (+1e-6: 4.8 - 2.8 is 1.9999999999999996 in floating point, and the second would start a frame late)
+        pick = (f"isnan(prev_selected_t)+gte(t-prev_selected_t+1e-6\\,{CANDIDATE_SPACING_S})"
+                f"+gt(floor(t-start_t+1e-6)\\,floor(prev_selected_t-start_t+1e-6))")
         # the centre square as displayed (pixel aspect applied), cropped before scaling
         self.clip_filter = f"crop=w='min(iw\\,ih/sar)':h='min(ih\\,iw*sar)',scale={size}:{size}:flags=area,setsar=1"
         self.graph = (f"[0:v:0]showinfo@all=checksum=0,split=2[d][c];"
@@ -195,7 +196,9 @@ class _DecodedFrames:
             raise MediaError(self.info.path, f"decoding failed ({' '.join(log)[-300:]})")
 
     def _time(self, pts: float | None) -> float:
-        return max(0.0, pts - self.origin) if pts is not None else (self.times[-1] if self.times else 0.0)
+        """Seconds from the first frame, to the microsecond (showinfo prints no finer, and a floating-point
+        difference a hair under a whole second would put its frame in the second before)."""
+        return max(0.0, round(pts - self.origin, 6)) if pts is not None else (self.times[-1] if self.times else 0.0)
 
     def candidates_until(self, t: float) -> list[tuple[float, np.ndarray]]:
         """The candidates with times up to `t`, waiting for them if ffmpeg has not sent them yet."""
@@ -212,19 +215,21 @@ class _DecodedFrames:
 
     def full_picture(self, t: float) -> np.ndarray:
         """The frame at `t` (seconds from the first frame), CLIP-sized from the full picture like every
-        candidate: a seeking decode, for the rare shot too short to hold a candidate."""
+        candidate: a seeking decode, for the rare shot too short to hold a candidate. Seeking is not
+        exact in every container (MPEG-TS lands on a keyframe by its byte position, sometimes past the
+        target), so the frame's own timestamp is checked, and a miss decodes from the start instead."""
         at = self.origin + t
-        seek = max(0.0, at - self.info.format_start - 2.0)  # -ss counts from the file's start
-        cmd = [tool("ffmpeg"), "-v", "error", "-nostdin", "-copyts", "-ss", f"{seek:.6f}",
-               "-i", ffmpeg_path(self.info.path), "-map", "0:v:0",
-               "-vf", f"select='gte(t\\,{at - 0.0005:.6f})',{self.clip_filter}", "-frames:v", "1",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-        result = subprocess.run(cmd, capture_output=True)
-        size = self.size * self.size * 3
-        if len(result.stdout) < size:
-            raise MediaError(self.info.path, f"the frame at {t:.3f} s cannot be decoded again "
-                                             f"({result.stderr.decode(errors='replace').strip()[-200:]})")
-        return np.frombuffer(result.stdout[:size], dtype=np.uint8).reshape(self.size, self.size, 3)
+        for seek in (max(0.0, at - self.info.format_start - 2.0), None):  # -ss counts from the file's start
+            cmd = [tool("ffmpeg"), "-hide_banner", "-nostats", "-loglevel", "info", "-nostdin", "-copyts",
+                   *(["-ss", f"{seek:.6f}"] if seek else []), "-i", ffmpeg_path(self.info.path), "-map", "0:v:0",
+                   "-vf", f"select='gte(t\\,{at - 0.0005:.6f})',showinfo=checksum=0,{self.clip_filter}",
+                   "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+            result = subprocess.run(cmd, capture_output=True)
+            found = re.search(rb"pts_time:(-?[0-9.eE+-]+)", result.stderr)
+            size = self.size * self.size * 3
+            if len(result.stdout) >= size and found and abs(float(found.group(1)) - at) < 0.001:
+                return np.frombuffer(result.stdout[:size], dtype=np.uint8).reshape(self.size, self.size, 3)
+        raise MediaError(self.info.path, f"the frame at {t:.3f} s cannot be decoded again")
 
 
 def _read_frames(pipe, shape: tuple[int, int, int], out: Queue) -> None:
