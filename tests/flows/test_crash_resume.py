@@ -45,4 +45,4 @@ def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path,
         per_video = session.execute(select(Video.key, func.count(Output.id)).join(Output).group_by(Video.key)).all()
     assert sorted(per_video) == [(f"{n}.mp4", 1) for n in names]
     files = sorted(p.name for p in out.rglob("*"))
-    assert files == sorted(f"{n}.{ext}" for n in names for ext in ("mp4", "wav", "report.png"))
+    assert files == sorted(f"{n}.{ext}" for n in names for ext in ("mp4", "flac", "report.png"))

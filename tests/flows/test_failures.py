@@ -102,7 +102,7 @@ def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen,
         assert json.loads(second.stdout)["scored"] == len(names) - len(done)
         assert _outputs_per_video() == {f"{n}.mp4": 1 for n in names}
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="outage", Prefix="scored/")["Contents"])
-        assert keys == sorted(f"scored/{n}.{ext}" for n in names for ext in ("mp4", "wav", "report.png"))
+        assert keys == sorted(f"scored/{n}.{ext}" for n in names for ext in ("mp4", "flac", "report.png"))
     finally:
         server.stop()
 
@@ -186,21 +186,21 @@ def test_infrastructure_failures_leave_a_video_pending_until_the_third_attempt()
         cat = repo.catalog(session, "lib", "/lib")
         model = repo.model_version(session, "tiny", "preset:tiny")
         run = repo.start_run(session, cat, model, {}, {}, worker="w")
-        ctx = RunContext(run.id, model.id, "/lib", "/out", "tiny", {}, False, 60, owner="w", sample_rate=32000,
-                         image_size=None)
+        ctx = RunContext(run.id, model.id, "/lib", "/out", "tiny", {}, False, False, 60, owner="w",
+                         sample_rate=32000, image_size=None)
         now = datetime.now(timezone.utc)
         flaky, bad = (repo.register_video(session, cat, ObjectInfo(k, 1, None, now), f"file:///lib/{k}", f"sha256:{k}")[0]
                       for k in ("flaky.mp4", "bad.mp4"))
         outcomes = []
         for _ in range(3):
             job = repo.claim(session, flaky, model, repo.settings_hash({}), owner="w")
-            outcomes.append(fail(session, ctx, flaky, job, "upload", ConnectionError("endpoint unreachable"), 0.0))
+            outcomes.append(fail(session, ctx, "w", flaky, job, "upload", ConnectionError("endpoint unreachable"), 0.0))
         assert [r["status"] for r in outcomes] == ["pending", "pending", "failed"]
         assert outcomes[0]["cause"] == "infrastructure (upload): ConnectionError: endpoint unreachable"
         assert outcomes[2]["cause"] == "gave up after 3 attempts: ConnectionError: endpoint unreachable"
 
         job = repo.claim(session, bad, model, repo.settings_hash({}), owner="w")
-        row = fail(session, ctx, bad, job, "prepare", MediaError("/tmp/scratch/x.mp4", "has no video stream"), 0.0)
+        row = fail(session, ctx, "w", bad, job, "prepare", MediaError("/tmp/scratch/x.mp4", "has no video stream"), 0.0)
         assert (row["status"], row["cause"]) == ("failed", "file:///lib/bad.mp4: has no video stream")
         assert repo.claim(session, bad, model, repo.settings_hash({}), owner="w") is None       # not retried
         again = repo.claim(session, bad, model, repo.settings_hash({}), owner="w", retry_failed=True)
