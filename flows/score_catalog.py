@@ -262,9 +262,9 @@ def gpu_slot():
 
 # ---- tasks ---------------------------------------------------------------------------------------------
 @task(**RETRY)
-def list_library(source: str, output: str) -> list[ObjectInfo]:
+def list_library(source: str, output: str | None = None) -> list[ObjectInfo]:
     """The library's videos, less any output folder inside it (its scored videos are not sources)."""
-    excluded = library_exclusion(source, output)
+    excluded = library_exclusion(source, output) if output else None
     return [o for o in open_store(source, single=True).list()
             if excluded is None or not o.key.startswith(excluded)]
 
@@ -323,12 +323,9 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
 
 
 def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
-    """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off):
-    neither a recorded output nor a scored copy of this content (which another setting may replace)."""
+    """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off)."""
     out = open_store(ctx.output)
-    if ctx.overwrite or not out.exists(video.key):
-        return None
-    if repo.output_at(session, out.uri(video.key)) or repo.scored_before(session, video.content_hash):
+    if ctx.overwrite or not out.exists(video.key) or repo.written_by_us(session, out.uri(video.key), video.content_hash):
         return None
     return out.uri(video.key)
 
@@ -354,15 +351,17 @@ def prepare_video(video_id: int, ctx: RunContext):
                          lease_s=ctx.lease_s, retry_failed=ctx.retry_failed)
         if job is None:
             return as_state(not_claimed(session, ctx, owner, video, model_row))
-        taken = foreign_output(session, ctx, video)
-        if taken:  # not the video's fault: it is scored once the file is moved, or with --overwrite
-            cause = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
-            repo.record_error(session, video, session.get(Run, ctx.run_id), "output", cause)
-            repo.release(session, job, owner, "pending")
-            return as_state(result_row(video.key, "failed", started, cause=cause))
         work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
-        stage = "download"
+        stage = "output"
         try:
+            taken = foreign_output(session, ctx, video)  # an unsafe key raises here: the video's fault
+            if taken:  # nor is this the video's fault: it is scored once the file is moved, or with --overwrite
+                shutil.rmtree(work, ignore_errors=True)
+                cause = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
+                repo.record_error(session, video, session.get(Run, ctx.run_id), stage, cause)
+                repo.release(session, job, owner, "pending")
+                return as_state(result_row(video.key, "failed", started, cause=cause))
+            stage = "download"
             local = open_store(ctx.source, single=True).download(video.key, work / "in")
             stage = "prepare"
             if ctx.image_size:  # a media worker: frames only, the model's process encodes them
@@ -456,6 +455,7 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
                 return as_state(result_row(claimed.key, "elsewhere", claimed.started, claimed, cause="lease lost"))
             stage = "upload"
             out = open_store(ctx.output)
+            repo.set_destination(session, job, out.uri(str(out_key)))
             track_uri = out.upload(done.track, str(out_key.with_suffix(done.track.suffix)))
             report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
             video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"

@@ -105,6 +105,8 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # where its scored video is being uploaded: a file there is ours even if a crash came before the record
+    destination: Mapped[str | None] = mapped_column(Text)
 
 
 class Output(Base):

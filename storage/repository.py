@@ -204,14 +204,19 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
     return output
 
 
-def output_at(session: Session, video_uri: str) -> Output | None:
-    """The recorded output whose scored video is at `video_uri`, if any run wrote one there."""
-    return session.scalar(select(Output).where(Output.video_uri == video_uri).limit(1))
+def written_by_us(session: Session, video_uri: str, content_hash: str) -> bool:
+    """Whether a file at `video_uri` is gvmgen's: a recorded output, an upload a crash cut off before its
+    record, or a scored copy of this content (an output copied to a second key)."""
+    return any(session.scalar(query.limit(1)) is not None for query in (
+        select(Output.id).where(Output.video_uri == video_uri),
+        select(Job.id).where(Job.destination == video_uri),
+        select(Output.id).where(Output.content_hash == content_hash)))
 
 
-def scored_before(session: Session, content_hash: str) -> bool:
-    """Whether any run scored this content (with any model or settings)."""
-    return session.scalar(select(Output.id).where(Output.content_hash == content_hash).limit(1)) is not None
+def set_destination(session: Session, job: Job, video_uri: str) -> None:
+    """Note where the job's scored video is about to be uploaded (before the upload starts)."""
+    session.execute(update(Job).where(Job.id == job.id).values(destination=video_uri))
+    session.commit()
 
 
 def record_error(session: Session, video: Video, run: Run | None, stage: str, cause: str) -> VideoError:

@@ -90,7 +90,7 @@ def test_an_upload_killed_midway_leaves_no_visible_object(store, tmp_path):
 
 def _upload_started(store) -> bool:
     if isinstance(store, LocalStore):
-        return store.root.exists() and any(p.name.endswith(".partial") for p in store.root.iterdir())
+        return store.root.exists() and any(".partial" in p.name for p in store.root.iterdir())
     uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     return bool(uploads)
 
