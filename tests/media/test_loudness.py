@@ -49,3 +49,10 @@ def test_dense_loud_noise_is_limited_without_missing_the_target(tmp_path):
 def test_silence_stays_silent():
     out, report = normalise(np.zeros(SR * 3), SR)
     assert not np.any(out) and report.gain_db == 0.0
+
+
+def test_a_missed_target_is_reported_and_a_met_one_is_not(fixtures):
+    _, silent = normalise(np.zeros(SR * 3), SR, target_lufs=EBU_R128)
+    assert silent.miss(EBU_R128) == "loudness -inf LUFS misses the target -23 LUFS"
+    _, music = normalise(_decoded(fixtures, "bach.mp3"), SR, target_lufs=EBU_R128)
+    assert music.miss(EBU_R128) is None and music.miss(EBU_R128 + 1.0) is not None
