@@ -20,8 +20,9 @@ def utcnow() -> datetime:
 
 
 def settings_hash(settings: dict) -> str:
-    """What makes two results interchangeable: the generation settings, canonically hashed."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    """What makes two results interchangeable: the settings (ScoreSettings.to_dict(), plain JSON),
+    canonically hashed."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def catalog(session: Session, name: str, source_uri: str) -> Catalog:

@@ -56,17 +56,18 @@ def test_a_partial_mapping_keeps_the_defaults_it_leaves_out():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"loudness": -23}, "unknown key(s) loudness"),
+    ({"loudness": -23, "speed": 2}, "^settings: unknown key(s) loudness, speed$"),
     ({"generation": {"sed": 1}}, "settings.generation: unknown key(s) sed"),
     ({"delivery": 48000}, "settings.delivery must be a mapping"),
-    ({"target_lufs": -4.9}, "between -40 and -5 LUFS"),
-    ({"target_lufs": -40.1}, "between -40 and -5 LUFS"),
-    ({"ceiling_dbtp": 0.5}, "between -9 and 0 dBTP"),
-    ({"duck_db": -1}, "between 0 and 60 dB"),
-    ({"mux_mode": "blend"}, "mux mode"),
+    ({"target_lufs": -4.9}, "the loudness target must lie between -40 and -5 LUFS, got -4.9"),
+    ({"target_lufs": -40.1}, "the loudness target must lie between -40 and -5 LUFS"),
+    ({"ceiling_dbtp": 0.5}, "the true-peak ceiling must lie between -9 and 0 dBTP"),
+    ({"duck_db": -1}, "the duck must lie between 0 and 60 dB"),
+    ({"mux_mode": "blend"}, "the mux mode must be one of replace, mix, got 'blend'"),
     ({"delivery": {"channels": 6}}, "channels must be 1 or 2"),
-    ({"delivery": {"sample_rate": 4000}}, "sample rate"),
-    ({"delivery": {"track_format": "mp3"}}, "track format"),
+    ({"delivery": {"sample_rate": 7999}}, "the sample rate must lie between 8000 and 192000 Hz, got 7999"),
+    ({"delivery": {"sample_rate": 192001}}, "the sample rate must lie between 8000 and 192000 Hz"),
+    ({"delivery": {"track_format": "mp3"}}, "the track format must be one of flac, wav, got 'mp3'"),
     ({"detection": {"detector": "histogram"}}, "unknown shot detector"),
     ({"detection": {"min_shot_s": -1}}, "minimum shot length"),
     ({"detection": {"threshold": 0}}, "threshold must be positive"),
@@ -76,9 +77,15 @@ def test_a_bad_setting_is_refused_by_name(data, message):
         ScoreSettings.from_dict(data)
 
 
-@pytest.mark.parametrize("target", [-40.0, -23.0, -5.0])
-def test_the_ends_of_the_loudness_range_are_accepted(target):
-    assert ScoreSettings(target_lufs=target).target_lufs == target
+@pytest.mark.parametrize("data", [{"target_lufs": -40.0}, {"target_lufs": -5.0}, {"ceiling_dbtp": -9.0},
+                                  {"ceiling_dbtp": 0.0}, {"duck_db": 0.0}, {"duck_db": 60.0},
+                                  {"delivery": {"sample_rate": 8000}}, {"delivery": {"sample_rate": 192000}}])
+def test_the_ends_of_every_range_are_accepted(data):
+    assert ScoreSettings.from_dict(data).to_dict() == _merged(ScoreSettings().to_dict(), data)
+
+
+def _merged(base: dict, change: dict) -> dict:
+    return {k: _merged(v, change[k]) if isinstance(v, dict) and k in change else change.get(k, v) for k, v in base.items()}
 
 
 def test_settings_survive_a_round_trip_through_json():

@@ -132,7 +132,7 @@ def frame_timing(times: list[float], nominal_fps: float) -> tuple[float, bool, f
     intervals = np.diff(times)
     median = float(np.median(intervals)) if len(intervals) else 1.0 / (nominal_fps or 25.0)
     fps = len(intervals) / (times[-1] - times[0]) if times[-1] > times[0] else 1.0 / median
-    vfr = bool(len(intervals) > 1 and (np.abs(intervals - median) > 0.1 * median).any())
+    vfr = bool((np.abs(intervals - median) > 0.1 * median).any())
     return float(fps), vfr, float(times[-1] + median)
 
 

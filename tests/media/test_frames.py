@@ -174,6 +174,15 @@ def test_frame_timing_of_variable_rate_video():
     assert vfr and fps == pytest.approx(39 / times[-1]) and duration == pytest.approx(times[-1] + 1 / 30)
 
 
+@pytest.mark.parametrize("intervals, vfr", [([1 / 30, 1 / 30, 1 / 20], True), ([1 / 30, 1 / 5], True),
+                                            ([0.04, 0.043, 0.037], False)])  # 50%, 500% and 7.5% off the median
+def test_a_rate_is_variable_when_an_interval_strays_more_than_a_tenth(intervals, vfr):
+    times = [0.5 + t for t in np.cumsum([0.0, *intervals])]  # timed from any origin
+    fps, found, duration = frame_timing(times, nominal_fps=0.0)
+    assert found == vfr and fps == pytest.approx(len(intervals) / sum(intervals))
+    assert duration == pytest.approx(times[-1] + float(np.median(intervals)))
+
+
 @pytest.mark.parametrize("nominal, length", [(30.0, 1 / 30), (0.0, 1 / 25)])
 def test_a_single_frame_lasts_one_nominal_frame(nominal, length):
     assert frame_timing([0.0], nominal) == (pytest.approx(1 / length), False, pytest.approx(length))
