@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -70,7 +71,7 @@ def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen,
     from moto.server import ThreadedMotoServer
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "outage-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "outage-Secret-7d1e9c")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -88,7 +89,7 @@ def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen,
         scored = lambda: client.list_objects_v2(Bucket="outage", Prefix="scored/").get("KeyCount", 0) >= 3
         _wait_for(scored, what="the first video's upload")
         server.stop()                                         # the endpoint goes down mid-run
-        _, stderr = first.communicate(timeout=600)
+        first_stdout, stderr = first.communicate(timeout=600)
         assert first.returncode == 2, stderr
         assert stderr.strip().startswith("error: ") and "pending for the next run" in stderr
         assert _failed_jobs_and_errors() == (0, 0)          # no video blamed
@@ -103,6 +104,15 @@ def test_the_store_going_down_leaves_videos_pending_and_a_rerun_finishes(gvmgen,
         assert _outputs_per_video() == {f"{n}.mp4": 1 for n in names}
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="outage", Prefix="scored/")["Contents"])
         assert keys == sorted(f"scored/{n}.{ext}" for n in names for ext in ("mp4", "wav", "report.png"))
+        # The credentials reached nothing either run left behind, failing or not: their output, and every file
+        # under GVMGEN_HOME (logs/prefect.log, the database with runs.parameters and the errors, Prefect's own
+        # database with the flow runs' parameters, their artifacts and their logs).
+        secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+        home = Path(os.environ["GVMGEN_HOME"])
+        assert (home / "logs" / "prefect.log").stat().st_size > 0 and (home / "gvmgen.db").is_file()
+        assert (home / "prefect" / "prefect.db").is_file()
+        assert secret not in first_stdout + stderr + second.stdout + second.stderr
+        assert [str(p) for p in home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
     finally:
         server.stop()
 
