@@ -146,7 +146,8 @@ def test_generate_mixes_the_music_over_the_original_ducked_by_duck_db(gvmgen, tm
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=160x90:r=25:d=3", "-f", "lavfi", "-i",
                     "sine=frequency=300:d=3", "-f", "lavfi", "-i", "sine=frequency=600:d=3", "-map", "0:v", "-map", "1:a",
                     "-map", "2:a", "-c:v", "libx264", "-c:a", "aac", str(source)], check=True)
-    result = gvmgen("generate", source, "-o", tmp_path / "out.mp4", "--model", "tiny", "--mux", "mix", "--duck-db", "6")
+    result = gvmgen("generate", source, "-o", tmp_path / "out.mp4", "--model", "tiny", "--mux", "mix", "--duck-db", "6",
+                    "--json")
     assert result.returncode == 0, result.stderr
     probed = _ffprobe(tmp_path / "out.mp4")
     assert [(s["codec_type"], s["codec_name"]) for s in probed["streams"]] == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
@@ -159,6 +160,16 @@ def test_generate_mixes_the_music_over_the_original_ducked_by_duck_db(gvmgen, tm
                             "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
     assert float(re.findall(r"I:\s+(-?[\d.]+) LUFS", meter)[-1]) == pytest.approx(-14, abs=1.5)
     assert abs(float(probed["streams"][1]["duration"]) - float(_ffprobe(source)["streams"][0]["duration"])) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="bug: without --json, generate ends with `out.print(...)` where `out` is its "
+                   "-o Path parameter, which shadows the module's `out` console: exit 2, \"'PosixPath' object has no "
+                   "attribute 'print'\", after writing the files (main renamed the parameter to `output` in 3528aba)")
+def test_generate_without_json_reports_what_it_wrote(gvmgen, fixtures, tmp_path):
+    result = gvmgen("generate", fixtures / "video" / "counter.mp4", "-o", tmp_path / "out.mp4", "--model", "tiny")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / 'out.mp4'}")
 
 
 @pytest.mark.slow
