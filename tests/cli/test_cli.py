@@ -152,3 +152,76 @@ def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):
         run = session.get(Run, output.run_id)
     host, pid = output.worker.rsplit(":", 1)
     assert run.worker != output.worker and int(pid) != int(run.worker.rsplit(":", 1)[1])
+
+
+def _tone_db(path, stream, freq):
+    """The level (dB) of one tone in an audio stream, as ffmpeg decodes it: seconds 0.5-2.5, mono, 8 kHz."""
+    import numpy as np
+
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", stream, "-ac", "1", "-ar", "8000",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    x = np.frombuffer(pcm, np.float32)[4000:20000]
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return 20 * np.log10(spectrum[np.abs(np.fft.rfftfreq(len(x), 1 / 8000) - freq) < 5].max())
+
+
+def _ffprobe(path) -> dict:
+    return json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+                                     capture_output=True, text=True, check=True).stdout)
+
+
+def _video_packets(path):
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-c", "copy", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.rsplit(",", 1)[-1] for line in out.splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.slow
+def test_generate_mixes_the_music_over_the_original_ducked_by_duck_db(gvmgen, tmp_path):
+    source = tmp_path / "two.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=160x90:r=25:d=3", "-f", "lavfi", "-i",
+                    "sine=frequency=300:d=3", "-f", "lavfi", "-i", "sine=frequency=600:d=3", "-map", "0:v", "-map", "1:a",
+                    "-map", "2:a", "-c:v", "libx264", "-c:a", "aac", str(source)], check=True)
+    result = gvmgen("generate", source, "-o", tmp_path / "out.mp4", "--model", "tiny", "--mux", "mix", "--duck-db", "6")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / 'out.mp4'}")  # the summary a terminal shows
+    probed = _ffprobe(tmp_path / "out.mp4")
+    assert [(s["codec_type"], s["codec_name"]) for s in probed["streams"]] == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
+    assert _video_packets(tmp_path / "out.mp4") == _video_packets(source)
+    # the first track under the music, lowered by 6 dB (not the default 12); the second kept as it was
+    assert _tone_db(tmp_path / "out.mp4", "0:a:0", 300) - _tone_db(source, "0:a:0", 300) == pytest.approx(-6, abs=1)
+    assert _tone_db(tmp_path / "out.mp4", "0:a:1", 600) - _tone_db(source, "0:a:1", 600) == pytest.approx(0, abs=1)
+    # the music is in the first track at its -14 LUFS (ffmpeg's EBU R128 meter), for as long as the picture
+    meter = subprocess.run(["ffmpeg", "-nostats", "-i", str(tmp_path / "out.mp4"), "-map", "0:a:0", "-af", "ebur128",
+                            "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
+    assert float(re.findall(r"I:\s+(-?[\d.]+) LUFS", meter)[-1]) == pytest.approx(-14, abs=1.5)
+    assert abs(float(probed["streams"][1]["duration"]) - float(_ffprobe(source)["streams"][0]["duration"])) <= 0.05
+
+
+@pytest.mark.slow
+def test_score_passes_batch_videos_to_the_flow_and_every_output_plays(gvmgen, fixtures, tmp_path):
+    import shutil
+    import sqlite3
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in ("counter", "delayed_start"):
+        shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
+    refused = gvmgen("score", library, "--out", tmp_path / "scored", "--batch-videos", "0")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "batch_videos" in refused.stderr
+    assert not (tmp_path / "scored").exists() or not any((tmp_path / "scored").iterdir())
+    result = gvmgen("score", library, "--out", tmp_path / "scored", "--batch-videos", "2", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["scored"] == 2
+    # the flow run got the option (Prefect's own database keeps each flow run's parameters)
+    with sqlite3.connect(Path(os.environ["GVMGEN_HOME"]) / "prefect" / "prefect.db") as db:
+        parameters = [json.loads(p) for (p,) in db.execute("SELECT parameters FROM flow_run")]
+    assert [p["batch_videos"] for p in parameters] == [2]
+    for name in ("counter", "delayed_start"):
+        source, out = library / f"{name}.mp4", tmp_path / "scored" / f"{name}.mp4"
+        probed = _ffprobe(out)
+        assert [s["codec_type"] for s in probed["streams"]] == ["video", "audio"]
+        assert _video_packets(out) == _video_packets(source)
+        video = next(s for s in _ffprobe(source)["streams"] if s["codec_type"] == "video")
+        audio = probed["streams"][1]
+        assert audio["codec_name"] == "aac" and abs(float(audio["duration"]) - float(video["duration"])) <= 0.05

@@ -1,15 +1,28 @@
 """A catalog run killed with SIGKILL midway, then run again: every video scored exactly once, and no
 partial output anywhere."""
 
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+
+
+def _recorded(database: Path) -> int:
+    """How many outputs the run has recorded so far (read without migrating or locking anything)."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT count(*) FROM outputs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 @pytest.mark.slow
@@ -29,17 +42,26 @@ def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path,
     # as a machine losing power would.
     first = subprocess.Popen(score, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(out.glob("*.mp4")):
+    while time.time() < deadline and not _recorded(Path(os.environ["GVMGEN_HOME"]) / "gvmgen.db"):
         time.sleep(0.05)
-    assert list(out.glob("*.mp4")), "the first run scored nothing before the deadline"
+    assert _recorded(Path(os.environ["GVMGEN_HOME"]) / "gvmgen.db"), "the first run scored nothing before the deadline"
     os.killpg(first.pid, signal.SIGKILL)              # mid-catalog: at least one video is still to do
     first.wait()
     with connect()() as session:
-        assert session.scalar(select(func.count()).select_from(Output)) < len(names)
+        finished = sorted(session.scalars(select(Video.key).join(Output)).all())
+    assert len(finished) < len(names)
+    # what the first run finished (recorded): its files, byte for byte and with their times
+    kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()
+            if p.name.split(".")[0] + ".mp4" in finished}
+    assert len(kept) == 3 * len(finished)
 
     time.sleep(3.5)                                   # the killed worker's lease runs out
     second = subprocess.run(score, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert (summary["scored"], summary["skipped"], summary["failed"], summary["failed_earlier"], summary["pending"]) == \
+        (len(names) - len(finished), len(finished), 0, 0, 0)
+    assert {name: (p.read_bytes(), p.stat().st_mtime_ns) for name in kept for p in [out / name]} == kept
 
     with connect()() as session:
         per_video = session.execute(select(Video.key, func.count(Output.id)).join(Output).group_by(Video.key)).all()

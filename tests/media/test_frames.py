@@ -133,6 +133,33 @@ def test_non_square_pixels_are_shown_at_their_display_width(make_video):
     assert info.sar == "16:11" and (info.width, info.height) == (512, 288)
 
 
+@pytest.mark.parametrize("sar", ["2/1", "1/2"])
+def test_a_circle_on_anamorphic_pixels_reaches_clip_round(make_video, sar):
+    """A circle as displayed, stored squeezed (coded 200x200, pixels 2:1 wide or 1:2 narrow, so displayed
+    400x200 or 100x200): the picture CLIP gets is the display's centre square, in which the circle is round."""
+    from gvmgen.pipeline import extract_frames
+
+    wide = sar == "2/1"
+    # radius 80 display pixels on the wide display, 40 on the narrow one: in coded pixels, an ellipse
+    inside = "lt(pow((X-100)*2,2)+pow(Y-100,2),6400)" if wide else "lt(pow(X-100,2)+pow((Y-100)*2,2),6400)"
+    video = make_video("anamorphic.mp4", "-f", "lavfi", "-i", "color=c=black:s=200x200:r=10:d=1",
+                       "-vf", f"format=gray,geq=lum='if({inside},255,0)',setsar={sar},format=yuv420p",
+                       "-c:v", "libx264", "-crf", "10")
+    info = probe(video)
+    assert (info.width, info.height) == ((400, 200) if wide else (100, 200))
+    size = 100
+    frames = extract_frames(video, size)
+    assert frames.pixels.shape == (1, size, size, 3)
+    bright = frames.pixels[0].mean(axis=2) > 128
+    rows, cols = np.nonzero(bright.any(axis=1))[0], np.nonzero(bright.any(axis=0))[0]
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    # the display's centre square (200 or 100 display pixels a side) scaled to 100: a circle 80 px across
+    assert height == pytest.approx(80, abs=3) and width == pytest.approx(80, abs=3)
+    assert bright.sum() == pytest.approx(np.pi * 40 ** 2, rel=0.06)
+    centre = np.argwhere(bright).mean(axis=0)
+    assert centre == pytest.approx([49.5, 49.5], abs=1.5)
+
+
 def test_a_single_frame_video(make_video):
     video = make_video("one.mp4", "-f", "lavfi", "-i", "testsrc=s=160x90:r=25", "-frames:v", "1", "-c:v", "libx264")
     analysis = analyse(video, size=32)

@@ -65,26 +65,49 @@ def test_replace_keeps_only_the_music(two_audio_tracks, tmp_path):
     assert [s["codec_type"] for s in _streams(tmp_path / "out.mp4")] == ["video", "audio"]
 
 
-def test_mix_ducks_the_first_track_under_the_music_and_keeps_the_second(two_audio_tracks, tmp_path):
+def _tone_db(path, stream, freq):
+    """The level (dB) of one tone in an audio stream, as ffmpeg decodes it: seconds 0.5-2.5, mono, 8 kHz."""
+    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", stream, "-ac", "1", "-ar", "8000",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    x = np.frombuffer(pcm, np.float32)[4000:20000]
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / 8000)
+    return 20 * np.log10(spectrum[np.abs(freqs - freq) < 5].max())
+
+
+@pytest.mark.parametrize("duck_db", [12, 6])
+def test_mix_ducks_the_first_track_under_the_music_and_keeps_the_second(two_audio_tracks, tmp_path, duck_db):
     info = probe(two_audio_tracks)
-    mux(info, _music_for(info, tmp_path, freq=1000), tmp_path / "out.mp4", info.start, mode="mix", duck_db=12)
-    assert [s["codec_type"] for s in _streams(tmp_path / "out.mp4")] == ["video", "audio", "audio"]
-    pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-map", "0:a:0", "-ac", "1",
-                          "-ar", "8000", "-f", "f32le", "-"], capture_output=True, check=True).stdout
-    spectrum = np.abs(np.fft.rfft(np.frombuffer(pcm, np.float32)[4000:20000]))
-    freqs = np.fft.rfftfreq(16000, 1 / 8000)
-    level = lambda f: spectrum[np.abs(freqs - f) < 5].max()
-    ratio_db = 20 * np.log10(level(1000) / level(300))   # music vs. the original track under it
-    assert 8 < ratio_db < 20  # music at 0.3, the original sine ducked by 12 dB (lavfi sine is 1/8)
+    music = _music_for(info, tmp_path, freq=1000)
+    mux(info, music, tmp_path / "out.mp4", info.start, mode="mix", duck_db=duck_db)
+    out = tmp_path / "out.mp4"
+    assert [s["codec_type"] for s in _streams(out)] == ["video", "audio", "audio"]
+    # the original 300-Hz track, measured in the source and under the music: lowered by exactly duck_db
+    assert _tone_db(out, "0:a:0", 300) - _tone_db(two_audio_tracks, "0:a:0", 300) == pytest.approx(-duck_db, abs=1)
+    # the music itself at its own level (mixed without normalisation), the second track untouched
+    assert _tone_db(out, "0:a:0", 1000) - _tone_db(music, "0:a:0", 1000) == pytest.approx(0, abs=1)
+    assert _tone_db(out, "0:a:1", 600) - _tone_db(two_audio_tracks, "0:a:1", 600) == pytest.approx(0, abs=1)
+    assert _tone_db(out, "0:a:1", 300) < _tone_db(out, "0:a:1", 600) - 40     # and no music or first track in it
 
 
 def test_subtitles_and_attachments_survive_in_mkv(make_video, tmp_path):
     srt = tmp_path / "subs.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:01,500\nHello\n\n2\n00:00:01,500 --> 00:00:03,000\nWorld\n")
+    font = tmp_path / "title.ttf"                       # an attachment as a subtitle's font would be
+    font.write_bytes(bytes(range(256)) * 8 + b"gvmgen attachment payload")
     video = make_video("subs.mkv", "-f", "lavfi", "-i", "testsrc=s=160x90:r=25:d=3", "-i", srt,
                        "-f", "lavfi", "-i", "sine=d=3", "-map", "0:v", "-map", "2:a", "-map", "1:s",
-                       "-c:v", "libx264", "-c:a", "aac", "-c:s", "srt")
+                       "-c:v", "libx264", "-c:a", "aac", "-c:s", "srt",
+                       "-attach", font, "-metadata:s:t", "mimetype=application/x-truetype-font")
+    assert [s["codec_type"] for s in _streams(video)] == ["video", "audio", "subtitle", "attachment"]
     info = probe(video)
     mux(info, _music_for(info, tmp_path), tmp_path / "out.mkv", info.start)
-    assert [s["codec_type"] for s in _streams(tmp_path / "out.mkv")] == ["video", "audio", "subtitle"]
+    streams = _streams(tmp_path / "out.mkv")
+    assert [s["codec_type"] for s in streams] == ["video", "audio", "subtitle", "attachment"]
     assert _packet_hashes(tmp_path / "out.mkv", "s") == _packet_hashes(video, "s")
+    attachment = streams[-1]["tags"]
+    assert attachment["filename"] == "title.ttf" and attachment["mimetype"] == "application/x-truetype-font"
+    dumped = tmp_path / "dumped.ttf"                    # the attachment's bytes, as ffmpeg reads them back
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-dump_attachment:t:0", str(dumped), "-i", str(tmp_path / "out.mkv")],
+                   capture_output=True)
+    assert dumped.read_bytes() == font.read_bytes()

@@ -95,12 +95,29 @@ def _upload_started(store) -> bool:
     return bool(uploads)
 
 
-def test_credentials_never_show(s3_endpoint, bucket, tmp_path):
-    store = S3Store(bucket, "p", endpoint_url=s3_endpoint)
-    with pytest.raises(Exception) as err:
-        store.download("missing.mp4", tmp_path)
+def test_credentials_never_show(s3_endpoint, bucket, tmp_path, caplog):
+    """Not in the store's repr, its errors (message, repr, the whole traceback) or any log record, down to
+    botocore's DEBUG logs of each request, across every operation a run makes."""
+    import logging
+    import traceback
+
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    assert secret not in repr(store) and secret not in str(err.value)
+    caplog.set_level(logging.DEBUG)
+    store = S3Store(bucket, "p", endpoint_url=s3_endpoint)
+    store.upload(_file(tmp_path, "a.mp4", b"video"), "a.mp4")
+    listed = [o.key for o in store.list()]
+    store.download("a.mp4", tmp_path / "work")
+    digest = store.content_hash("a.mp4")
+    errors = []
+    for action in (lambda: store.download("missing.mp4", tmp_path), lambda: store.content_hash("missing.mp4"),
+                   lambda: S3Store("no-such-bucket", "p", endpoint_url=s3_endpoint).upload(tmp_path / "a.mp4", "b.mp4")):
+        with pytest.raises(Exception) as err:
+            action()
+        errors.append(err.value)
+    assert listed == ["a.mp4"] and digest and len(caplog.records) > 10       # botocore did log the requests
+    shown = [repr(store), store.uri("a.mp4"), caplog.text, *(str(e) for e in errors), *(repr(e) for e in errors),
+             *("".join(traceback.format_exception(e)) for e in errors)]
+    assert not [text for text in shown if secret in text]
 
 
 def test_open_store_understands_every_uri_form(tmp_path):

@@ -134,3 +134,73 @@ def test_the_spread_monitor_fires_on_the_official_layout_and_not_on_the_residual
     assert "collapsed" in collapse_warning(official)
     residual = _validation_after_training("residual", synthetic_catalog, tmp_path)
     assert collapse_warning(residual) is None, residual
+
+
+def _random_clips(model, lengths, frames=3, seed=5):
+    """Clips of random patch tokens and codes, `lengths` codec frames long."""
+    from gvmgen.training.dataset import Clip
+
+    g = torch.Generator().manual_seed(seed)
+    c = model.config
+    patches = (c.image_size // c.clip["patch_size"]) ** 2 + 1
+    return [Clip(0.0, t / c.frame_rate, torch.arange(frames, dtype=torch.float32),
+                 torch.randn(frames, patches, c.clip["hidden_size"], generator=g).half(),
+                 torch.randint(0, c.lm["vocab_size"], (c.num_codebooks, t), generator=g).to(torch.int16))
+            for t in lengths]
+
+
+def _dropout_free_tiny():
+    config = preset("tiny")
+    config.lm["dropout"] = 0.0
+    config.ft_dropout = 0.0
+    return config
+
+
+def test_gradient_accumulation_equals_one_large_step(tmp_path):
+    """Two micro-batches of one clip, accumulated, give the gradient, the loss and the update of one batch
+    of two (equal-length clips, no dropout, no clipping: the two must agree to rounding)."""
+    clips = _random_clips(load_model("tiny"), [40, 40])
+    results = []
+    for name, batch, accumulation in (("large", 2, 1), ("accumulated", 1, 2)):
+        torch.manual_seed(0)
+        model = fresh_model(_dropout_free_tiny())
+        log = []
+        settings = TrainSettings(steps=1, batch_size=batch, accumulation=accumulation, lr=1e-3, warmup_steps=1,
+                                 condition_dropout=0.0, grad_clip=1e9, lm="full", checkpoint_every=100)
+        Trainer(model, clips, [], settings, tmp_path / name, on_metrics=log.append).run()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((log[-1]["loss"], grads, weights))
+    (loss_a, grads_a, weights_a), (loss_b, grads_b, weights_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for n in grads_a:     # the gradient itself: Adam's first step would hide a factor of two in it
+        torch.testing.assert_close(grads_b[n], grads_a[n], atol=1e-6, rtol=1e-4, msg=n)
+    for n in weights_a:
+        torch.testing.assert_close(weights_b[n], weights_a[n], atol=1e-4, rtol=0)   # Adam steps of 1e-3: the sign of g, for g near 0 too
+
+
+def test_the_loss_is_the_cross_entropy_of_the_real_frames_only(tmp_path):
+    """The trainer's loss on a batch of a short and a long clip equals the cross-entropy summed, by hand, over
+    each codebook's real frames (codebook k's frame t sits at delayed step t + k), and nothing else: not the
+    delay padding, not the batch padding after the short clip."""
+    model = fresh_model(_dropout_free_tiny()).eval()
+    clips = _random_clips(model, [9, 25])
+    trainer = Trainer(model, clips, [], TrainSettings(condition_dropout=0.0), tmp_path)
+    model.eval()
+    with torch.no_grad():
+        loss, _ = trainer._loss(clips)
+        total, count = 0.0, 0
+        for c in clips:
+            tokens = model.tokens_from_patches(c.patches.float())
+            condition = model.window_condition(tokens, c.times)[None]
+            codes = c.codes.long()[None]
+            logits = model.lm_logits(codes, condition, torch.ones(1, len(c.times), dtype=torch.bool))[0]   # (K, S, V)
+            k_books, frames = codes.shape[1:]
+            assert logits.shape[1] == frames + k_books - 1
+            for k in range(k_books):
+                for t in range(frames):
+                    total += torch.nn.functional.cross_entropy(logits[k, t + k], codes[0, k, t]).item()
+                    count += 1
+    assert count == 4 * (9 + 25)
+    assert loss.item() == pytest.approx(total / count, rel=1e-4)
