@@ -28,6 +28,7 @@ finish run on a Dask cluster, while compose stays with the flow on the GPU machi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -389,25 +390,26 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
     """Music for several videos in shared batches, one batch at a time per `gpu` slot.
 
     Returns per video its track, or its failure row. A batch that fails (out of memory, say) is tried
-    again one video at a time, so one video cannot fail its batch-mates. Leases are renewed as the
-    model works, so a long video is not taken by another worker meanwhile.
+    again one video at a time, so one video cannot fail its batch-mates. (The flow keeps the leases.)
     """
     model = cached_model(ctx.model)
-    last_renewal = [time.monotonic()]
 
     def between_steps(*_):
         if interrupted():
             raise Interrupted("the run was interrupted")
-        if time.monotonic() - last_renewal[0] > ctx.lease_s / 4:
-            with sessions() as session:
-                for c in claimed:
-                    repo.renew(session, session.get(Job, c.job_id), c.owner, ctx.lease_s)
-            last_renewal[0] = time.monotonic()
 
     def run(batch: list[ClaimedVideo]) -> list:
         with gpu_slot():
             return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=between_steps)
 
+    results = _compose_each(claimed, ctx, model, run)
+    failures = [r["cause"] for r in results if isinstance(r, dict)]
+    return Failed(message="; ".join(failures), data=results) if failures else results
+
+
+def _compose_each(claimed: list[ClaimedVideo], ctx: RunContext, model, run) -> list:
+    """Per video its track, or its failure row: encoded here if a media worker sent frames, then
+    composed together; a batch that fails is composed again video by video."""
     outcome: dict[int, object] = {}  # index in `claimed` -> its track, or its failure row
     for i, c in enumerate(claimed):  # frames from media workers: CLIP runs here, on the model's device
         if c.prepared is None:
@@ -427,9 +429,7 @@ def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
                 (outcome[i],) = run([claimed[i]])
             except Exception as alone:
                 outcome[i] = _compose_failure(claimed[i], ctx, alone)
-    results = [outcome[i] for i in range(len(claimed))]
-    failures = [r["cause"] for r in results if isinstance(r, dict)]
-    return Failed(message="; ".join(failures), data=results) if failures else results
+    return [outcome[i] for i in range(len(claimed))]
 
 
 def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception, stage: str = "compose") -> dict:
@@ -524,6 +524,28 @@ def close_run(run_id: int, owners: list[str], rows: list[dict], status: str, cau
                         counts["failed"], counts["failed_earlier"], cause)
 
 
+@contextlib.contextmanager
+def leases_kept(owners: list[str], lease_s: float):
+    """While the block runs, renew every lease held by `owners` (the run's processes; the list may grow)
+    every quarter lease, from a thread of its own: a video prepared and waiting for the model, or one
+    being composed, can wait longer than a lease, and must not be taken by another worker meanwhile."""
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(lease_s / 4):
+            with sessions() as session:
+                for owner in list(owners):
+                    repo.renew_owner(session, owner, lease_s)
+
+    keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+
+
 # ---- the flow ------------------------------------------------------------------------------------------
 def _ready(futures: list[PrefectFuture], most: int) -> list[PrefectFuture]:
     """Wait for one future to finish, then take up to `most` of those finished by now."""
@@ -576,7 +598,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
-    owners = {owner}             # the processes holding leases for the run (Dask workers prepare apart)
+    owners = [owner]             # the processes holding leases for the run (Dask workers prepare apart)
 
     def handled(row: dict) -> None:
         rows.append(row)
@@ -594,51 +616,53 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         return submitted
 
     try:
-        waiting, preparing, finishing = iter(video_ids), [], []
-        preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
-        while preparing:
-            ready = _ready(preparing, batch_videos)
-            preparing = [f for f in preparing if f not in ready]
-            if not stopped_by:
-                preparing += submit_prepare(list(islice(waiting, len(ready))))
-            claimed = []
-            for result in (_outcome(f, video_of[f]) for f in ready):
-                if isinstance(result, ClaimedVideo):
-                    claimed.append(result)
-                    owners.add(result.owner)
-                else:
-                    handled(result)
-            if claimed and stopped_by:  # not composed: close_run hands their leases back
-                for c in claimed:
-                    shutil.rmtree(c.work, ignore_errors=True)
-                    handled(result_row(c.key, "pending", c.started, c, cause="the run stopped first"))
-            elif claimed:
-                tracks = _outcome(compose_music(claimed, ctx, return_state=True), "compose")
-                if isinstance(tracks, dict):  # the task itself crashed
-                    tracks = [{**tracks, "video": c.key} for c in claimed]
-                for c, track in zip(claimed, tracks):
-                    if isinstance(track, dict):
-                        handled(track)
+        with leases_kept(owners, lease_s):
+            waiting, preparing, finishing = iter(video_ids), [], []
+            preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
+            while preparing:
+                ready = _ready(preparing, batch_videos)
+                preparing = [f for f in preparing if f not in ready]
+                if not stopped_by:
+                    preparing += submit_prepare(list(islice(waiting, len(ready))))
+                claimed = []
+                for result in (_outcome(f, video_of[f]) for f in ready):
+                    if isinstance(result, ClaimedVideo):
+                        claimed.append(result)
+                        if result.owner not in owners:
+                            owners.append(result.owner)
                     else:
-                        finishing.append(finish_video.submit(c, track, ctx))
-                        video_of[finishing[-1]] = c.key
-            for f in [f for f in finishing if f.state.is_final()]:
+                        handled(result)
+                if claimed and stopped_by:  # not composed: close_run hands their leases back
+                    for c in claimed:
+                        shutil.rmtree(c.work, ignore_errors=True)
+                        handled(result_row(c.key, "pending", c.started, c, cause="the run stopped first"))
+                elif claimed:
+                    tracks = _outcome(compose_music(claimed, ctx, return_state=True), "compose")
+                    if isinstance(tracks, dict):  # the task itself crashed
+                        tracks = [{**tracks, "video": c.key} for c in claimed]
+                    for c, track in zip(claimed, tracks):
+                        if isinstance(track, dict):
+                            handled(track)
+                        else:
+                            finishing.append(finish_video.submit(c, track, ctx))
+                            video_of[finishing[-1]] = c.key
+                for f in [f for f in finishing if f.state.is_final()]:
+                    handled(_outcome(f, video_of[f]))
+                    finishing.remove(f)
+            for f in as_completed(finishing):
                 handled(_outcome(f, video_of[f]))
-                finishing.remove(f)
-        for f in as_completed(finishing):
-            handled(_outcome(f, video_of[f]))
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
         interrupt()
         signal = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         try:
-            close_run.fn(run_id, sorted(owners), rows, "interrupted" if signal else "failed",
+            close_run.fn(run_id, owners, rows, "interrupted" if signal else "failed",
                          "interrupted (SIGTERM or Ctrl-C)" if signal else describe(e, source))
         except Exception:  # the database is gone too: the leases run out on their own
             pass
         raise
 
     if stopped_by:
-        close_run(run_id, sorted(owners), rows, "failed", stopped_by[0])
+        close_run(run_id, owners, rows, "failed", stopped_by[0])
         left = sum(COUNTED[r["status"]] == "pending" for r in rows) + (len(video_ids) - len(rows))
         _publish(run_id, rows)
         raise InfrastructureError(f"{stopped_by[0]}; the run stopped, {left} video(s) left pending for the next run")
@@ -649,7 +673,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
             row["status"] = "copied"
     counts = status_counts(rows)
     failed = counts["failed"] + counts["failed_earlier"]
-    close_run(run_id, sorted(owners), rows, "failed" if failed else "completed")
+    close_run(run_id, owners, rows, "failed" if failed else "completed")
     _publish(run_id, rows)
     ordered = sorted(rows, key=lambda r: r["video"])
     summary = {"run": run_id, **counts,

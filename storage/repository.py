@@ -172,6 +172,14 @@ def renew(session: Session, job: Job, owner: str, lease_s: float = 900) -> bool:
     return bool(ok)
 
 
+def renew_owner(session: Session, owner: str, lease_s: float) -> int:
+    """Extend every lease `owner` holds (a run keeping its waiting videos); returns how many."""
+    renewed = session.execute(update(Job).where(Job.owner == owner, Job.status == "pending")
+                              .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))).rowcount
+    session.commit()
+    return renewed
+
+
 def release(session: Session, job: Job, owner: str, status: str) -> None:
     """End our lease: status 'done', 'failed', or 'pending' (to be taken again)."""
     session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)

@@ -95,10 +95,6 @@ def test_the_next_video_is_prepared_while_the_model_composes(composing):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bug: compose_music renews leases from the generator's progress callback, "
-                   "which MusicGenerator.window_codes calls only after each batch of windows, never between decoding "
-                   "steps: while one batch is sampled (a 30-s window: 1500+ steps) no lease is renewed, so a lease "
-                   "shorter than a batch lapses mid-compose and another worker can take the video")
 def test_a_lease_shorter_than_compose_is_renewed_while_composing(composing):
     """The long video's music takes longer than its 2.5-s lease to compose: while the model composes it, its
     lease never lapses (another worker could take the video) and is renewed again and again."""
