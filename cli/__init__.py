@@ -389,6 +389,11 @@ def evaluate(
     Cut-to-onset hit rate (against shuffled cuts), seam smoothness and loudness range always; FAD
     (CLAP) and KL (AST) when their weights are in GVMGEN_HOME/metrics, else reported as not available.
     """
+    from storage import repository as repo
+    from storage.db import connect
+
+    with connect()() as session:  # an unknown target costs nothing: checked before Prefect starts
+        repo.outputs_to_evaluate(session, target)
     _prefect_environment()
     from flows.evaluate import evaluate as evaluate_flow
 

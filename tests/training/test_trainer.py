@@ -59,6 +59,7 @@ TRAIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_training_resumes_to_the_same_weights(ten_second_clip, fixtures, tmp_path):
     model = load_model("tiny")
     (other,) = build_clips(model, fixtures / "video" / "testvideo.mp4", fixtures / "music" / "bach.mp3")
