@@ -247,8 +247,10 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
     """An audiocraft export: `state_dict.bin` ({'xp.cfg': YAML, 'best_state': weights}) and
     `compression_state_dict.bin` (EnCodec weights, or {'pretrained': HF name}).
 
-    A GVMGen export carries the whole OpenAI-format CLIP inside its conditioner; a plain MusicGen
-    export has none, so its visual side comes from `clip_source` and its new layers start fresh,
+    A GVMGen export carries the whole OpenAI-format CLIP inside its conditioner (with the Q-Former; one
+    made without it holds only its output projection, and its CLIP, never trained, comes from
+    `clip_source`: the CLS layout); a plain MusicGen export has neither, so its visual side comes from
+    `clip_source` and its new layers start fresh,
     shaped as in `base` (default: the official configuration with the presets' FRESH_LAYOUT). The
     export's own settings (LM dropout, cross-attention position embedding, the Q-Former's queries, type
     and layers, segment duration) override `base`'s; those we cannot honour are named in warnings.
@@ -259,6 +261,9 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
     state = package["best_state"]
     clip_prefix = VISUAL + "clip.visual."
     visual = {k[len(clip_prefix):]: v for k, v in state.items() if k.startswith(clip_prefix)}
+    # a GVMGen export always holds its conditioner's output projection; only with the Q-Former its CLIP too
+    trained_projection = {f"output_proj.{n}": state[f"{VISUAL}output_proj.{n}"] for n in ("weight", "bias")
+                          if f"{VISUAL}output_proj.{n}" in state}
     # Fresh GVMGen layers (a plain MusicGen export) start from the presets' layout; a GVMGen export brings its own.
     config = _apply_xp_config(copy.deepcopy(base or GVMGenConfig(feature_transformation=FRESH_LAYOUT)), xp,
                               directory / "state_dict.bin")
@@ -282,6 +287,8 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
         clip_dir = resolve_hf(clip_source)
         clip_cfg = _read_config(clip_dir)
         config.clip = _pick(config.clip, clip_cfg.get("vision_config", clip_cfg))
+        if trained_projection:  # the official model without its Q-Former: its CLIP was never saved
+            config.feature_transformation = "cls"
 
     model = fresh_model(config)
     _load_part(model.lm, _split_in_proj(_rename(
@@ -290,13 +297,15 @@ def load_audiocraft(directory: Path, clip_source: str = CLIP_REPO, base: GVMGenC
         converted = _rename(visual, _CLIP_RULES)
         converted["visual_projection.weight"] = converted.pop("proj").t()
         converted = _split_in_proj(converted, only=r"^vision\.")
-        converted.update({f"output_proj.{n}": state[f"{VISUAL}output_proj.{n}"] for n in ("weight", "bias")})
+        converted.update(trained_projection)
         parts = ("vision.", "visual_projection.", "feature_transformation.", "output_proj.")
         _load_part(model, converted, "visual side", str(directory), only=parts)
     else:
         clip = read_safetensors(clip_dir)
         _load_part(model.vision, _strip(clip, "vision_model."), "vision", str(clip_dir))
         _load_part(model.visual_projection, _strip(clip, "visual_projection."), "visual_projection", str(clip_dir))
+        if trained_projection:
+            _load_part(model, trained_projection, "output_proj", str(directory), only=("output_proj.",))
     _load_part(model.codec, _audiocraft_codec_state(directory), "codec", str(directory / "compression_state_dict.bin"))
     return model
 

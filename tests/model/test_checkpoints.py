@@ -443,10 +443,6 @@ def test_an_export_built_from_the_official_names_computes_what_the_official_code
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an official export made without the Q-Former (is_qformer: false) holds "
-                   "no CLIP weights (CLIPConditioner keeps that CLIP out of its state_dict) and loads as a plain "
-                   "MusicGen export: fresh feature-transformation layers (the base's layout), its trained output_proj "
-                   "dropped, instead of the cls path")
 def test_an_official_export_without_its_qformer_holds_no_clip_and_loads_as_the_cls_path(tmp_path):
     # module/decoder/modules/conditioners.py, CLIPConditioner.__init__: without is_qformer the CLIP is kept as
     # `self.__dict__['clip']`, outside the module tree, so the release holds only the conditioner's
