@@ -17,23 +17,6 @@ def _gvmgen(*args, **kw):
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, **kw)
 
 
-@pytest.mark.slow
-def test_generate_writes_a_playable_video_whose_music_lasts_as_long_as_the_picture(fixtures, tmp_path):
-    video = tmp_path / "-x.mp4"  # a name ffmpeg would take for an option, given as ./-x.mp4
-    video.write_bytes((fixtures / "video" / "testvideo.mp4").read_bytes())
-    result = _gvmgen("generate", "./-x.mp4", "-o", "./-out.mp4", "--model", "tiny", "--seed", "3", "--json",
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["video"] == "-out.mp4" and summary["windows"] == 1
-    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "-out.mp4"), "-f", "null", "-"],
-                            capture_output=True, text=True)
-    assert decode.returncode == 0 and decode.stderr == ""
-    track, rate = read_track(tmp_path / "-out.flac")
-    assert rate == 48000 and track.shape[1] == 2 and abs(len(track) / rate - probe(video).duration) <= 0.02
-    assert summary["shots"] == 4 and abs(summary["loudness_lufs"] + 14) <= 0.5 and summary["true_peak_dbtp"] <= -1
-
-
 def test_a_bad_video_exits_2_with_the_file_named(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video")
@@ -65,34 +48,44 @@ def _ebur128(path) -> tuple[float, float]:
 def test_score_delivers_at_the_loudness_asked_and_rescores_when_a_setting_changes(fixtures, tmp_path):
     import shutil
 
+    import sqlite3
+
     library, scored = tmp_path / "library", tmp_path / "scored"
     library.mkdir()
-    shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
+    for name in ("counter", "delayed_start"):
+        shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
     (library / "broken.mp4").write_text("not a video")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     run = lambda *args: _gvmgen(*args, env=env, preexec_fn=lambda: os.umask(0o022))
-    result = run("score", library, "--out", scored, "--loudness", "-23", "--json")
+    result = run("score", library, "--out", scored, "--loudness", "-23", "--batch-videos", "2", "--json")
     assert result.returncode == 1, result.stderr             # a video failed
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (summary["scored"], summary["failed"]) == (1, 1)
-    integrated, peak = _ebur128(scored / "counter.mp4")
-    assert abs(integrated + 23) <= 0.5 and peak <= -1.0
-    audio = [s for s in json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json",
-                                                   str(scored / "counter.mp4")], capture_output=True, text=True,
-                                                  check=True).stdout)["streams"] if s["codec_type"] == "audio"]
-    assert [(a["sample_rate"], a["channels"]) for a in audio] == [("48000", 2)]
+    assert (summary["scored"], summary["failed"]) == (2, 1)
+    # the flow run got the options (Prefect's own database keeps each flow run's parameters)
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        (parameters,) = [json.loads(p) for (p,) in db.execute("SELECT parameters FROM flow_run")]
+    assert parameters["batch_videos"] == 2 and parameters["settings"]["target_lufs"] == -23
+    for name in ("counter", "delayed_start"):
+        source, out = library / f"{name}.mp4", scored / f"{name}.mp4"
+        assert _video_packets(out) == _video_packets(source)        # the picture untouched, packet for packet
+        integrated, peak = _ebur128(out)
+        assert abs(integrated + 23) <= 0.5 and peak <= -1.0
+        audio = [s for s in _ffprobe(out)["streams"] if s["codec_type"] == "audio"]
+        assert [(a["codec_name"], a["sample_rate"], a["channels"]) for a in audio] == [("aac", "48000", 2)]
+        video = next(s for s in _ffprobe(source)["streams"] if s["codec_type"] == "video")
+        assert abs(float(audio[0]["duration"]) - float(video["duration"])) <= 0.05
     assert {p.name: p.stat().st_mode & 0o777 for p in scored.iterdir()} == {
-        "counter.mp4": 0o644, "counter.flac": 0o644, "counter.report.png": 0o644}
+        f"{n}.{ext}": 0o644 for n in ("counter", "delayed_start") for ext in ("mp4", "flac", "report.png")}
     first = (scored / "counter.mp4").stat().st_mtime_ns
 
     retry = run("retry-failed", str(summary["run"]))          # the broken file is tried again, the rest skipped
     assert retry.returncode == 1, retry.stderr
     latest = json.loads(run("runs", "list", "--json").stdout)[0]
-    assert (latest["scored"], latest["skipped"], latest["failed"]) == (0, 1, 1)
+    assert (latest["scored"], latest["skipped"], latest["failed"]) == (0, 2, 1)
     assert (scored / "counter.mp4").stat().st_mtime_ns == first
 
     louder = run("score", library, "--out", scored, "--loudness", "-14", "--json")  # another setting: scored again
-    assert json.loads(louder.stdout.strip().splitlines()[-1])["scored"] == 1, louder.stderr
+    assert json.loads(louder.stdout.strip().splitlines()[-1])["scored"] == 2, louder.stderr
     assert abs(_ebur128(scored / "counter.mp4")[0] + 14) <= 0.5
 
 
@@ -178,50 +171,25 @@ def _video_packets(path):
 
 @pytest.mark.slow
 def test_generate_mixes_the_music_over_the_original_ducked_by_duck_db(gvmgen, tmp_path):
-    source = tmp_path / "two.mp4"
+    source = tmp_path / "-x.mp4"  # a name ffmpeg would take for an option, given as ./-x.mp4
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=160x90:r=25:d=3", "-f", "lavfi", "-i",
                     "sine=frequency=300:d=3", "-f", "lavfi", "-i", "sine=frequency=600:d=3", "-map", "0:v", "-map", "1:a",
                     "-map", "2:a", "-c:v", "libx264", "-c:a", "aac", str(source)], check=True)
-    result = gvmgen("generate", source, "-o", tmp_path / "out.mp4", "--model", "tiny", "--mux", "mix", "--duck-db", "6")
+    result = gvmgen("generate", "./-x.mp4", "-o", "./-out.mp4", "--model", "tiny", "--mux", "mix", "--duck-db", "6",
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {tmp_path / 'out.mp4'}")  # the summary a terminal shows
-    probed = _ffprobe(tmp_path / "out.mp4")
+    assert result.stdout.startswith("wrote -out.mp4, -out.flac and -out.report.png")  # what a terminal shows
+    out = tmp_path / "-out.mp4"
+    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True, text=True)
+    assert decode.returncode == 0 and decode.stderr == ""
+    probed = _ffprobe(out)
     assert [(s["codec_type"], s["codec_name"]) for s in probed["streams"]] == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
-    assert _video_packets(tmp_path / "out.mp4") == _video_packets(source)
+    assert _video_packets(out) == _video_packets(source)
     # the first track under the music, lowered by 6 dB (not the default 12); the second kept as it was
-    assert _tone_db(tmp_path / "out.mp4", "0:a:0", 300) - _tone_db(source, "0:a:0", 300) == pytest.approx(-6, abs=1)
-    assert _tone_db(tmp_path / "out.mp4", "0:a:1", 600) - _tone_db(source, "0:a:1", 600) == pytest.approx(0, abs=1)
-    # the music is in the first track at its -14 LUFS (ffmpeg's EBU R128 meter), for as long as the picture
-    meter = subprocess.run(["ffmpeg", "-nostats", "-i", str(tmp_path / "out.mp4"), "-map", "0:a:0", "-af", "ebur128",
-                            "-f", "null", "-"], capture_output=True, text=True, check=True).stderr
-    assert float(re.findall(r"I:\s+(-?[\d.]+) LUFS", meter)[-1]) == pytest.approx(-14, abs=1.5)
+    assert _tone_db(out, "0:a:0", 300) - _tone_db(source, "0:a:0", 300) == pytest.approx(-6, abs=1)
+    assert _tone_db(out, "0:a:1", 600) - _tone_db(source, "0:a:1", 600) == pytest.approx(0, abs=1)
     assert abs(float(probed["streams"][1]["duration"]) - float(_ffprobe(source)["streams"][0]["duration"])) <= 0.05
-
-
-@pytest.mark.slow
-def test_score_passes_batch_videos_to_the_flow_and_every_output_plays(gvmgen, fixtures, tmp_path):
-    import shutil
-    import sqlite3
-
-    library = tmp_path / "library"
-    library.mkdir()
-    for name in ("counter", "delayed_start"):
-        shutil.copy(fixtures / "video" / f"{name}.mp4", library / f"{name}.mp4")
-    refused = gvmgen("score", library, "--out", tmp_path / "scored", "--batch-videos", "0")
-    assert refused.returncode == 2 and refused.stderr.startswith("error: ") and "batch_videos" in refused.stderr
-    assert not (tmp_path / "scored").exists() or not any((tmp_path / "scored").iterdir())
-    result = gvmgen("score", library, "--out", tmp_path / "scored", "--batch-videos", "2", "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["scored"] == 2
-    # the flow run got the option (Prefect's own database keeps each flow run's parameters)
-    with sqlite3.connect(Path(os.environ["GVMGEN_HOME"]) / "prefect" / "prefect.db") as db:
-        parameters = [json.loads(p) for (p,) in db.execute("SELECT parameters FROM flow_run")]
-    assert [p["batch_videos"] for p in parameters] == [2]
-    for name in ("counter", "delayed_start"):
-        source, out = library / f"{name}.mp4", tmp_path / "scored" / f"{name}.mp4"
-        probed = _ffprobe(out)
-        assert [s["codec_type"] for s in probed["streams"]] == ["video", "audio"]
-        assert _video_packets(out) == _video_packets(source)
-        video = next(s for s in _ffprobe(source)["streams"] if s["codec_type"] == "video")
-        audio = probed["streams"][1]
-        assert audio["codec_name"] == "aac" and abs(float(audio["duration"]) - float(video["duration"])) <= 0.05
+    # the track beside it: the music alone, at -14 LUFS (ffmpeg's meter), 48 kHz stereo, as long as the picture
+    track, rate = read_track(tmp_path / "-out.flac")
+    assert rate == 48000 and track.shape[1] == 2 and abs(len(track) / rate - probe(source).duration) <= 0.02
+    assert _ebur128(tmp_path / "-out.flac")[0] == pytest.approx(-14, abs=0.5)
