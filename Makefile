@@ -8,10 +8,10 @@ demo: .venv/.installed
 	./scripts/demo.sh
 
 test: .venv/.installed
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n auto --dist loadfile  # a worker per core, each test file on one
 
 test-fast: .venv/.installed
-	.venv/bin/python -m pytest -q -m "not slow"
+	.venv/bin/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 # mutation testing of the core modules (scripts/mutate.py lists them); the last line: RESULT mutation_score_min=...
 mutate: .venv/.installed
