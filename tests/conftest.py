@@ -12,6 +12,12 @@ import torch
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
+# Under pytest-xdist the cores are shared by the workers: each worker's torch, and every process it
+# starts, gets its share of them (two workers with two threads each on two cores run several times slower).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # huggingface_hub reads these once, on import: the tests must never see a real cache or network.
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="gvmgen-test-hf-")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -27,7 +33,6 @@ def _isolated_home(tmp_path, monkeypatch):
 def tiny_model():
     from gvmgen.model.checkpoints import load_model
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     return load_model("tiny")
 
 
