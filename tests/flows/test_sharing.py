@@ -52,7 +52,7 @@ def composing(prefect_engine, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GVMGEN_HOME", str(root / "home"))
         library = root / "library"
-        _clip(library / "a_long.mp4", "testsrc", 8)
+        _clip(library / "a_long.mp4", "testsrc", 20)  # composes for several leases, on any machine
         _clip(library / "b.mp4", "smptebars", 1)
         _clip(library / "c.mp4", "rgbtestsrc", 1)
         observed, stop = [], threading.Event()
