@@ -94,3 +94,8 @@ def test_settings_survive_a_round_trip_through_json():
     for path, value in itertools.islice(CHANGES.items(), None):
         data = _changed(path, value)
         assert ScoreSettings.from_dict(json.loads(json.dumps(data))).to_dict() == data
+
+
+def test_the_key_is_the_sha256_of_the_canonical_json():
+    # SHA-256 of the two bytes "{}" is 44136fa3...; the key keeps its first 32 hex digits
+    assert settings_hash({}) == "44136fa355b3678a1146ad16f7e8649e"

@@ -265,6 +265,7 @@ def test_completing_records_the_output_and_ends_that_job_as_done(session, model)
     assert (stored.settings, stored.seed, stored.video_uri, stored.track_uri, stored.report_uri) == \
         (settings, 3, "file:///o/v0.mp4", "file:///o/v0.wav", "file:///o/v0.html")
     assert (stored.loudness_lufs, stored.true_peak_dbtp, stored.windows) == (-14.0, -1.5, [[0.0, 30.0], [18.0, 40.0]])
+    assert stored.worker == "w1"                                   # the process that held the lease
     assert before <= stored.created_at <= after
     row = _fresh(session, job)
     assert (row.owner, row.lease_expires_at, row.status) == (None, None, "done")
