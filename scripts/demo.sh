@@ -23,6 +23,6 @@ make_clip long-take 40 "testsrc=s=640x360:r=25"
 # The catalog flow (Prefect, no server) on the embedded defaults: the folder above, SQLite under GVMGEN_HOME.
 .venv/bin/gvmgen score "$catalog" --out "$scored" --model tiny --seed 0
 echo
-echo "Scored videos, their music tracks (.wav) and reports (.report.png) are in $scored"
+echo "Scored videos, their music tracks (.flac) and reports (.report.png) are in $scored"
 echo "Run metadata is in $GVMGEN_HOME/gvmgen.db; run 'make demo' again and nothing is scored twice."
 echo "(tiny preset: untrained weights, so the music is noise; see README, 'Models and real weights'.)"
