@@ -5,28 +5,16 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 
-def _recorded(database: Path) -> int:
-    """How many outputs the run has recorded so far (read without migrating or locking anything)."""
-    try:
-        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
-            return db.execute("SELECT count(*) FROM outputs").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
-def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path, monkeypatch):
+def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path, monkeypatch, recorded_outputs):
     from storage.db import connect
     from storage.models import Output, Video
 
@@ -42,9 +30,9 @@ def test_a_killed_run_resumes_without_scoring_anything_twice(fixtures, tmp_path,
     # as a machine losing power would.
     first = subprocess.Popen(score, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not _recorded(Path(os.environ["GVMGEN_HOME"]) / "gvmgen.db"):
+    while time.time() < deadline and not recorded_outputs():
         time.sleep(0.05)
-    assert _recorded(Path(os.environ["GVMGEN_HOME"]) / "gvmgen.db"), "the first run scored nothing before the deadline"
+    assert recorded_outputs(), "the first run scored nothing before the deadline"
     os.killpg(first.pid, signal.SIGKILL)              # mid-catalog: at least one video is still to do
     first.wait()
     with connect()() as session:

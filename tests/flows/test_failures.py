@@ -6,9 +6,7 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,15 +37,6 @@ def _failed_jobs_and_errors():
     with connect()() as session:
         return (session.scalar(select(func.count()).select_from(Job).where(Job.status == "failed")),
                 session.scalar(select(func.count()).select_from(VideoError)))
-
-
-def _recorded(database: Path) -> int:
-    """How many outputs a run has recorded so far (read without migrating or locking anything)."""
-    try:
-        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as db:
-            return db.execute("SELECT count(*) FROM outputs").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def _wait_for(condition, seconds=300, what="the condition"):
@@ -152,7 +141,7 @@ def test_an_unsafe_key_fails_alone_and_a_300_character_name_is_scored(prefect_en
 
 
 @pytest.mark.slow
-def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixtures, tmp_path):
+def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixtures, tmp_path, recorded_outputs):
     from storage.db import connect
     from storage.models import Job, Output, Run, Video
 
@@ -161,7 +150,7 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
     first = gvmgen(*args, background=True)
     # a video recorded as scored (its mp4 alone is not enough: one uploaded but not yet recorded when the
     # signal lands is, by design, scored again)
-    _wait_for(lambda: _recorded(Path(os.environ["GVMGEN_HOME"]) / "gvmgen.db"), what="the first scored video")
+    _wait_for(lambda: recorded_outputs(), what="the first scored video")
     first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 143 and "Traceback" not in stderr, stderr
