@@ -19,6 +19,7 @@ mutate: .venv/.installed
 
 bench: .venv/.installed
 	.venv/bin/python bench/extraction.py
+	.venv/bin/python bench/finish.py
 	.venv/bin/python bench/generation.py
 	.venv/bin/python bench/probe.py
 

@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
 # GPU benchmarks, one command: every figure of the GPU targets, `small`-shaped random weights in bf16,
-# full 30-s windows, guidance 3.0, top-k 250 (about 15 minutes on an H100/H200):
-#  1. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
-#     batch 1, 8 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), and the step
+# full 30-s windows, guidance 3.0, top-k 250, sized to fit a 15-minute lease of one H100/H200 (about
+# 8 minutes), the figures that matter most first:
+#  1. the CUDA tests: graph replays sample the eager step's tokens, a step never waits for the host;
+#  2. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
+#     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), and the step
 #     time at token 100 vs. 1400;
-#  2. the anchor, transformers' generate() once per window, called right (explicit attention mask,
-#     encoder-decoder cache); then called as this bench called it before, with transformers' defaults,
-#     in a process of its own (it hit a device-side assert on an H100, which poisons the process);
-#  3. training steps on batches of four 30-s clips, per LM mode (cross-attention, LoRA, full);
-#  4. the whole catalog (bench/catalog.py): 16 synthetic videos of 60-180 s through the score-catalog
+#  3. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
-#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split.
-# The target figures are summed up at the end.
-set -euo pipefail
+#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split;
+#  4. the anchor, transformers' generate() once per window, called right (explicit attention mask,
+#     encoder-decoder cache): about 2 minutes on an H100;
+#  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
+#     defaults, in a process of its own (it hit a device-side assert on an H100, which poisons the process);
+#  6. with TRAINING=1, training steps on batches of four 30-s clips, per LM mode.
+# The target figures are summed up at the end. BATCHES (default 1,32) and VIDEOS (default 8) resize it.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 log=$(mktemp)
-run() { PYTHONPATH=. "$PY" "$@" 2>&1 | tee -a "$log"; }
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
-run bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts eager,graphs,steps \
-  || echo "generation: graph and eager paths failed on this GPU"
-run bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 --parts anchor --anchor-call fixed \
-  || echo "anchor: transformers generate() (fixed call) failed on this GPU"
-PYTHONPATH=. timeout 300 "$PY" bench/generation.py --preset small --seconds 30 --device cuda --dtype bfloat16 \
-  --parts anchor --anchor-call default 2>&1 | tail -n 25 | tee -a "$log" \
-  || echo "anchor as called before (transformers' defaults): failed (its error above)" | tee -a "$log"
-run bench/training.py --preset small --device cuda --steps 12 --batch 4 || echo "training bench failed"
-run bench/catalog.py --preset small --videos 16 --min-seconds 60 --max-seconds 180 --batch-videos 4 \
-  || echo "catalog bench failed"
+run() { "$PY" "$@" 2>&1 | tee -a "$log"; }
+common=(--preset small --seconds 30 --device cuda --dtype bfloat16 --batches "${BATCHES:-1,32}")
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+"$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'transformers', transformers.__version__)" | tee -a "$log"
+"$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_decoding.py 2>&1 | tail -n 15 | tee -a "$log" \
+  || echo "CUDA tests failed (above)" | tee -a "$log"
+run bench/generation.py "${common[@]}" --parts eager,graphs,steps \
+  || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
+run bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
+  || echo "catalog bench failed" | tee -a "$log"
+run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
+  || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"
+if [ "${ANCHOR_DEFAULT:-0}" = 1 ]; then
+  timeout 100 "$PY" bench/generation.py "${common[@]}" --parts anchor --anchor-call default 2>&1 | tail -n 25 \
+    | tee -a "$log" || echo "anchor as called before (transformers' defaults): failed (its error above)" | tee -a "$log"
+fi
+if [ "${TRAINING:-0}" = 1 ]; then
+  run bench/training.py --preset small --device cuda --steps 12 --batch 4 || echo "training bench failed"
+fi
 "$PY" - "$log" <<'SUMMARY'
 import math, re, sys
 r = {}

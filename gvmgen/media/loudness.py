@@ -2,9 +2,11 @@
 
 pyloudnorm measures integrated loudness but has no limiter, and a plain gain to -14 LUFS pushes
 generated music well past 0 dBFS. So: gain to the target, then a look-ahead peak limiter driven by the
-*true* peak (4x oversampled, as BS.1770 specifies for dBTP), then a second measurement and a small
-correction, since limiting lowers the loudness a little. The limiter's gain never jumps: it ramps down
-over the look-ahead before each peak and recovers slowly after it, so it does not click.
+*true* peak (4x oversampled, as BS.1770 specifies for dBTP), then a measurement. Limiting takes back
+part of the gain, the more the peakier the track, so the gain is searched for: each pass limits the
+*original* scaled by a gain (never a limited track again) and the next gain comes from the secant
+through the last two passes. The limiter's gain never jumps: it ramps down over the look-ahead before
+each peak and recovers slowly after it, so it does not click.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ EBU_R128 = -23.0    # LUFS: broadcast
 
 
 MISS_TOLERANCE_LU = 0.5  # a track further than this from its target is reported
+TOLERANCE_LU = 0.1       # normalisation stops this close to the target
+MAX_PASSES = 4           # limiter passes at most (most tracks need one or two)
+MIN_SLOPE = 0.25         # a gain step is at most 4x the error, even when the limiter takes most of it back
 
 
 @dataclass
@@ -40,11 +45,12 @@ class LoudnessReport:
 
 def true_peak(audio: np.ndarray) -> np.ndarray:
     """|x| upsampled 4x, folded back to one value per input sample (the max of its 4 sub-samples and,
-    for (samples, channels) audio, of every channel)."""
-    audio = audio.reshape(len(audio), -1)
-    up = np.abs(resample_poly(audio, 4, 1, axis=0))
-    up = np.pad(up, ((0, 4 * len(audio) - len(up)), (0, 0)))
-    return up.reshape(len(audio), 4 * audio.shape[1]).max(axis=1)
+    for (samples, channels) audio, of every channel). In float32: its error (~1e-7) is far below a
+    meter's 0.1 dB, and it halves the memory the 4x signal streams through, the cost here."""
+    audio = np.asarray(audio, dtype=np.float32).reshape(len(audio), -1)
+    up = resample_poly(audio, 4, 1, axis=0)                                    # (4 * samples, channels)
+    np.abs(up, out=up)
+    return up.reshape(len(audio), -1).max(axis=1)
 
 
 def true_peak_db(audio: np.ndarray) -> float:
@@ -74,27 +80,38 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float = STREAMIN
     measured = meter.integrated_loudness(audio)
     if not np.isfinite(measured):  # silence, or shorter than one 400 ms block
         return audio.astype(np.float32), LoudnessReport(float(measured), float(measured), true_peak_db(audio), 0.0)
+
+    def limited(gain_db: float) -> tuple[np.ndarray, float]:
+        out = limit(audio * 10 ** (gain_db / 20), sample_rate, ceiling_dbtp)
+        return out, meter.integrated_loudness(out)
+
     gain_db = target_lufs - measured
-    out = audio * 10 ** (gain_db / 20)
-    for _ in range(3):
-        out = limit(out, sample_rate, ceiling_dbtp)
-        error = target_lufs - meter.integrated_loudness(out)
-        if abs(error) < 0.1:
+    out, output_lufs = limited(gain_db)
+    last = None
+    for _ in range(MAX_PASSES - 1):
+        error = target_lufs - output_lufs
+        if abs(error) < TOLERANCE_LU:
             break
-        out = out * 10 ** (error / 20)
-        gain_db += error
-    out = limit(out, sample_rate, ceiling_dbtp)
-    report = LoudnessReport(float(measured), float(meter.integrated_loudness(out)), true_peak_db(out), float(gain_db))
+        slope = 1.0   # LU gained per dB of gain: 1 until two passes measure it, less under the limiter
+        if last is not None and gain_db != last[0]:
+            slope = min(1.0, max(MIN_SLOPE, (output_lufs - last[1]) / (gain_db - last[0])))
+        last = (gain_db, output_lufs)
+        gain_db += error / slope
+        out, output_lufs = limited(gain_db)
+    report = LoudnessReport(float(measured), float(output_lufs), true_peak_db(out), float(gain_db))
     return out.astype(np.float32), report
 
 
 def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
                         block_s: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """(times, LUFS): K-weighted loudness of the 3 s ending at each time (-inf in silence)."""
-    meter = pyloudnorm.Meter(sample_rate, block_size=block_s)
+    """(times, LUFS): K-weighted loudness of the `block_s` seconds ending at each time (-inf in silence).
+    The signal is K-weighted once, continuously, as a loudness meter does (EBU Tech 3341), and each
+    block is one of pyloudnorm's gating blocks of that length and hop."""
     block, hop = int(block_s * sample_rate), max(1, int(hop_s * sample_rate))
     audio = np.asarray(audio, dtype=np.float64)
     ends = np.arange(block, len(audio) + 1, hop)
-    # One gating block per segment: the gated "integrated" value of exactly block_s is the short-term value.
-    values = np.array([meter.integrated_loudness(audio[e - block:e]) for e in ends])
-    return ends / sample_rate, values
+    if not len(ends):
+        return ends / sample_rate, np.zeros(0)
+    meter = pyloudnorm.Meter(sample_rate, block_size=block / sample_rate, overlap=1 - hop / block)
+    meter.integrated_loudness(audio)
+    return ends / sample_rate, np.asarray(meter.blockwise_loudness[:len(ends)], dtype=np.float64)
