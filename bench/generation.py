@@ -89,26 +89,54 @@ def anchor(model, seconds, fixed):
     return seconds / (clock(model) - t)
 
 
-def step_time(model, position, batch, graphs, repeats=10):
-    """Seconds per sampled step at `position` for `batch` guided windows (2 * batch rows)."""
-    d, k, pad = model.config.lm["hidden_size"], model.config.num_codebooks, model.pad_token
+def late_decoder(model, position, batch, room):
+    """The static decoder set for `batch` guided windows (2 * batch rows) at `position`, with room for
+    `room` more steps; its cache is filled with noise instead of `position` prefilled tokens (a step
+    costs the same whatever the cache holds). Returns (decoder, sampling)."""
+    d, pad = model.config.lm["hidden_size"], model.pad_token
     p = next(model.lm.parameters())
     sampling = MusicGenerator(model, GenerationSettings(seed=0)).sampling
     rows = 2 * batch
     decoder = model.static_decoder()
     decoder.reset(torch.randn(rows, 30, d, device=p.device, dtype=p.dtype) * 0.1,
-                  torch.ones(rows, 30, dtype=torch.bool, device=p.device), steps=position + repeats + 1)
-    decoder.keys[:, :rows].normal_()            # a step costs the same whatever the cache holds,
-    decoder.values[:, :rows].normal_()          # so fill it instead of prefilling `position` tokens
+                  torch.ones(rows, 30, dtype=torch.bool, device=p.device), steps=position + room + 1)
+    decoder.keys[:, :rows].normal_()
+    decoder.values[:, :rows].normal_()
     decoder.forced[:batch] = -1
     decoder.inputs[:batch] = pad
     decoder.seek(position)
-    decoder.step(batch, sampling, graphs)   # captures this span's graph when graphs are on
+    return decoder, sampling
+
+
+def step_time(model, position, batch, graphs, repeats=10):
+    """Seconds per sampled step at `position` for `batch` guided windows (2 * batch rows)."""
+    decoder, sampling = late_decoder(model, position, batch, repeats)
+    for _ in range(repeats):   # warm-up: captures the graph of every span the timed steps meet
+        decoder.step(batch, sampling, graphs)
     decoder.seek(position)
     t = clock(model)
     for _ in range(repeats):
         decoder.step(batch, sampling, graphs)
     return (clock(model) - t) / repeats
+
+
+def profile(model, batch, position=1400, steps=5):
+    """The operators of `steps` eager steps late in a window for `batch` guided windows, by their own
+    device time (on CUDA: each kernel's time, which a graph replay spends too), top 20."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiled
+
+    decoder, sampling = late_decoder(model, position, batch, 2 * steps)
+    decoder.step(batch, sampling, graphs=False)   # warm-up
+    cuda = next(model.lm.parameters()).is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profiled(activities=activities) as prof:
+        for _ in range(steps):
+            decoder.step(batch, sampling, graphs=False)
+        clock(model)
+    print(f"profile: {steps} eager steps at token {position}, batch {batch} guided ({2 * batch} rows)")
+    print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                    row_limit=20, max_name_column_width=60))
 
 
 def main():
@@ -119,7 +147,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--parts", default="anchor,eager,graphs,steps", help="what to measure (a CUDA error in "
-                        "one part poisons the process, so a GPU run takes the anchor in a separate process)")
+                        "one part poisons the process, so a GPU run takes the anchor in a separate process); "
+                        "`profile`: the operators of a late eager step at the largest batch, by device time")
     parser.add_argument("--anchor-call", default="fixed", choices=["fixed", "default"])
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -151,6 +180,8 @@ def main():
     for b in batches:
         if ("graph", b) in rates and ("eager", b) in rates:
             print(f"RESULT graph_vs_eager_b{b}={rates['graph', b] / rates['eager', b]:.2f}")
+    if "profile" in parts:
+        profile(model, max(batches))
     for b in (1, 8) if "steps" in parts else ():
         for name, graphs in paths:
             early, late = step_time(model, 100, b, graphs), step_time(model, 1400, b, graphs)

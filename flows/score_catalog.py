@@ -547,9 +547,18 @@ def leases_kept(owners: list[str], lease_s: float):
 
 
 # ---- the flow ------------------------------------------------------------------------------------------
-def _ready(futures: list[PrefectFuture], most: int) -> list[PrefectFuture]:
-    """Wait for one future to finish, then take up to `most` of those finished by now."""
+def _ready(futures: list[PrefectFuture], most: int, first_batch_since: float | None = None) -> list[PrefectFuture]:
+    """Wait for one future to finish, then take up to `most` of those finished by now. For the first
+    batch (`first_batch_since`: when its work began, time.monotonic()), first wait up to as long again
+    as that first one took for `most` of them (all, if fewer) to finish."""
     first = next(as_completed(futures))
+    if first_batch_since is not None:
+        # Polled on the runner's own futures (a thread's or a Dask worker's): Prefect's as_completed
+        # times out with SIGALRM, which may fire inside whatever the flow's thread runs meanwhile.
+        deadline = 2 * time.monotonic() - first_batch_since
+        while (sum(f.wrapped_future.done() for f in futures) < min(most, len(futures))
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
     others = [f for f in futures if f is not first and f.state.is_final()]
     return [first, *others[:most - 1]]
 
@@ -619,8 +628,12 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         with leases_kept(owners, lease_s):
             waiting, preparing, finishing = iter(video_ids), [], []
             preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
+            # The first batch waits for its batch-mates, at most as long again as the first video took to
+            # prepare: the GPU has nothing to do yet, and a batch of one would take the model as long as
+            # a full one. Later batches take what is ready when the model is free.
+            first_batch_since = time.monotonic()   # None once a batch has gone to the model
             while preparing:
-                ready = _ready(preparing, batch_videos)
+                ready = _ready(preparing, batch_videos, first_batch_since)
                 preparing = [f for f in preparing if f not in ready]
                 if not stopped_by:
                     preparing += submit_prepare(list(islice(waiting, len(ready))))
@@ -632,6 +645,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
                             owners.append(result.owner)
                     else:
                         handled(result)
+                if first_batch_since is not None:  # nothing to compose yet (all skipped, say): wait anew
+                    first_batch_since = None if claimed else time.monotonic()
                 if claimed and stopped_by:  # not composed: close_run hands their leases back
                     for c in claimed:
                         shutil.rmtree(c.work, ignore_errors=True)

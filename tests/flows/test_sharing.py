@@ -200,3 +200,31 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
     final = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()}
     assert {name: len(seen) for name, seen in versions.items()} == {name: 1 for name in expected}   # written once
     assert {name: next(iter(seen)) for name, seen in versions.items()} == final
+
+
+
+@pytest.mark.parametrize("durations, most, first_batch, taken", [
+    ((1.0, 1.3, 4.0), 3, True, [1.0, 1.3]),   # the first batch waits as long again as the first took, no longer
+    ((1.0, 1.3, 1.6), 2, True, [1.0, 1.3]),   # and no longer than it takes to fill the batch
+    ((1.0, 1.3, 4.0), 3, False, [1.0]),       # a later batch takes what is ready when the model is free
+])
+def test_the_first_batch_waits_for_its_batch_mates(prefect_engine, durations, most, first_batch, taken):
+    """The flow's batching (`_ready`) on real Prefect futures of tasks that take known times: the first
+    batch waits for batch-mates rather than keep the model busy with one video, within a bound."""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.score_catalog import _ready
+
+    @task
+    def prepared_after(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def batch() -> list[float]:
+        since = time.monotonic()
+        futures = [prepared_after.submit(s) for s in durations]
+        return sorted(f.result() for f in _ready(futures, most, since if first_batch else None))
+
+    assert batch() == taken
