@@ -16,7 +16,7 @@ server) under a temporary GVMGEN_HOME. Prints, as RESULT lines:
   events around every model call (the time between a call's first and last kernel);
 - the time split between the flow's three tasks (task-seconds from Prefect's task runs).
 
-On CUDA the LM runs in bf16 (the flow's loaded model is cast in place: the targets are bf16).
+On CUDA the LM runs in bf16, as the flow loads it (`load_for_scoring`).
 
     python bench/catalog.py [--preset small|tiny] [--videos 16] [--min-seconds 60] [--max-seconds 180]
                             [--batch-videos 4]
@@ -209,8 +209,6 @@ def run(args, home: Path):
     score_catalog(str(home / "empty"), str(home / "scored-empty"), model=str(model_dir))  # starts the engine
     model = cached_model(str(model_dir))                       # the instance the flow's tasks will use
     cuda = next(model.lm.parameters()).is_cuda
-    if cuda:
-        model.lm.to(torch.bfloat16)
     where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
     music = sum(d for d, _ in videos.values())
     print(f"preset {args.preset}, {len(videos)} videos, {music:.0f} s of video, batch_videos {args.batch_videos}, {where}")

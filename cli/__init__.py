@@ -153,7 +153,7 @@ def generate(
 
     from gvmgen.media.mux import check_container
     from gvmgen.media.probe import probe
-    from gvmgen.model.checkpoints import load_model
+    from gvmgen.model.checkpoints import load_for_scoring
     from gvmgen.pipeline import score_video
 
     info = probe(video)  # a bad video, or an output that cannot be written, costs nothing
@@ -168,7 +168,7 @@ def generate(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     with console.status(f"loading model {model}"):
-        loaded = load_model(model, device=device)
+        loaded = load_for_scoring(model, device=device)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeRemainingColumn(), console=console,
                   disable=as_json or OPTIONS["quiet"] or not console.is_terminal) as bar:

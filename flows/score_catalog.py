@@ -54,7 +54,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
-from gvmgen.model.checkpoints import load_model
+from gvmgen.model.checkpoints import load_for_scoring
 from gvmgen.pipeline import PreparedVideo, VideoFrames, compose, encode, extract_frames, finish, prepare
 from gvmgen.settings import ScoreSettings
 from storage import registry
@@ -135,7 +135,7 @@ def cached_model(name: str):
 
     with sessions() as session:
         spec = registry.resolve(session, name)
-    return load_model(spec, device="cuda" if torch.cuda.is_available() else "cpu")
+    return load_for_scoring(spec, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 @functools.lru_cache(maxsize=4)

@@ -74,6 +74,16 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torc
     return model.to(device=device, dtype=dtype).eval()
 
 
+def load_for_scoring(spec: str | Path, device: str | torch.device = "cpu") -> GVMGen:
+    """`load_model` for composing: on CUDA the language model runs in bf16, as its decoding step is
+    measured and its graphs captured (MusicGen's own inference runs the LM at half precision); CLIP runs
+    under bf16 autocast either way, and the codec and the feature transformation stay float32."""
+    model = load_model(spec, device)
+    if torch.device(device).type == "cuda":
+        model.lm.to(torch.bfloat16)
+    return model
+
+
 def with_feature_transformation(model: GVMGen, layout: str) -> GVMGen:
     """`model` with a fresh feature transformation of `layout` (one of FEATURE_TRANSFORMATIONS) and every
     other weight kept: fine-tuning a checkpoint in another variant. The same model when it has that layout."""

@@ -47,3 +47,17 @@ def test_one_step_never_waits_for_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_a_model_loaded_for_scoring_composes_in_bf16_on_the_gpu():
+    """What the flow and `gvmgen generate` load: the LM in bf16, the codec in float32, and a track of
+    the video's exact length with finite samples (the bf16 tokens meet the float32 layers around them)."""
+    from gvmgen.generate import VisualTokens
+    from gvmgen.model.checkpoints import load_for_scoring
+
+    model = load_for_scoring("tiny", device="cuda")
+    assert next(model.lm.parameters()).dtype == torch.bfloat16
+    assert next(model.codec.parameters()).dtype == torch.float32
+    video = VisualTokens(torch.randn(4, model.config.lm["hidden_size"]) * 0.1, torch.arange(4.0), 3.5, [2.0])
+    (track,) = MusicGenerator(model, GenerationSettings(seed=0)).generate([video])
+    assert len(track) == round(3.5 * model.config.sample_rate) and bool((abs(track) < float("inf")).all())
