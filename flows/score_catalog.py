@@ -551,15 +551,15 @@ def _ready(futures: list[PrefectFuture], most: int, first_batch_since: float | N
     """Wait for one future to finish, then take up to `most` of those finished by now. For the first
     batch (`first_batch_since`: when its work began, time.monotonic()), first wait up to as long again
     as that first one took for `most` of them (all, if fewer) to finish."""
+    # "Finished" is the runner's own future (a thread's or a Dask worker's): the API's task state can lag
+    # it, and Prefect's as_completed times out with SIGALRM, which may fire inside whatever runs meanwhile.
+    finished = lambda f: f.wrapped_future.done()  # noqa: E731
     first = next(as_completed(futures))
     if first_batch_since is not None:
-        # Polled on the runner's own futures (a thread's or a Dask worker's): Prefect's as_completed
-        # times out with SIGALRM, which may fire inside whatever the flow's thread runs meanwhile.
         deadline = 2 * time.monotonic() - first_batch_since
-        while (sum(f.wrapped_future.done() for f in futures) < min(most, len(futures))
-               and time.monotonic() < deadline):
+        while sum(map(finished, futures)) < min(most, len(futures)) and time.monotonic() < deadline:
             time.sleep(0.05)
-    others = [f for f in futures if f is not first and f.state.is_final()]
+    others = [f for f in futures if f is not first and finished(f)]
     return [first, *others[:most - 1]]
 
 

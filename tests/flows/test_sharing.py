@@ -52,7 +52,7 @@ def composing(prefect_engine, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GVMGEN_HOME", str(root / "home"))
         library = root / "library"
-        _clip(library / "a_long.mp4", "testsrc", 20)  # composes for several leases, on any machine
+        _clip(library / "a_long.mp4", "testsrc", 40)  # composes for several leases on any machine (20 s took 3.6 s once: too near 1.5 leases)
         _clip(library / "b.mp4", "smptebars", 1)
         _clip(library / "c.mp4", "rgbtestsrc", 1)
         observed, stop = [], threading.Event()
@@ -204,9 +204,9 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
 
 
 @pytest.mark.parametrize("durations, most, first_batch, taken", [
-    ((1.0, 1.3, 4.0), 3, True, [1.0, 1.3]),   # the first batch waits as long again as the first took, no longer
-    ((1.0, 1.3, 1.6), 2, True, [1.0, 1.3]),   # and no longer than it takes to fill the batch
-    ((1.0, 1.3, 4.0), 3, False, [1.0]),       # a later batch takes what is ready when the model is free
+    ((2.0, 2.3, 8.0), 3, True, [2.0, 2.3]),   # the first batch waits as long again as the first took, no longer
+    ((2.0, 2.3, 2.6), 2, True, [2.0, 2.3]),   # and no longer than it takes to fill the batch
+    ((2.0, 2.3, 8.0), 3, False, [2.0]),       # a later batch takes what is ready when the model is free
 ])
 def test_the_first_batch_waits_for_its_batch_mates(prefect_engine, durations, most, first_batch, taken):
     """The flow's batching (`_ready`) on real Prefect futures of tasks that take known times: the first
