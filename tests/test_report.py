@@ -91,3 +91,11 @@ def test_the_report_puts_cuts_windows_seams_and_loudness_on_one_time_axis(tmp_pa
     lower = rows > height * 0.45
     target_row = np.bincount(rows[lower]).argmax()
     assert lufs(target_row) == pytest.approx(-14.0, abs=0.5)
+
+
+def test_silence_after_music_reads_minus_infinity_not_the_filters_tail():
+    """The track is K-weighted once, so the filter's decaying tail reaches into the silence after the
+    music; BS.1770's -70 LUFS gate makes those blocks silence, as the report's axis expects."""
+    times, lufs = short_term_loudness(np.concatenate([tone(6, 0.1), np.zeros(8 * RATE)]), RATE)
+    assert np.isfinite(lufs[times <= 6]).all()
+    assert np.isneginf(lufs[times >= 9.5]).all()

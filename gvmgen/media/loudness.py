@@ -2,11 +2,10 @@
 
 pyloudnorm measures integrated loudness but has no limiter, and a plain gain to -14 LUFS pushes
 generated music well past 0 dBFS. So: gain to the target, then a look-ahead peak limiter driven by the
-*true* peak (4x oversampled, as BS.1770 specifies for dBTP), then a measurement. Limiting takes back
-part of the gain, the more the peakier the track, so the gain is searched for: each pass limits the
-*original* scaled by a gain (never a limited track again) and the next gain comes from the secant
-through the last two passes. The limiter's gain never jumps: it ramps down over the look-ahead before
-each peak and recovers slowly after it, so it does not click.
+*true* peak (4x oversampled, as BS.1770 specifies for dBTP), then a second measurement and a small
+correction, since limiting lowers the loudness a little. A correction is a gain on the limited track,
+which the next limiting can only make quieter, so the target is approached from below, never overshot. The limiter's gain never jumps: it ramps down over the
+look-ahead before each peak and recovers slowly after it, so it does not click.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ EBU_R128 = -23.0    # LUFS: broadcast
 
 MISS_TOLERANCE_LU = 0.5  # a track further than this from its target is reported
 TOLERANCE_LU = 0.1       # normalisation stops this close to the target
-MAX_PASSES = 4           # limiter passes at most (most tracks need one or two)
-MIN_SLOPE = 0.25         # a gain step is at most 4x the error, even when the limiter takes most of it back
+ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: quieter blocks are silence
 
 
 @dataclass
@@ -81,23 +79,19 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float = STREAMIN
     if not np.isfinite(measured):  # silence, or shorter than one 400 ms block
         return audio.astype(np.float32), LoudnessReport(float(measured), float(measured), true_peak_db(audio), 0.0)
 
-    def limited(gain_db: float) -> tuple[np.ndarray, float]:
-        out = limit(audio * 10 ** (gain_db / 20), sample_rate, ceiling_dbtp)
-        return out, meter.integrated_loudness(out)
-
     gain_db = target_lufs - measured
-    out, output_lufs = limited(gain_db)
-    last = None
-    for _ in range(MAX_PASSES - 1):
+    out = audio * 10 ** (gain_db / 20)
+    for _ in range(3):
+        out = limit(out, sample_rate, ceiling_dbtp)
+        output_lufs = meter.integrated_loudness(out)
         error = target_lufs - output_lufs
         if abs(error) < TOLERANCE_LU:
             break
-        slope = 1.0   # LU gained per dB of gain: 1 until two passes measure it, less under the limiter
-        if last is not None and gain_db != last[0]:
-            slope = min(1.0, max(MIN_SLOPE, (output_lufs - last[1]) / (gain_db - last[0])))
-        last = (gain_db, output_lufs)
-        gain_db += error / slope
-        out, output_lufs = limited(gain_db)
+        out = out * 10 ** (error / 20)
+        gain_db += error
+    else:  # the last correction may have lifted a peak past the ceiling again
+        out = limit(out, sample_rate, ceiling_dbtp)
+        output_lufs = meter.integrated_loudness(out)
     report = LoudnessReport(float(measured), float(output_lufs), true_peak_db(out), float(gain_db))
     return out.astype(np.float32), report
 
@@ -114,4 +108,6 @@ def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
         return ends / sample_rate, np.zeros(0)
     meter = pyloudnorm.Meter(sample_rate, block_size=block / sample_rate, overlap=1 - hop / block)
     meter.integrated_loudness(audio)
-    return ends / sample_rate, np.asarray(meter.blockwise_loudness[:len(ends)], dtype=np.float64)
+    values = np.asarray(meter.blockwise_loudness[:len(ends)], dtype=np.float64)
+    values[~(values > ABSOLUTE_GATE_LUFS)] = -np.inf   # silence (the K-filter's decaying tail reads -3000)
+    return ends / sample_rate, values
