@@ -547,19 +547,22 @@ def leases_kept(owners: list[str], lease_s: float):
 
 
 # ---- the flow ------------------------------------------------------------------------------------------
+def _finished(future: PrefectFuture) -> bool:
+    """Whether the runner's own future (a thread's or a Dask worker's) is done: the API's task state can
+    lag it, and Prefect's as_completed times out with SIGALRM, which may fire inside whatever runs meanwhile."""
+    return future.wrapped_future.done()
+
+
 def _ready(futures: list[PrefectFuture], most: int, first_batch_since: float | None = None) -> list[PrefectFuture]:
     """Wait for one future to finish, then take up to `most` of those finished by now. For the first
     batch (`first_batch_since`: when its work began, time.monotonic()), first wait up to as long again
     as that first one took for `most` of them (all, if fewer) to finish."""
-    # "Finished" is the runner's own future (a thread's or a Dask worker's): the API's task state can lag
-    # it, and Prefect's as_completed times out with SIGALRM, which may fire inside whatever runs meanwhile.
-    finished = lambda f: f.wrapped_future.done()  # noqa: E731
     first = next(as_completed(futures))
     if first_batch_since is not None:
         deadline = 2 * time.monotonic() - first_batch_since
-        while sum(map(finished, futures)) < min(most, len(futures)) and time.monotonic() < deadline:
+        while sum(map(_finished, futures)) < min(most, len(futures)) and time.monotonic() < deadline:
             time.sleep(0.05)
-    others = [f for f in futures if f is not first and finished(f)]
+    others = [f for f in futures if f is not first and _finished(f)]
     return [first, *others[:most - 1]]
 
 

@@ -4,8 +4,9 @@ pyloudnorm measures integrated loudness but has no limiter, and a plain gain to 
 generated music well past 0 dBFS. So: gain to the target, then a look-ahead peak limiter driven by the
 *true* peak (4x oversampled, as BS.1770 specifies for dBTP), then a second measurement and a small
 correction, since limiting lowers the loudness a little. A correction is a gain on the limited track,
-which the next limiting can only make quieter, so the target is approached from below, never overshot. The limiter's gain never jumps: it ramps down over the
-look-ahead before each peak and recovers slowly after it, so it does not click.
+which the next limiting can only make quieter, so the target is approached from below, never
+overshot. The limiter's gain never jumps: it ramps down over the look-ahead before each peak and
+recovers slowly after it, so it does not click.
 """
 
 from __future__ import annotations
