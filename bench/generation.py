@@ -57,7 +57,8 @@ def ours(model, batch, seconds, graphs):
     conds = conditions(model, batch, seconds)
     decoder = model.static_decoder()
     captured = decoder.capture_seconds
-    MusicGenerator(model, settings, cuda_graphs=graphs).sample(conds, [frames if graphs else EAGER_WARMUP_STEPS] * batch)
+    warmup = frames if graphs else EAGER_WARMUP_STEPS
+    MusicGenerator(model, settings, cuda_graphs=graphs).sample(conds, [warmup] * batch)
     capture = decoder.capture_seconds - captured
     t = clock(model)
     MusicGenerator(model, settings, cuda_graphs=graphs).sample(conds, [frames] * batch)
