@@ -24,6 +24,7 @@ import inspect
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from gvmgen.generate import GenerationSettings, MusicGenerator
@@ -103,8 +104,7 @@ def late_decoder(model, position, batch, room):
     decoder = model.static_decoder()
     decoder.reset(torch.randn(rows, 30, d, device=p.device, dtype=p.dtype) * 0.1,
                   torch.ones(rows, 30, dtype=torch.bool, device=p.device), steps=position + room + 1)
-    decoder.keys[:, :rows].normal_()
-    decoder.values[:, :rows].normal_()
+    decoder.cache[:, :, :rows].normal_()
     decoder.forced[:batch] = -1
     decoder.inputs[:batch] = pad
     decoder.seek(position)
@@ -123,20 +123,41 @@ def step_time(model, position, batch, graphs, repeats=10):
     return (clock(model) - t) / repeats
 
 
+class OperatorCount(TorchDispatchMode):
+    """Counts the aten operators dispatched inside it, views left out: each is a kernel on a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # _unsafe_view is a reshape that the dispatcher does not mark as a view
+        self.count += not (func.is_view or func.overloadpacket is torch.ops.aten._unsafe_view)
+        return func(*args, **(kwargs or {}))
+
+
 def profile(model, batch, position=1400, steps=5):
     """The operators of `steps` eager steps late in a window for `batch` guided windows, by their own
-    device time (on CUDA: each kernel's time, which a graph replay spends too), top 20."""
+    device time (on CUDA: each kernel's time, which a graph replay spends too), top 20; and how many
+    operators (on CUDA: kernels) one step runs, which bounds a replayed step at a few microseconds each."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiled
 
-    decoder, sampling = late_decoder(model, position, batch, 2 * steps)
+    decoder, sampling = late_decoder(model, position, batch, 2 * steps + 1)
     decoder.step(batch, sampling, graphs=False)   # warm-up
+    with OperatorCount() as ops:
+        decoder.step(batch, sampling, graphs=False)
+    print(f"RESULT operators_per_step_b{batch}={ops.count}")
     cuda = next(model.lm.parameters()).is_cuda
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profiled(activities=activities) as prof:
         for _ in range(steps):
             decoder.step(batch, sampling, graphs=False)
         clock(model)
+    if cuda:
+        kernels = sum(e.device_type == DeviceType.CUDA for e in prof.events())
+        print(f"RESULT kernels_per_step_b{batch}={kernels / steps:.0f}")
     print(f"profile: {steps} eager steps at token {position}, batch {batch} guided ({2 * batch} rows)")
     print(prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
                                     row_limit=20, max_name_column_width=60))

@@ -5,7 +5,8 @@
 #  1. the CUDA tests: graph replays sample the eager step's tokens, a step never waits for the host;
 #  2. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
 #     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the step
-#     time at token 100 vs. 1400, and the kernels of a late step at batch 32 by device time;
+#     time at token 100 vs. 1400, and the kernels of a late step at batch 32 by device time (and
+#     how many kernels a step runs);
 #  3. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
 #     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split;
@@ -65,6 +66,7 @@ rows = [
     ("catalog vs. generation-only throughput          target >= 0.70", get("catalog_vs_generation_only")),
     ("catalog music-s per wall-s", get("catalog_music_s_per_s")),
 ]
+rows += [(f"{k.replace('_', ' ')} (late eager step)", v) for k, v in r.items() if k.startswith(("operators_per", "kernels_per"))]
 for name, value in rows:
     print(f"{name:66} {value:10.3f}")
 SUMMARY

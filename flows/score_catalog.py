@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
@@ -52,6 +52,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from gvmgen.generate import MusicGenerator
 from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_for_scoring
@@ -125,6 +126,22 @@ def preflight(source: str, output: str, model: str, settings: dict | None, batch
     open_store(output).check_writable()
     cached_model(model)  # missing or broken weights stop here, before any video is touched
     return score_settings
+
+
+def capture_graphs_meanwhile(ctx: RunContext, batch_videos: int) -> None:
+    """The GPU has nothing to do while the first videos are prepared: capture the decoder's CUDA graphs
+    for every batch the run can compose now, in a thread, rather than inside the first composes (a
+    bucket takes seconds). A compose that comes first waits for it (the decoder's lock). No-op on CPU."""
+    logger = get_run_logger()
+    generator = MusicGenerator(cached_model(ctx.model), ctx.score_settings.generation)
+
+    def capture() -> None:
+        try:
+            generator.capture_graphs(batch_videos)
+        except Exception as e:  # a graph still missing is captured when first needed, which meets the fault itself
+            logger.warning(f"capturing the decoder's graphs ahead failed ({e}); they are captured when needed")
+
+    threading.Thread(target=capture, name="capture-graphs", daemon=True).start()
 
 
 @functools.lru_cache(maxsize=2)
@@ -607,6 +624,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, overwrite, lease_s,
                      owner, config.sample_rate, config.image_size if media_elsewhere else None)
 
+    capture_graphs_meanwhile(ctx, batch_videos)
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did

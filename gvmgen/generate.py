@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .media.stitching import stitch
-from .model.decoding import Sampling, batch_bucket
+from .model.decoding import BATCH_BUCKETS, Sampling, batch_bucket
 from .model.delay import delay, undelay
 from .model.gvmgen import GVMGen
 from .windows import Window, plan_windows
@@ -154,6 +154,20 @@ class MusicGenerator:
             for i in range(0, len(stage), self.settings.batch_size):
                 run(stage[i:i + self.settings.batch_size])
         return plans, codes
+
+    def buckets(self, videos: int) -> list[int]:
+        """The batch buckets that `window_codes` can use for `videos` videos at a time, largest first."""
+        most = self.settings.batch_size if self.settings.stitch == "parallel" else min(videos, self.settings.batch_size)
+        return [b for b in reversed(BATCH_BUCKETS) if b <= batch_bucket(most)]
+
+    def capture_graphs(self, videos: int) -> None:
+        """On CUDA, capture every graph that composing `videos` videos at a time can replay (every
+        bucket, every span of a window), so that no batch waits on a capture later; a no-op elsewhere
+        or without graphs. Meant for a moment when the GPU is idle, as the flow's first prepares."""
+        if self.cuda_graphs:
+            steps = round(self.settings.window_s * self.rate) + self.model.config.num_codebooks - 1
+            for bucket in self.buckets(videos):
+                self.model.static_decoder().capture_bucket(bucket, steps, self.sampling)
 
     @staticmethod
     def _prompt(codes, plans, v: int, k: int) -> torch.Tensor | None:

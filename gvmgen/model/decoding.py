@@ -1,25 +1,26 @@
-"""Decoding the MusicGen LM over static shapes: one step, captured once as a CUDA graph and replayed.
+"""Decoding the MusicGen LM over static shapes: steps captured once as CUDA graphs and replayed.
 
 transformers' `generate()` grows its cache by concatenation, rebuilds masks every step and runs its
 sampling from Python, so a step costs a few hundred kernel launches dispatched one by one: on a GPU the
 step is bound by launches, not by the maths (11-14 ms a step on an H100 whatever the batch). This
 module runs the *same* transformers modules (same weights, same layer order) over buffers whose
-shapes never change during a window, so that one whole step (embeddings, every layer, the heads,
+shapes never change during a window, so that whole steps (embeddings, every layer, the heads,
 guidance, top-k sampling and the forced tokens) can be captured once and replayed with one launch:
 
 - rows: windows are padded up to a batch bucket (1, 2, 4, ..., 64), with guidance twice as many rows
   (conditional rows first, null rows after);
 - the key/value cache is sized for the window; the position is a device tensor that the step reads
   and advances, and a step attends to a span of the cache rounded up to `SPAN_STEP` positions, so a
-  step early in a window does not pay for the whole cache (one graph per span);
+  step early in a window does not pay for the whole cache (graphs per span);
 - the tokens fixed in advance (delay-pattern padding, the prompt) sit in a device tensor, and the
-  sampled token is written back into the input buffer on the device: no host round-trip in a step.
+  sampled token is written back into the input buffer on the device: no host round-trip in a step,
+  so one graph can hold `REPLAY_STEPS` consecutive steps.
 
-On CPU the same step runs eagerly; on CUDA it is captured per (rows, span, sampling) the first time it
-is needed and replayed for every later window and video. Keys and values are stored transposed,
-(B, H, head_dim, T), which turns both products of a step into matrix-vector products over contiguous
-rows. Tests check the logits against transformers' own forward pass and the tokens against a plain
-sampling loop.
+On CPU the same steps run eagerly; on CUDA they are captured per (rows, span, sampling, steps) the
+first time they are needed and replayed for every later window and video. A replayed graph costs a
+few microseconds per kernel however small, so the step is written for few kernels (one fused
+attention each, q, k and v from one product, residual additions folded into the products). Tests check the logits against
+transformers' own forward pass and the tokens against a plain sampling loop.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 from transformers import MusicgenForCausalLM
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-SPAN_STEP = 128          # attention spans are multiples of this: 12 graphs cover a 30-s window (1504 steps)
+SPAN_STEP = 128          # attention spans are multiples of this: 12 spans cover a 30-s window (1504 steps)
+REPLAY_STEPS = 16        # steps per graph replay (divides SPAN_STEP): see `replays`
 PREFILL_CHUNK = 256      # prompt positions per prefill pass: bounds the (rows, heads, S, span) scores
 MIN_CONDITION = 64       # condition slots (a power of two): a 30-s window has 30 frames + one per sub-second shot
 
@@ -45,6 +47,19 @@ def batch_bucket(windows: int) -> int:
         if windows <= bucket:
             return bucket
     return BATCH_BUCKETS[-1] * math.ceil(windows / BATCH_BUCKETS[-1])
+
+
+def replays(position: int, count: int) -> list[int]:
+    """How `count` steps from `position` are replayed: REPLAY_STEPS at a time from positions aligned
+    to it (such a run never straddles two spans), single steps before and after.
+
+    Why several steps per replay: the host issues a replay, then must take the GIL back to issue the
+    next, and a media thread running Python keeps it for up to the switch interval (5 ms), twice a
+    whole step on a GPU. Sixteen steps per replay keep the GPU's queue ahead of such waits.
+    """
+    head = min(count, -position % REPLAY_STEPS)
+    body = (count - head) // REPLAY_STEPS
+    return [1] * head + [REPLAY_STEPS] * body + [1] * (count - head - body * REPLAY_STEPS)
 
 
 @dataclass(frozen=True)
@@ -93,11 +108,15 @@ class StaticDecoder:
         self.pad_token = pad_token
         weight = next(lm.parameters())
         self.dtype, self.device = weight.dtype, weight.device
+        width = cfg.hidden_size
+        # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
+        # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
+        self.qkv_weight = torch.empty(self.num_layers, 3 * width, width, dtype=self.dtype, device=self.device)
         self.generator = torch.Generator(self.device)  # the graphs' RNG; callers lend it their state
         self.capacity = (0, 0, 0)                     # (rows, cache positions, condition slots)
         self.rows = 0                                 # rows of the batch in flight
         self.host_position = 0                        # the host's copy of `position` (never read back)
-        self.graphs: dict[tuple[int, int, Sampling], torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[int, int, Sampling, int], torch.cuda.CUDAGraph] = {}  # (rows, span, sampling, steps)
         self.graph_pool = None
         self.capture_seconds = 0.0                    # all captures so far, warm-up included
         self.lock = threading.Lock()
@@ -112,19 +131,18 @@ class StaticDecoder:
         condition = max(MIN_CONDITION, 2 ** math.ceil(math.log2(max(condition, 1))), have_condition)
         self.graphs.clear()                           # they point into the buffers about to go
         self.graph_pool = None
-        self.keys = self.values = self.cross_keys = self.cross_values = None
+        self.cache = self.cross_keys = self.cross_values = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         kw = dict(dtype=self.dtype, device=self.device)
-        cache = (self.num_layers, rows, self.num_heads, self.head_dim, positions)
-        # Zeros, not empty: a step multiplies the unused tail of the cache by zero probabilities, and
-        # uninitialised memory may hold NaNs.
-        self.keys = torch.zeros(cache, **kw)                                        # (L, R, H, hd, T)
-        self.values = torch.zeros(cache, **kw)                                      # (L, R, H, hd, T)
+        # Keys and values side by side, so one copy stores both. Zeros, not empty: the masked tail of a
+        # span gets zero weight, and zero times a NaN that uninitialised memory may hold is still a NaN.
+        self.cache = torch.zeros(self.num_layers, 2, rows, self.num_heads, positions, self.head_dim,
+                                 **kw)                                              # (L, 2, R, H, T, hd)
         cross = (self.num_layers, rows, self.num_heads, condition, self.head_dim)
         self.cross_keys = torch.zeros(cross, **kw)                                  # (L, R, H, C, hd)
         self.cross_values = torch.zeros(cross, **kw)                                # (L, R, H, C, hd)
-        self.cross_mask = torch.zeros(rows, 1, 1, condition, dtype=torch.bool, device=self.device)
+        self.cross_bias = torch.full((rows, 1, 1, condition), -math.inf, **kw)     # (R, 1, 1, C): 0 or -inf
         self.inputs = torch.full((rows, self.num_codebooks, positions + 1), self.pad_token,
                                  dtype=torch.long, device=self.device)              # (R, K, T + 1): [BOS, steps...]
         self.forced = torch.full((rows, self.num_codebooks, positions), self.pad_token,
@@ -137,6 +155,7 @@ class StaticDecoder:
         self.position_table = table.weights[:positions].to(**kw)                    # (T, D)
         self.capacity = (rows, positions, condition)
 
+    @torch.no_grad()
     def reset(self, condition: torch.Tensor, condition_mask: torch.Tensor, steps: int) -> None:
         """Start a batch: condition (R, F, D), condition_mask (R, F) bool for R rows; room for `steps` positions.
         The cross-attention keys and values of the condition are projected here, once per batch."""
@@ -145,11 +164,12 @@ class StaticDecoder:
         self.rows = rows
         condition = condition.to(self.device, self.dtype)
         for i, layer in enumerate(self.decoder.layers):
-            cross = layer.encoder_attn
-            self.cross_keys[i, :rows, :, :frames] = self._split(cross.k_proj(condition))
-            self.cross_values[i, :rows, :, :frames] = self._split(cross.v_proj(condition))
-        self.cross_mask[:rows] = False
-        self.cross_mask[:rows, 0, 0, :frames] = condition_mask.to(self.device)
+            attn, cross = layer.self_attn, layer.encoder_attn
+            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], out=self.qkv_weight[i])
+            self.cross_keys[i, :rows, :, :frames] = self._split(cross.k_proj(condition), frames)
+            self.cross_values[i, :rows, :, :frames] = self._split(cross.v_proj(condition), frames)
+        self.cross_bias[:rows] = -math.inf
+        self.cross_bias[:rows, 0, 0, :frames].masked_fill_(condition_mask.to(self.device), 0.0)
         self.seek(0)
 
     def seek(self, position: int) -> None:
@@ -157,9 +177,15 @@ class StaticDecoder:
         self.position.fill_(position)
         self.host_position = position
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)           # (B, H, T, hd)
+    def _split(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """(B * T, D) or (B, T, D) -> (B, H, T, hd) for sequences of `length` positions (a view)."""
+        return x.view(-1, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    @staticmethod
+    def _merge(h: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, hd) -> (B * T, D), the inverse of `_split` (a view when T is 1)."""
+        b, heads, t, hd = h.shape
+        return h.transpose(1, 2).reshape(b * t, heads * hd)
 
     def _span(self, last_position: int) -> int:
         """Cache positions a step attends to when its newest position is `last_position`."""
@@ -176,35 +202,42 @@ class StaticDecoder:
     def _forward(self, tokens: torch.Tensor, span: int) -> torch.Tensor:
         """The LM over tokens (R, K, S) at positions position .. position + S - 1, attending to the
         first `span` cache positions; advances `position`. Returns the last position's logits (R, K, V).
-        Nothing here reads a value back to the host, so it can run inside a CUDA graph."""
+        Nothing here reads a value back to the host, so it can run inside a CUDA graph.
+
+        Written for few kernels, since a replayed step costs a few microseconds per kernel whatever
+        its size: each attention is one fused `scaled_dot_product_attention` with an additive mask
+        made once per call (self) or once per batch (cross), and each residual branch ends in one
+        in-place `addmm_` (no bias in MusicGen's projections) instead of a product and an addition."""
         rows, k, s = tokens.shape
         positions = self.position + self.key_index[:s]                                 # (S,)
-        x = sum(self.decoder.embed_tokens[q](tokens[:, q]) for q in range(k))          # (R, S, D)
-        x = x + self.position_table.index_select(0, positions)
-        future = self.key_index[:span][None, :] > positions[:, None]                   # (S, span)
+        x = self.decoder.embed_tokens[0](tokens[:, 0])                                 # (R, S, D)
+        for q in range(1, k):
+            x += self.decoder.embed_tokens[q](tokens[:, q])
+        x += self.position_table.index_select(0, positions)
+        x = x.view(rows * s, -1)                                                       # (R*S, D) the residual stream
+        future = torch.zeros(s, span, dtype=self.dtype, device=self.device)
+        future.masked_fill_(self.key_index[:span][None, :] > positions[:, None], -math.inf)  # (S, span)
+        width = x.shape[1]
         for i, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attn
-            keys, values = self.keys[i, :rows], self.values[i, :rows]                  # (R, H, hd, T)
-            h = layer.self_attn_layer_norm(x)
-            q = self._split(attn.q_proj(h))                                            # (R, H, S, hd)
-            keys.index_copy_(3, positions, self._split(attn.k_proj(h)).transpose(2, 3))
-            values.index_copy_(3, positions, self._split(attn.v_proj(h)).transpose(2, 3))
-            scores = torch.matmul(q, keys[..., :span]).float() * attn.scaling          # (R, H, S, span)
-            probs = scores.masked_fill(future, float("-inf")).softmax(-1).to(q.dtype)
-            h = torch.matmul(values[..., :span], probs.transpose(2, 3))                # (R, H, hd, S)
-            x = x + attn.out_proj(h.permute(0, 3, 1, 2).reshape(rows, s, -1))
+            attn, cache = layer.self_attn, self.cache[i, :, :rows]                      # (2, R, H, T, hd)
+            qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())       # (R*S, 3D)
+            new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)       # (R, S, 2, H, hd)
+            cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
+            h = F.scaled_dot_product_attention(self._split(qkv[:, :width], s), cache[0, :, :, :span],
+                                               cache[1, :, :, :span], attn_mask=future, scale=attn.scaling)
+            x.addmm_(self._merge(h), attn.out_proj.weight.t())                         # (R, H, S, hd) -> (R*S, D)
 
             cross = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
-            h = F.scaled_dot_product_attention(self._split(cross.q_proj(h)), self.cross_keys[i, :rows],
-                                               self.cross_values[i, :rows], attn_mask=self.cross_mask[:rows],
+            h = F.scaled_dot_product_attention(self._split(cross.q_proj(h), s), self.cross_keys[i, :rows],
+                                               self.cross_values[i, :rows], attn_mask=self.cross_bias[:rows],
                                                scale=cross.scaling)                    # (R, H, S, hd)
-            x = x + cross.out_proj(h.transpose(1, 2).reshape(rows, s, -1))
+            x.addmm_(self._merge(h), cross.out_proj.weight.t())
 
-            h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))             # (R*S, F)
+            x.addmm_(h, layer.fc2.weight.t())
         self.position.add_(s)
-        last = self.decoder.layer_norm(x[:, -1])                                       # (R, D)
+        last = self.decoder.layer_norm(x.view(rows, s, -1)[:, -1])                     # (R, D)
         return torch.stack([head(last) for head in self.heads], dim=1)                 # (R, K, V)
 
     def _sampled_step(self, windows: int, span: int, sampling: Sampling) -> None:
@@ -221,25 +254,50 @@ class StaticDecoder:
         self.inputs[:windows].index_copy_(2, here + 1, chosen[..., None])
 
     @torch.no_grad()
-    def step(self, windows: int, sampling: Sampling, graphs: bool = True) -> None:
-        """One sampled step at the current position: a CUDA graph replay on CUDA (captured the first
-        time this rows/span/sampling is met) unless `graphs` is False, else the same step eagerly."""
-        span = self._span(self.host_position)
-        self.host_position += 1
-        if not (graphs and self.device.type == "cuda"):
-            self._sampled_step(windows, span, sampling)
-            return
-        key = (self.rows, span, sampling)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(windows, span, sampling)
-        self.graphs[key].replay()
+    def advance(self, windows: int, sampling: Sampling, count: int, graphs: bool = True) -> None:
+        """`count` sampled steps from the current position. On CUDA (unless `graphs` is False) each run
+        of steps that `replays` groups is one graph replay, captured the first time its rows, span,
+        sampling and length are met; elsewhere the same steps run eagerly."""
+        for steps in replays(self.host_position, count):
+            span = self._span(self.host_position)
+            self.host_position += steps
+            if not (graphs and self.device.type == "cuda"):
+                for _ in range(steps):
+                    self._sampled_step(windows, span, sampling)
+                continue
+            self._graph(windows, span, sampling, steps).replay()
 
-    def _capture(self, windows: int, span: int, sampling: Sampling) -> torch.cuda.CUDAGraph:
-        """Capture one step. The warm-up runs eagerly on a side stream (cuBLAS and allocator set-up must
-        not happen inside a capture); position and RNG state are put back after it, so the replay that
-        follows computes exactly the step the warm-up did. The step leaves no tensor alive from the
-        graphs' shared memory pool (everything it keeps goes into the buffers above), so the graphs
-        of all spans can share one pool and replay in any order."""
+    def step(self, windows: int, sampling: Sampling, graphs: bool = True) -> None:
+        """One sampled step at the current position (a graph of one step on CUDA)."""
+        self.advance(windows, sampling, 1, graphs)
+
+    def _graph(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:
+        key = (self.rows, span, sampling, steps)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(windows, span, sampling, steps)
+        return self.graphs[key]
+
+    @torch.no_grad()
+    def capture_bucket(self, windows: int, steps: int, sampling: Sampling) -> None:
+        """On CUDA, capture now every graph that a batch of `windows` windows (a bucket) of up to
+        `steps` steps can replay: per span, a run of REPLAY_STEPS steps and a single step. Capture the
+        largest bucket first: the buffers are sized for it, and smaller ones reuse them."""
+        if self.device.type != "cuda":
+            return
+        rows = windows * (2 if sampling.guided else 1)
+        with self.lock:
+            self.reset(torch.zeros(rows, 1, self.lm.config.hidden_size), torch.ones(rows, 1, dtype=torch.bool), steps)
+            for span in range(SPAN_STEP, self._span(steps - 1) + 1, SPAN_STEP):
+                self.seek(span - SPAN_STEP)
+                for size in (REPLAY_STEPS, 1):
+                    self._graph(windows, span, sampling, size)
+
+    def _capture(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:
+        """Capture `steps` consecutive steps as one graph. The warm-up (one step, twice) runs eagerly
+        on a side stream (cuBLAS and allocator set-up must not happen inside a capture); position and
+        RNG state are put back after it, so the replay that follows starts where the warm-up did. The
+        steps leave no tensor alive from the graphs' shared memory pool (everything they keep goes into
+        the buffers above), so the graphs of all spans can share one pool and replay in any order."""
         started = time.perf_counter()
         position, rng = self.position.clone(), self.generator.get_state()
         side = torch.cuda.Stream(self.device)
@@ -253,7 +311,8 @@ class StaticDecoder:
         graph.register_generator_state(self.generator)
         # thread_local: media threads may encode frames on this GPU while a step is being captured
         with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            self._sampled_step(windows, span, sampling)
+            for _ in range(steps):
+                self._sampled_step(windows, span, sampling)
         self.graph_pool = self.graph_pool or graph.pool()
         self.position.copy_(position)
         self.generator.set_state(rng)
@@ -285,7 +344,6 @@ class StaticDecoder:
             for start in range(0, known, PREFILL_CHUNK):
                 self.feed(self.inputs[:windows, :, start:min(known, start + PREFILL_CHUNK)].repeat(repeat, 1, 1))
             self.generator.set_state(generator.get_state())
-            for _ in range(known, steps):
-                self.step(windows, sampling, graphs)
+            self.advance(windows, sampling, steps - known, graphs)
             generator.set_state(self.generator.get_state())
             return self.inputs[:windows, :, :steps + 1].clone()

@@ -26,3 +26,15 @@ def test_the_anchor_called_right_samples_what_our_decoder_samples(tiny_model):
     assert torch.equal(fixed, ours)
     # With transformers' defaults the condition's keys pile up in the self-attention cache: another model.
     assert not torch.equal(default, ours)
+
+
+def test_the_operator_count_counts_what_runs_kernels_and_no_views():
+    bench = _bench()
+    x, batched = torch.randn(4, 6), torch.randn(2, 3, 4)
+    with bench.OperatorCount() as ops:
+        x.view(6, 4).t()[1:].unsqueeze(0)
+    assert ops.count == 0
+    with bench.OperatorCount() as ops:
+        torch.mm(x, x.t()).add_(1).softmax(-1)
+        torch.matmul(batched, x[:, :5])            # one product, reshaped around it
+    assert ops.count == 4

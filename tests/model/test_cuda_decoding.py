@@ -27,7 +27,9 @@ def test_graph_replays_sample_the_same_tokens_as_the_eager_step(dtype):
         assert torch.equal(a, b)
     decoder = model.static_decoder()
     graphs, capture = len(decoder.graphs), decoder.capture_seconds
-    assert graphs == 3 and capture > 0                                 # spans 128, 256, 384 of one bucket
+    # 303 steps of one bucket: runs of 16 in spans 128, 256 and 384, then 15 single steps in span 384
+    assert sorted((span, steps) for _, span, _, steps in decoder.graphs) == [(128, 16), (256, 16), (384, 1), (384, 16)]
+    assert capture > 0
     again = MusicGenerator(model, GenerationSettings(seed=7)).sample(conditions, lengths, prompts)
     for a, b in zip(graphed, again):                                   # replayed, not captured again
         assert torch.equal(a, b)
@@ -61,3 +63,23 @@ def test_a_model_loaded_for_scoring_composes_in_bf16_on_the_gpu():
     video = VisualTokens(torch.randn(4, model.config.lm["hidden_size"]) * 0.1, torch.arange(4.0), 3.5, [2.0])
     (track,) = MusicGenerator(model, GenerationSettings(seed=0)).generate([video])
     assert len(track) == round(3.5 * model.config.sample_rate) and bool((abs(track) < float("inf")).all())
+
+
+def test_graphs_captured_ahead_serve_every_batch_without_a_capture_later():
+    """What the flow does while its first videos are prepared: every bucket of `videos` at a time,
+    every span of a window; the composes after it capture nothing and sample the eager step's tokens."""
+    model = load_model("tiny", device="cuda")
+    settings = GenerationSettings(seed=3, window_s=4.0, overlap_s=1.0)
+    generator = MusicGenerator(model, settings)
+    generator.capture_graphs(videos=3)
+    decoder = model.static_decoder()
+    assert {(rows, span, steps) for rows, span, _, steps in decoder.graphs} == {
+        (rows, span, steps) for rows in (8, 4, 2) for span in (128, 256) for steps in (16, 1)}
+    graphs, capture = len(decoder.graphs), decoder.capture_seconds
+    conditions, lengths, prompts = _batch()
+    lengths = [min(n, 200) for n in lengths]                            # within a 4-s window (203 steps)
+    graphed = MusicGenerator(model, settings).sample(conditions, lengths, prompts)
+    eager = MusicGenerator(model, settings, cuda_graphs=False).sample(conditions, lengths, prompts)
+    for a, b in zip(eager, graphed):
+        assert torch.equal(a, b)
+    assert (len(decoder.graphs), decoder.capture_seconds) == (graphs, capture)

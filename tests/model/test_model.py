@@ -2,10 +2,11 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from gvmgen.model import GVMGen, preset
-from gvmgen.model.decoding import SPAN_STEP, StaticDecoder, batch_bucket
+from gvmgen.model.decoding import REPLAY_STEPS, SPAN_STEP, StaticDecoder, batch_bucket, replays
 from gvmgen.model.delay import delay
 
 
@@ -63,8 +64,44 @@ def test_a_decoder_reused_for_a_smaller_batch_forgets_the_larger_one(tiny_model)
     torch.testing.assert_close(logits, reference[:, :, -1], atol=1e-4, rtol=1e-4)
 
 
+def test_a_decoder_follows_the_lm_when_its_weights_change():
+    """The step multiplies by a stacked copy of q, k and v: fine-tuning the LM in place must not leave it stale."""
+    model = GVMGen(preset("tiny")).eval()
+    codes = torch.randint(0, 2048, (1, 4, 6))
+    inputs = torch.cat([torch.full((1, 4, 1), 2048), delay(codes, 2048)[:, :, :-1]], dim=2)
+    cond, mask = torch.randn(1, 3, 64), torch.ones(1, 3, dtype=torch.bool)
+    decoder = model.static_decoder()
+    decoder.reset(cond, mask, steps=inputs.shape[2])
+    before = decoder.feed(inputs)
+    with torch.no_grad():
+        for layer in model.lm.model.decoder.layers:
+            layer.self_attn.k_proj.weight.mul_(4.0)
+            layer.self_attn.v_proj.weight.mul_(-1.0)
+        reference = model.lm_logits(codes, cond, mask)[:, :, -1]
+    assert not torch.allclose(before, reference, atol=1e-2)
+    decoder.reset(cond, mask, steps=inputs.shape[2])
+    torch.testing.assert_close(decoder.feed(inputs), reference, atol=1e-4, rtol=1e-4)
+
+
 def test_batches_are_padded_to_buckets():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 8, 9, 33, 64, 65)] == [1, 2, 4, 8, 8, 16, 64, 64, 128]
+
+
+@pytest.mark.parametrize("position, count", [(0, 1503), (600, 903), (5, 3), (127, 2), (120, 40), (0, 0)])
+def test_replays_group_aligned_runs_of_steps_that_never_straddle_a_span(position, count):
+    sizes = replays(position, count)
+    assert sum(sizes) == count and set(sizes) <= {1, REPLAY_STEPS}
+    at = position
+    for size in sizes:
+        if size > 1:
+            assert at % REPLAY_STEPS == 0 and at // SPAN_STEP == (at + size - 1) // SPAN_STEP
+        at += size
+    assert sizes.count(1) <= 2 * (REPLAY_STEPS - 1)   # single steps only at the ragged ends
+
+
+def test_a_window_takes_a_hundred_replays_not_fifteen_hundred():
+    assert len(replays(0, 1503)) == 93 + 15          # a 30-s window: 1500 frames + 3 delay steps
+    assert len(replays(600, 903)) == 8 + 55 + 15      # a window prompted with 12 s
 
 
 def test_masked_condition_tokens_are_ignored(tiny_model):
