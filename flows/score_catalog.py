@@ -128,20 +128,29 @@ def preflight(source: str, output: str, model: str, settings: dict | None, batch
     return score_settings
 
 
-def capture_graphs_meanwhile(ctx: RunContext, batch_videos: int) -> None:
+@contextlib.contextmanager
+def graphs_captured_meanwhile(ctx: RunContext, batch_videos: int):
     """The GPU has nothing to do while the first videos are prepared: capture the decoder's CUDA graphs
-    for every batch the run can compose now, in a thread, rather than inside the first composes (a
-    bucket takes seconds). A compose that comes first waits for it (the decoder's lock). No-op on CPU."""
+    for every batch the run can compose then, in a thread, rather than inside the first composes (a
+    batch size takes seconds). A compose that comes first waits for it (the decoder's lock); leaving
+    the block stops the capture at its next graph and waits for it. Nothing to capture on a CPU."""
     logger = get_run_logger()
     generator = MusicGenerator(cached_model(ctx.model), ctx.score_settings.generation)
+    stop = threading.Event()
 
     def capture() -> None:
         try:
-            generator.capture_graphs(batch_videos)
+            generator.capture_graphs(batch_videos, stop.is_set)
         except Exception as e:  # a graph still missing is captured when first needed, which meets the fault itself
             logger.warning(f"capturing the decoder's graphs ahead failed ({e}); they are captured when needed")
 
-    threading.Thread(target=capture, name="capture-graphs", daemon=True).start()
+    thread = threading.Thread(target=capture, name="capture-graphs")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @functools.lru_cache(maxsize=2)
@@ -624,7 +633,6 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, overwrite, lease_s,
                      owner, config.sample_rate, config.image_size if media_elsewhere else None)
 
-    capture_graphs_meanwhile(ctx, batch_videos)
     progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
@@ -646,7 +654,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         return submitted
 
     try:
-        with leases_kept(owners, lease_s):
+        with leases_kept(owners, lease_s), graphs_captured_meanwhile(ctx, batch_videos):
             waiting, preparing, finishing = iter(video_ids), [], []
             preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
             # The first batch waits for its batch-mates, at most as long again as the first video took to

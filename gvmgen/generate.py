@@ -160,14 +160,15 @@ class MusicGenerator:
         most = self.settings.batch_size if self.settings.stitch == "parallel" else min(videos, self.settings.batch_size)
         return [b for b in reversed(BATCH_BUCKETS) if b <= batch_bucket(most)]
 
-    def capture_graphs(self, videos: int) -> None:
+    def capture_graphs(self, videos: int, stop: Callable[[], bool] = lambda: False) -> None:
         """On CUDA, capture every graph that composing `videos` videos at a time can replay (every
         bucket, every span of a window), so that no batch waits on a capture later; a no-op elsewhere
-        or without graphs. Meant for a moment when the GPU is idle, as the flow's first prepares."""
+        or without graphs. Meant for a moment when the GPU is idle, as the flow's first prepares;
+        `stop` is asked before each graph (a few tenths of a second each)."""
         if self.cuda_graphs:
             steps = round(self.settings.window_s * self.rate) + self.model.config.num_codebooks - 1
             for bucket in self.buckets(videos):
-                self.model.static_decoder().capture_bucket(bucket, steps, self.sampling)
+                self.model.static_decoder().capture_bucket(bucket, steps, self.sampling, stop)
 
     @staticmethod
     def _prompt(codes, plans, v: int, k: int) -> torch.Tensor | None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
+from gvmgen.model.decoding import batch_bucket
 from gvmgen.model.delay import delay, undelay
 
 
@@ -152,3 +153,19 @@ def test_windows_padded_up_to_a_bucket_do_not_change_the_real_ones(tiny_model):
     reference = _plain_loop_codes(tiny_model, conditions, lengths, [None] * 3, seed=0, temperature=0)
     for a, b in zip(ours, reference):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("stitch, used_buckets", [("continue", {4, 2, 1}), ("parallel", {4})])
+def test_the_buckets_captured_ahead_are_the_ones_generation_uses(tiny_model, stitch, used_buckets):
+    used = []
+
+    class Recording(MusicGenerator):
+        def sample(self, conditions, lengths, prompts=None):
+            used.append(batch_bucket(len(conditions)))
+            return super().sample(conditions, lengths, prompts)
+
+    generator = Recording(tiny_model, GenerationSettings(stitch=stitch, window_s=1.0, overlap_s=0.25, batch_size=4))
+    videos = [_video(duration) for duration in (4, 2, 3)]
+    generator.window_codes(videos)
+    assert set(used) == used_buckets     # continue: stages shrink as videos run out of windows
+    assert set(used) <= set(generator.buckets(len(videos))) and max(used) == max(generator.buckets(len(videos)))

@@ -29,6 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -278,10 +279,12 @@ class StaticDecoder:
         return self.graphs[key]
 
     @torch.no_grad()
-    def capture_bucket(self, windows: int, steps: int, sampling: Sampling) -> None:
+    def capture_bucket(self, windows: int, steps: int, sampling: Sampling,
+                       stop: Callable[[], bool] = lambda: False) -> None:
         """On CUDA, capture now every graph that a batch of `windows` windows (a bucket) of up to
-        `steps` steps can replay: per span, a run of REPLAY_STEPS steps and a single step. Capture the
-        largest bucket first: the buffers are sized for it, and smaller ones reuse them."""
+        `steps` steps can replay: per span, a run of REPLAY_STEPS steps and a single step; `stop` is
+        asked before each graph. Capture the largest bucket first: the buffers are sized for it, and
+        smaller ones reuse them."""
         if self.device.type != "cuda":
             return
         rows = windows * (2 if sampling.guided else 1)
@@ -290,6 +293,8 @@ class StaticDecoder:
             for span in range(SPAN_STEP, self._span(steps - 1) + 1, SPAN_STEP):
                 self.seek(span - SPAN_STEP)
                 for size in (REPLAY_STEPS, 1):
+                    if stop():
+                        return
                     self._graph(windows, span, sampling, size)
 
     def _capture(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:

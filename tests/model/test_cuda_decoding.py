@@ -71,8 +71,10 @@ def test_graphs_captured_ahead_serve_every_batch_without_a_capture_later():
     model = load_model("tiny", device="cuda")
     settings = GenerationSettings(seed=3, window_s=4.0, overlap_s=1.0)
     generator = MusicGenerator(model, settings)
-    generator.capture_graphs(videos=3)
     decoder = model.static_decoder()
+    generator.capture_graphs(videos=3, stop=lambda: True)              # stopped before its first graph
+    assert not decoder.graphs
+    generator.capture_graphs(videos=3)
     assert {(rows, span, steps) for rows, span, _, steps in decoder.graphs} == {
         (rows, span, steps) for rows in (8, 4, 2) for span in (128, 256) for steps in (16, 1)}
     graphs, capture = len(decoder.graphs), decoder.capture_seconds
