@@ -158,14 +158,16 @@ class MusicGenerator:
     def buckets(self, videos: int) -> list[int]:
         """The batch buckets that `window_codes` can use for `videos` videos at a time, largest first."""
         most = self.settings.batch_size if self.settings.stitch == "parallel" else min(videos, self.settings.batch_size)
-        return [b for b in reversed(BATCH_BUCKETS) if b <= batch_bucket(most)]
+        top = batch_bucket(most)
+        return [top] + [b for b in reversed(BATCH_BUCKETS) if b < top]
 
     def capture_graphs(self, videos: int, stop: Callable[[], bool] = lambda: False) -> None:
         """On CUDA, capture every graph that composing `videos` videos at a time can replay (every
         bucket, every span of a window), so that no batch waits on a capture later; a no-op elsewhere
         or without graphs. Meant for a moment when the GPU is idle, as the flow's first prepares;
-        `stop` is asked before each graph (a few tenths of a second each)."""
-        if self.cuda_graphs:
+        `stop` is asked before each graph (a few tenths of a second each). Not with `condition="video"`:
+        its windows hear every frame, so a long video outgrows the condition slots captured for."""
+        if self.cuda_graphs and self.settings.condition == "window":
             steps = round(self.settings.window_s * self.rate) + self.model.config.num_codebooks - 1
             for bucket in self.buckets(videos):
                 self.model.static_decoder().capture_bucket(bucket, steps, self.sampling, stop)

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import MusicgenForCausalLM
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -40,6 +41,12 @@ SPAN_STEP = 128          # attention spans are multiples of this: 12 spans cover
 REPLAY_STEPS = 16        # steps per graph replay (divides SPAN_STEP): see `replays`
 PREFILL_CHUNK = 256      # prompt positions per prefill pass: bounds the (rows, heads, S, span) scores
 MIN_CONDITION = 64       # condition slots (a power of two): a 30-s window has 30 frames + one per sub-second shot
+# The attention kernels a step may use, per device (elsewhere: math). On CUDA the memory-efficient one:
+# it takes an additive mask and captures into graphs. PyTorch may prefer cuDNN's on recent GPUs, which
+# builds a plan per shape and per thread, and is not known to capture a masked 1-query step over 1,500
+# keys on every cuDNN release. On CPU its fused ("flash") kernel. Math is the fallback of both.
+ATTENTION_KERNELS = {"cuda": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
+                     "cpu": [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]}
 
 
 def batch_bucket(windows: int) -> int:
@@ -109,6 +116,7 @@ class StaticDecoder:
         self.pad_token = pad_token
         weight = next(lm.parameters())
         self.dtype, self.device = weight.dtype, weight.device
+        self.attention_kernels = ATTENTION_KERNELS.get(self.device.type, [SDPBackend.MATH])
         width = cfg.hidden_size
         # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
         # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
@@ -219,24 +227,25 @@ class StaticDecoder:
         future = torch.zeros(s, span, dtype=self.dtype, device=self.device)
         future.masked_fill_(self.key_index[:span][None, :] > positions[:, None], -math.inf)  # (S, span)
         width = x.shape[1]
-        for i, layer in enumerate(self.decoder.layers):
-            attn, cache = layer.self_attn, self.cache[i, :, :rows]                      # (2, R, H, T, hd)
-            qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())       # (R*S, 3D)
-            new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)       # (R, S, 2, H, hd)
-            cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
-            h = F.scaled_dot_product_attention(self._split(qkv[:, :width], s), cache[0, :, :, :span],
-                                               cache[1, :, :, :span], attn_mask=future, scale=attn.scaling)
-            x.addmm_(self._merge(h), attn.out_proj.weight.t())                         # (R, H, S, hd) -> (R*S, D)
+        with sdpa_kernel(self.attention_kernels):
+            for i, layer in enumerate(self.decoder.layers):
+                attn, cache = layer.self_attn, self.cache[i, :, :rows]                  # (2, R, H, T, hd)
+                qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())   # (R*S, 3D)
+                new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)   # (R, S, 2, H, hd)
+                cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
+                h = F.scaled_dot_product_attention(self._split(qkv[:, :width], s), cache[0, :, :, :span],
+                                                   cache[1, :, :, :span], attn_mask=future, scale=attn.scaling)
+                x.addmm_(self._merge(h), attn.out_proj.weight.t())                     # (R, H, S, hd) -> (R*S, D)
 
-            cross = layer.encoder_attn
-            h = layer.encoder_attn_layer_norm(x)
-            h = F.scaled_dot_product_attention(self._split(cross.q_proj(h), s), self.cross_keys[i, :rows],
-                                               self.cross_values[i, :rows], attn_mask=self.cross_bias[:rows],
-                                               scale=cross.scaling)                    # (R, H, S, hd)
-            x.addmm_(self._merge(h), cross.out_proj.weight.t())
+                cross = layer.encoder_attn
+                h = layer.encoder_attn_layer_norm(x)
+                h = F.scaled_dot_product_attention(self._split(cross.q_proj(h), s), self.cross_keys[i, :rows],
+                                                   self.cross_values[i, :rows], attn_mask=self.cross_bias[:rows],
+                                                   scale=cross.scaling)                # (R, H, S, hd)
+                x.addmm_(self._merge(h), cross.out_proj.weight.t())
 
-            h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))             # (R*S, F)
-            x.addmm_(h, layer.fc2.weight.t())
+                h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))         # (R*S, F)
+                x.addmm_(h, layer.fc2.weight.t())
         self.position.add_(s)
         last = self.decoder.layer_norm(x.view(rows, s, -1)[:, -1])                     # (R, D)
         return torch.stack([head(last) for head in self.heads], dim=1)                 # (R, K, V)
@@ -314,10 +323,22 @@ class StaticDecoder:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(self.generator)
-        # thread_local: media threads may encode frames on this GPU while a step is being captured
-        with torch.cuda.graph(graph, pool=self.graph_pool, capture_error_mode="thread_local"):
-            for _ in range(steps):
-                self._sampled_step(windows, span, sampling)
+        # Not `torch.cuda.graph(...)`: it synchronises the device and empties the allocator's cache for
+        # every graph, while other threads encode frames on this GPU. thread_local for the same reason.
+        try:
+            with torch.cuda.stream(side):
+                graph.capture_begin(self.graph_pool, capture_error_mode="thread_local")
+                try:
+                    for _ in range(steps):
+                        self._sampled_step(windows, span, sampling)
+                finally:
+                    graph.capture_end()
+        except BaseException:
+            # A failed capture may leave the generator in capture mode: go on with a fresh one (each
+            # batch lends it its state) and without the graphs registered on the old one.
+            self.generator = torch.Generator(self.device)
+            self.graphs.clear()
+            raise
         self.graph_pool = self.graph_pool or graph.pool()
         self.position.copy_(position)
         self.generator.set_state(rng)

@@ -15,6 +15,7 @@ window over it without ever touching pixels again.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from .decoding import StaticDecoder
 from .delay import delay
 from .feature_transformation import FeatureTransformation
 
+DECODER_LOCK = threading.Lock()
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -150,10 +152,11 @@ class GVMGen(nn.Module):
         """The LM's static-shape decoder on the LM's current device and dtype, made once: its buffers and
         CUDA graphs serve every later window and video. Kept out of the module tree (no state_dict)."""
         weight = next(self.lm.parameters())
-        decoder = self.__dict__.get("_static_decoder")
-        if decoder is None or (decoder.device, decoder.dtype) != (weight.device, weight.dtype):
-            decoder = StaticDecoder(self.lm, self.pad_token)
-            self.__dict__["_static_decoder"] = decoder
+        with DECODER_LOCK:  # the flow's threads (graph capture, compose) must share one
+            decoder = self.__dict__.get("_static_decoder")
+            if decoder is None or (decoder.device, decoder.dtype) != (weight.device, weight.dtype):
+                decoder = StaticDecoder(self.lm, self.pad_token)
+                self.__dict__["_static_decoder"] = decoder
         return decoder
 
     def lm_logits(self, codes: torch.Tensor, condition: torch.Tensor, condition_mask: torch.Tensor) -> torch.Tensor:

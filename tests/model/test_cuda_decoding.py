@@ -1,5 +1,7 @@
 """The CUDA graph path of the static decoder against its eager path (skipped without a GPU)."""
 
+import threading
+
 import pytest
 import torch
 
@@ -85,3 +87,55 @@ def test_graphs_captured_ahead_serve_every_batch_without_a_capture_later():
     for a, b in zip(eager, graphed):
         assert torch.equal(a, b)
     assert (len(decoder.graphs), decoder.capture_seconds) == (graphs, capture)
+
+
+def test_graphs_are_captured_while_another_thread_encodes_frames_on_the_gpu():
+    """As in the flow: the capture thread runs while prepare threads run CLIP on the same GPU."""
+    model = load_model("tiny", device="cuda")
+    settings = GenerationSettings(seed=3, window_s=4.0, overlap_s=1.0)
+    frames = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    stop, encoded, errors = threading.Event(), [], []
+
+    def encode():
+        try:
+            while not stop.is_set():
+                encoded.append(model.encode_video_frames(frames, batch_size=8))
+        except Exception as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    worker = threading.Thread(target=encode)
+    worker.start()
+    try:
+        MusicGenerator(model, settings).capture_graphs(videos=3)
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors and len(encoded) > 1
+    torch.testing.assert_close(encoded[0], encoded[-1])
+    conditions, lengths, prompts = _batch()
+    lengths = [min(n, 200) for n in lengths]
+    graphed = MusicGenerator(model, settings).sample(conditions, lengths, prompts)
+    eager = MusicGenerator(model, settings, cuda_graphs=False).sample(conditions, lengths, prompts)
+    for a, b in zip(eager, graphed):
+        assert torch.equal(a, b)
+
+
+def test_each_attention_of_a_step_is_one_fused_kernel():
+    """The self- and cross-attention of every layer run the memory-efficient kernel, not the math
+    fallback's handful of kernels (which a replayed step would pay for, a few microseconds each)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    model = load_model("tiny", device="cuda", dtype=torch.bfloat16)
+    sampling = MusicGenerator(model, GenerationSettings(seed=0)).sampling
+    decoder = model.static_decoder()
+    decoder.reset(torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.bool), steps=300)
+    decoder.forced[:1] = -1
+    decoder.seek(200)
+    decoder.step(1, sampling, graphs=False)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder.step(1, sampling, graphs=False)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    fused = [name for name in kernels if "fmha" in name.lower() or "attentionkernel" in name.lower()]
+    assert len(fused) == 2 * len(model.lm.model.decoder.layers), kernels

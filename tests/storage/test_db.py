@@ -3,7 +3,6 @@
 import multiprocessing
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, update

@@ -1,7 +1,6 @@
 """The trainer: it can memorise a clip (the paper's first sanity check), resumes exactly after a kill,
 trains LoRA adapters that fold back into a plain model, and notices when the frame tokens collapse."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from gvmgen.model.checkpoints import fresh_model, load_model
 from gvmgen.model.config import preset
 from gvmgen.training.dataset import build_clips, save_shard
 from gvmgen.training.synthetic import Tokenised, make_video
-from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_warning, merge_adapters
+from gvmgen.training.trainer import Trainer, TrainSettings, collapse_warning, merge_adapters
 
 
 @pytest.fixture(scope="module")
