@@ -21,6 +21,7 @@ bench: .venv/.installed
 	.venv/bin/python bench/extraction.py
 	.venv/bin/python bench/finish.py
 	.venv/bin/python bench/generation.py
+	.venv/bin/python bench/gil.py
 	.venv/bin/python bench/probe.py
 
 bench-gpu: .venv/.installed

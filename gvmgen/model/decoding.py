@@ -61,9 +61,10 @@ def replays(position: int, count: int) -> list[int]:
     """How `count` steps from `position` are replayed: REPLAY_STEPS at a time from positions aligned
     to it (such a run never straddles two spans), single steps before and after.
 
-    Why several steps per replay: the host issues a replay, then must take the GIL back to issue the
-    next, and a media thread running Python keeps it for up to the switch interval (5 ms), twice a
-    whole step on a GPU. Sixteen steps per replay keep the GPU's queue ahead of such waits.
+    Why several steps per replay: a replay releases the GIL while it launches, and the host must take
+    it back to issue the next; beside a thread running Python that takes up to the interpreter's
+    switch interval (5 ms, two batch-1 steps on an H100; bench/gil.py). Sixteen steps per replay keep
+    the GPU's queue ahead of such waits.
     """
     head = min(count, -position % REPLAY_STEPS)
     body = (count - head) // REPLAY_STEPS
