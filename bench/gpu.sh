@@ -15,7 +15,7 @@
 #  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
 #     defaults, in a process of its own (it hit a device-side assert on an H100, which poisons the process);
 #  6. with TRAINING=1, training steps on batches of four 30-s clips, per LM mode.
-# The target figures are summed up at the end. BATCHES (default 1,32) and VIDEOS (default 6) resize it.
+# The target figures are summed up at the end. BATCHES (default 1,32) and VIDEOS (default 8: two batches of four) resize it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
   || echo "CUDA tests failed (above)" | tee -a "$log"
 run bench/generation.py "${common[@]}" --parts eager,graphs,steps,profile \
   || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
-run bench/catalog.py --preset small --videos "${VIDEOS:-6}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
+run bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
   || echo "catalog bench failed" | tee -a "$log"
 run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
   || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"

@@ -62,7 +62,8 @@ from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video
-from storage.objects import ObjectError, ObjectInfo, fetch_copy, library_exclusion, local_name, open_store
+from storage.objects import (ObjectError, ObjectInfo, Store, fetch_copy, library_exclusion, local_name,
+                             open_store)
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
@@ -374,8 +375,12 @@ def prepare_video(video_id: int, ctx: RunContext):
         video, model_row = session.get(Video, video_id), session.get(ModelVersion, ctx.model_version_id)
         if interrupted():
             return as_state(result_row(video.key, "pending", cause="the run was interrupted"))
-        job = repo.claim(session, video, model_row, repo.settings_hash(ctx.settings), owner=owner,
-                         lease_s=ctx.lease_s, retry_failed=ctx.retry_failed)
+        key = repo.settings_hash(ctx.settings)
+        claim = functools.partial(repo.claim, session, video, model_row, key, owner=owner, lease_s=ctx.lease_s,
+                                  retry_failed=ctx.retry_failed)
+        job = claim()
+        if job is None and repo.reopen_lost(session, video, model_row, key, stored_file_exists):  # output deleted
+            job = claim()
         if job is None:
             return as_state(not_claimed(session, ctx, owner, video, model_row))
         work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
@@ -500,6 +505,17 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
 
 
 @task(**RETRY)
+def stored(uri: str) -> tuple[Store, str]:
+    """A recorded file's store and its key there."""
+    folder, file = uri.rsplit("/", 1)
+    return open_store(folder), file
+
+
+def stored_file_exists(uri: str) -> bool:
+    store, key = stored(uri)
+    return store.exists(key)
+
+
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
     or a catalog scored before into another output) get the recorded output's video, track and report
@@ -520,8 +536,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
                        (output.video_uri, target)]  # the video last: its presence means "scored"
             for uri, name in sources:
                 if uri:
-                    folder, file = uri.rsplit("/", 1)
-                    local = fetch_copy(open_store(folder), file, Path(work) / local_name(uri))
+                    local = fetch_copy(*stored(uri), Path(work) / local_name(uri))
                     out.upload(local, str(name))
             copied.append(key)
     return copied

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -190,6 +191,22 @@ def release(session: Session, job: Job, owner: str, status: str) -> None:
 def done(session: Session, video: Video, model: ModelVersion, key: str) -> Output | None:
     return session.scalar(select(Output).where(Output.content_hash == video.content_hash,
                                                Output.model_version_id == model.id, Output.settings_hash == key))
+
+
+def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, exists: Callable[[str], bool]) -> bool:
+    """A done job whose scored video is gone (its output deleted) is to be scored again: the job turns
+    pending and its output row goes, with its evaluations. `exists(uri)` asks the store. Returns whether
+    it reopened the job; of two workers finding the output gone, one does."""
+    output = done(session, video, model, key)
+    if output is None or exists(output.video_uri):
+        return False
+    job = _job(session, video, model.id, key)
+    reopened = session.execute(update(Job).where(Job.id == job.id, Job.status == "done")
+                               .values(status="pending", owner=None, lease_expires_at=None)).rowcount
+    if reopened:
+        session.execute(delete(Output).where(Output.id == output.id))  # its evaluations cascade
+    session.commit()
+    return bool(reopened)
 
 
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,

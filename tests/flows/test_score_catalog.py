@@ -3,6 +3,7 @@ from a local folder and from a real HTTP S3 endpoint."""
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -111,6 +112,29 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
     if source.startswith("s3://"):   # the S3 credentials (tests/conftest.py's) reached none of it
         out, err = capfd.readouterr()
         assert _where_the_secret_shows(os.environ["AWS_SECRET_ACCESS_KEY"], out + err + caplog.text) == []
+
+
+@pytest.mark.slow
+def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, fixtures, tmp_path):
+    """An operator deletes the output folder and runs again: the videos are scored anew, not reported
+    done (nor failed for want of the files to copy)."""
+    from sqlalchemy import select
+
+    from flows.score_catalog import score_catalog
+    from storage.db import connect
+    from storage.models import Output
+
+    library, out = tmp_path / "library", tmp_path / "scored"
+    library.mkdir()
+    (library / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
+    assert score_catalog(str(library), str(out), model="tiny")["scored"] == 1
+    shutil.rmtree(out)
+    summary = score_catalog(str(library), str(out), model="tiny")
+    assert (summary["scored"], summary["skipped"], summary["failed"]) == (1, 0, 0)
+    assert sorted(p.name for p in out.iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
+    with connect()() as session:
+        assert [o.video_uri for o in session.scalars(select(Output))] == [(out / "counter.mp4").as_uri()]
+    assert score_catalog(str(library), str(out), model="tiny")["skipped"] == 1
 
 
 @pytest.mark.slow

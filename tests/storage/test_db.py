@@ -5,12 +5,12 @@ from datetime import datetime, timedelta, timezone
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, update
+from sqlalchemy import func, inspect, select, update
 from sqlalchemy.orm import sessionmaker
 
 from storage import repository as repo
 from storage.db import connect, downgrade, make_engine, upgrade
-from storage.models import Base, Job
+from storage.models import Base, Evaluation, Job
 from storage.objects import ObjectInfo
 
 TABLES = {"catalogs", "videos", "shots", "model_versions", "runs", "jobs", "outputs", "video_errors"}
@@ -74,6 +74,28 @@ def test_done_work_is_not_done_again(database_url):
     assert repo.done(session, video, model, key) is not None
     assert repo.claim(session, video, model, key, owner="w2") is None
     assert repo.claim(session, video, model, repo.settings_hash({**settings, "seed": 1}), owner="w2") is not None
+
+
+def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
+    session = _session(database_url)
+    (video,) = _videos(session, 1)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    settings = {"seed": 0}
+    key = repo.settings_hash(settings)
+    job = repo.claim(session, video, model, key, owner="w1")
+    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+                           track_uri="file:///o/v0.flac")
+    repo.record_evaluation(session, "tempo", 0.5, output=output)
+    assert not repo.reopen_lost(session, video, model, key, exists={"file:///o/v0.mp4"}.__contains__)
+    assert repo.claim(session, video, model, key, owner="w2") is None
+    assert repo.reopen_lost(session, video, model, key, exists=lambda uri: False)
+    assert repo.done(session, video, model, key) is None
+    assert session.scalar(select(func.count()).select_from(Evaluation)) == 0
+    assert not repo.reopen_lost(session, video, model, key, exists=lambda uri: False)   # reopened once
+    job = repo.claim(session, video, model, key, owner="w2")
+    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4",
+                  track_uri="file:///p/v0.flac")
+    assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4"
 
 
 def test_failed_work_waits_for_an_explicit_retry(database_url):
