@@ -350,6 +350,24 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
 
 
+def scored_copy_deleted(session, ctx: RunContext, video: Video, model_row: ModelVersion, key: str) -> bool:
+    """Whether a video done before is to be scored again because its scored copy was deleted: neither
+    this run's output nor the recorded one holds it any more (then its job is reopened). A store that
+    cannot tell keeps it done: a fault there must not redo the work, nor stop the run at a done video."""
+    def recorded_copy_exists(uri: str) -> bool:
+        try:
+            store, file = stored(uri)
+            return store.exists(file)
+        except ObjectError as e:
+            get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
+                                     "it stays done")
+            return True
+
+    if open_store(ctx.output).exists(video.key):
+        return False
+    return repo.reopen_lost(session, video, model_row, key, recorded_copy_exists)
+
+
 def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
     """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off)."""
     out = open_store(ctx.output)
@@ -379,7 +397,7 @@ def prepare_video(video_id: int, ctx: RunContext):
         claim = functools.partial(repo.claim, session, video, model_row, key, owner=owner, lease_s=ctx.lease_s,
                                   retry_failed=ctx.retry_failed)
         job = claim()
-        if job is None and repo.reopen_lost(session, video, model_row, key, stored_file_exists):  # output deleted
+        if job is None and scored_copy_deleted(session, ctx, video, model_row, key):
             job = claim()
         if job is None:
             return as_state(not_claimed(session, ctx, owner, video, model_row))
@@ -504,18 +522,13 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
                       note=done.loudness.miss(settings.target_lufs))
 
 
-@task(**RETRY)
 def stored(uri: str) -> tuple[Store, str]:
     """A recorded file's store and its key there."""
     folder, file = uri.rsplit("/", 1)
     return open_store(folder), file
 
 
-def stored_file_exists(uri: str) -> bool:
-    store, key = stored(uri)
-    return store.exists(key)
-
-
+@task(**RETRY)
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
     or a catalog scored before into another output) get the recorded output's video, track and report

@@ -189,22 +189,27 @@ def release(session: Session, job: Job, owner: str, status: str) -> None:
 
 
 def done(session: Session, video: Video, model: ModelVersion, key: str) -> Output | None:
-    return session.scalar(select(Output).where(Output.content_hash == video.content_hash,
-                                               Output.model_version_id == model.id, Output.settings_hash == key))
+    """The output recorded for the video's job while the job is done (not while it is scored again)."""
+    same_job = (Job.content_hash == Output.content_hash) & (Job.model_version_id == Output.model_version_id) \
+        & (Job.settings_hash == Output.settings_hash)
+    return session.scalar(select(Output).join(Job, same_job).where(
+        Output.content_hash == video.content_hash, Output.model_version_id == model.id, Output.settings_hash == key,
+        Job.status == "done"))
 
 
 def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, exists: Callable[[str], bool]) -> bool:
-    """A done job whose scored video is gone (its output deleted) is to be scored again: the job turns
-    pending and its output row goes, with its evaluations. `exists(uri)` asks the store. Returns whether
-    it reopened the job; of two workers finding the output gone, one does."""
+    """A done job whose recorded video is gone (`exists(uri)` asks its store) turns pending, to be scored
+    again; its output row stays until `complete` replaces it, so nothing is lost if the rescore fails.
+    Returns whether it reopened the job: of two workers finding it gone, one does, and none does once
+    another has scored it anew meanwhile."""
     output = done(session, video, model, key)
     if output is None or exists(output.video_uri):
         return False
     job = _job(session, video, model.id, key)
-    reopened = session.execute(update(Job).where(Job.id == job.id, Job.status == "done")
-                               .values(status="pending", owner=None, lease_expires_at=None)).rowcount
-    if reopened:
-        session.execute(delete(Output).where(Output.id == output.id))  # its evaluations cascade
+    # that very output still recorded (SQLite may give a replacing row the same id, not the same time)
+    still_that_output = select(Output.id).where(Output.id == output.id, Output.created_at == output.created_at)
+    reopened = session.execute(update(Job).where(Job.id == job.id, Job.status == "done", still_that_output.exists())
+                               .values(status="pending", attempts=0, owner=None, lease_expires_at=None)).rowcount
     session.commit()
     return bool(reopened)
 
@@ -216,6 +221,9 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
     """Record the output and end the job as done in one transaction: a worker killed in between
     leaves neither, and the video is simply scored again. None, and nothing recorded, when `owner`
     no longer holds the lease (it ran out, or the run was interrupted meanwhile)."""
+    # A rescore (see reopen_lost) replaces the output recorded before, its evaluations with it.
+    session.execute(delete(Output).where(Output.content_hash == video.content_hash, Output.model_version_id == model.id,
+                                         Output.settings_hash == settings_hash(settings)))
     output = Output(video_id=video.id, run_id=run.id if run else None, content_hash=video.content_hash,
                     model_version_id=model.id, settings_hash=settings_hash(settings), settings=settings, seed=seed,
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,

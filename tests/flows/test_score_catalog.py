@@ -116,25 +116,28 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
 
 @pytest.mark.slow
 def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, fixtures, tmp_path):
-    """An operator deletes the output folder and runs again: the videos are scored anew, not reported
-    done (nor failed for want of the files to copy)."""
+    """An operator deletes an output folder and runs again: the videos are scored anew, not reported done
+    (nor failed for want of the files to copy); a copy still in the run's own output keeps them done."""
     from sqlalchemy import select
 
     from flows.score_catalog import score_catalog
     from storage.db import connect
     from storage.models import Output
 
-    library, out = tmp_path / "library", tmp_path / "scored"
+    library, first, second = tmp_path / "library", tmp_path / "first", tmp_path / "second"
     library.mkdir()
     (library / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
-    assert score_catalog(str(library), str(out), model="tiny")["scored"] == 1
-    shutil.rmtree(out)
-    summary = score_catalog(str(library), str(out), model="tiny")
-    assert (summary["scored"], summary["skipped"], summary["failed"]) == (1, 0, 0)
-    assert sorted(p.name for p in out.iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
+    counts = lambda summary: (summary["scored"], summary["skipped"], summary["failed"])
+    assert counts(score_catalog(str(library), str(first), model="tiny")) == (1, 0, 0)
+    assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # copied
+    shutil.rmtree(first)
+    assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # its copy is there
+    shutil.rmtree(second)
+    assert counts(score_catalog(str(library), str(second), model="tiny")) == (1, 0, 0)
+    assert sorted(p.name for p in second.iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
     with connect()() as session:
-        assert [o.video_uri for o in session.scalars(select(Output))] == [(out / "counter.mp4").as_uri()]
-    assert score_catalog(str(library), str(out), model="tiny")["skipped"] == 1
+        assert [o.video_uri for o in session.scalars(select(Output))] == [(second / "counter.mp4").as_uri()]
+    assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)
 
 
 @pytest.mark.slow

@@ -86,15 +86,39 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
                            track_uri="file:///o/v0.flac")
     repo.record_evaluation(session, "tempo", 0.5, output=output)
+    evaluations = lambda: session.scalar(select(func.count()).select_from(Evaluation))
     assert not repo.reopen_lost(session, video, model, key, exists={"file:///o/v0.mp4"}.__contains__)
     assert repo.claim(session, video, model, key, owner="w2") is None
     assert repo.reopen_lost(session, video, model, key, exists=lambda uri: False)
-    assert repo.done(session, video, model, key) is None
-    assert session.scalar(select(func.count()).select_from(Evaluation)) == 0
-    assert not repo.reopen_lost(session, video, model, key, exists=lambda uri: False)   # reopened once
+    assert not repo.reopen_lost(session, video, model, key, exists=lambda uri: False)   # once
+    assert repo.done(session, video, model, key) is None and evaluations() == 1        # kept until replaced
     job = repo.claim(session, video, model, key, owner="w2")
     repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4",
                   track_uri="file:///p/v0.flac")
+    assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4" and evaluations() == 0
+
+
+def test_a_deleted_copy_found_twice_is_scored_again_once(database_url):
+    """Worker B finds the scored copy gone, but worker A reopens, scores and records the video anew while
+    B's store answers: B must not reopen the job A has just finished."""
+    session, other = _session(database_url), _session(database_url)
+    (video,) = _videos(session, 1)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    settings = {"seed": 0}
+    key = repo.settings_hash(settings)
+    job = repo.claim(session, video, model, key, owner="w1")
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+                  track_uri="file:///o/v0.flac")
+
+    def gone_and_meanwhile_rescored_by_a(uri):
+        assert repo.reopen_lost(other, video, model, key, exists=lambda uri: False)
+        job = repo.claim(other, video, model, key, owner="a")
+        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4",
+                      track_uri="file:///p/v0.flac")
+        return False
+
+    assert not repo.reopen_lost(session, video, model, key, exists=gone_and_meanwhile_rescored_by_a)
+    assert repo.claim(session, video, model, key, owner="b") is None
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4"
 
 
