@@ -15,7 +15,8 @@
 #  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
 #     defaults, in a process of its own (it hit a device-side assert on an H100, which poisons the process);
 #  6. with TRAINING=1, training steps on batches of four 30-s clips, per LM mode.
-# The target figures are summed up at the end. BATCHES (default 1,32) and VIDEOS (default 8: two batches of four) resize it.
+# The target figures are summed up at the end. BATCHES (default 1,32) and VIDEOS (default 8: two batches of
+# four) resize it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -66,7 +67,8 @@ rows = [
     ("catalog vs. generation-only throughput          target >= 0.70", get("catalog_vs_generation_only")),
     ("catalog music-s per wall-s", get("catalog_music_s_per_s")),
 ]
-rows += [(f"{k.replace('_', ' ')} (late eager step)", v) for k, v in r.items() if k.startswith(("operators_per", "kernels_per"))]
+rows += [(f"{k.replace('_', ' ')} (late eager step)", v) for k, v in r.items()
+         if k.startswith(("operators_per", "kernels_per"))]
 for name, value in rows:
     print(f"{name:66} {value:10.3f}")
 SUMMARY

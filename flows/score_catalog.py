@@ -350,22 +350,16 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
 
 
-def scored_copy_deleted(session, ctx: RunContext, video: Video, model_row: ModelVersion, key: str) -> bool:
-    """Whether a video done before is to be scored again because its scored copy was deleted: neither
-    this run's output nor the recorded one holds it any more (then its job is reopened). A store that
-    cannot tell keeps it done: a fault there must not redo the work, nor stop the run at a done video."""
-    def recorded_copy_exists(uri: str) -> bool:
-        try:
-            store, file = stored(uri)
-            return store.exists(file)
-        except ObjectError as e:
-            get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
-                                     "it stays done")
-            return True
-
-    if open_store(ctx.output).exists(video.key):
-        return False
-    return repo.reopen_lost(session, video, model_row, key, recorded_copy_exists)
+def recorded_copy_exists(uri: str, video: Video) -> bool:
+    """Whether a recorded scored copy is still in its store. A store that cannot tell keeps the video
+    done: a fault there must neither redo the work nor stop the run at a done video."""
+    try:
+        store, file = stored(uri)
+        return store.exists(file)
+    except ObjectError as e:
+        get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
+                                 "it stays done")
+        return True
 
 
 def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
@@ -397,10 +391,15 @@ def prepare_video(video_id: int, ctx: RunContext):
         claim = functools.partial(repo.claim, session, video, model_row, key, owner=owner, lease_s=ctx.lease_s,
                                   retry_failed=ctx.retry_failed)
         job = claim()
-        if job is None and scored_copy_deleted(session, ctx, video, model_row, key):
-            job = claim()
         if job is None:
-            return as_state(not_claimed(session, ctx, owner, video, model_row))
+            # Done before, or a duplicate of a video this run scores. Scored again if its scored copy was
+            # deleted from this run's output and from the recorded one (its job is reopened).
+            in_output = open_store(ctx.output).exists(video.key)
+            if not in_output and repo.reopen_lost(session, video, model_row, key,
+                                                  lambda uri: recorded_copy_exists(uri, video)):
+                job = claim()
+        if job is None:  # in_output: the flow copies the scored copy here only where it is missing
+            return as_state({**not_claimed(session, ctx, owner, video, model_row), "in_output": in_output})
         work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
         stage = "output"
         try:
@@ -666,7 +665,11 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
     owners = [owner]             # the processes holding leases for the run (Dask workers prepare apart)
 
+    in_output: set[str] = set()   # skipped videos whose scored copy this run's output already holds
+
     def handled(row: dict) -> None:
+        if row.pop("in_output", False):
+            in_output.add(row["video"])
         rows.append(row)
         if row["status"] == "pending" and not stopped_by:
             stopped_by.append(row["cause"])
@@ -739,7 +742,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         _publish(run_id, rows)
         raise InfrastructureError(f"{stopped_by[0]}; the run stopped, {left} video(s) left pending for the next run")
 
-    copied = set(copy_duplicates(ctx, [r["video"] for r in rows if r["status"] == "skipped"]))
+    missing = [r["video"] for r in rows if r["status"] == "skipped" and r["video"] not in in_output]
+    copied = set(copy_duplicates(ctx, missing))
     for row in rows:
         if row["video"] in copied:
             row["status"] = "copied"

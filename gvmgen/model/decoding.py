@@ -19,8 +19,8 @@ guidance, top-k sampling and the forced tokens) can be captured once and replaye
 On CPU the same steps run eagerly; on CUDA they are captured per (rows, span, sampling, steps) the
 first time they are needed and replayed for every later window and video. A replayed graph costs a
 few microseconds per kernel however small, so the step is written for few kernels (one fused
-attention each, q, k and v from one product, residual additions folded into the products). Tests check the logits against
-transformers' own forward pass and the tokens against a plain sampling loop.
+attention each, q, k and v from one product, residual additions folded into the products). Tests
+check the logits against transformers' own forward pass and the tokens against a plain sampling loop.
 """
 
 from __future__ import annotations
