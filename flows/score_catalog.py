@@ -531,8 +531,9 @@ def stored(uri: str) -> tuple[Store, str]:
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
     or a catalog scored before into another output) get the recorded output's video, track and report
-    under their own key: every video has its scored copy, and the work is done once. Returns the keys
-    copied."""
+    under their own key: every video has its scored copy, and the work is done once. A recorded track or
+    report deleted since is left out (with a warning), not rescored: the muxed video holds the music.
+    Returns the keys copied."""
     copied = []
     out = open_store(ctx.output)
     with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
@@ -547,9 +548,13 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
                        (output.report_uri, target.with_suffix(".report.png")),
                        (output.video_uri, target)]  # the video last: its presence means "scored"
             for uri, name in sources:
-                if uri:
-                    local = fetch_copy(*stored(uri), Path(work) / local_name(uri))
-                    out.upload(local, str(name))
+                if not uri:
+                    continue
+                store, file = stored(uri)
+                if name != target and not store.exists(file):  # deleted since; the video is the scored copy
+                    get_run_logger().warning(f"{key}: {uri} is gone, so its copy goes without it")
+                    continue
+                out.upload(fetch_copy(store, file, Path(work) / local_name(uri)), str(name))
             copied.append(key)
     return copied
 

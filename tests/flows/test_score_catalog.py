@@ -117,7 +117,8 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
 @pytest.mark.slow
 def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, fixtures, tmp_path):
     """An operator deletes an output folder and runs again: the videos are scored anew, not reported done
-    (nor failed for want of the files to copy); a copy still in the run's own output keeps them done."""
+    (nor failed for want of the files to copy); a copy still in the run's own output keeps them done; a
+    recorded track deleted alone is left out of a copy, which no longer fails the run."""
     from sqlalchemy import select
 
     from flows.score_catalog import score_catalog
@@ -130,6 +131,9 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, f
     counts = lambda summary: (summary["scored"], summary["skipped"], summary["failed"])
     assert counts(score_catalog(str(library), str(first), model="tiny")) == (1, 0, 0)
     assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # copied
+    (first / "counter.flac").unlink()                      # the recorded track alone deleted: copied without it
+    assert counts(score_catalog(str(library), str(tmp_path / "third"), model="tiny")) == (0, 1, 0)
+    assert sorted(p.name for p in (tmp_path / "third").iterdir()) == ["counter.mp4", "counter.report.png"]
     shutil.rmtree(first)
     assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # its copy is there
     shutil.rmtree(second)
