@@ -9,12 +9,14 @@ server) under a temporary GVMGEN_HOME. Prints, as RESULT lines:
   included; the Prefect engine is started by a run on an empty catalog first, and the model is loaded
   before the clock starts, as a long-lived worker would have them);
 - the same model's generation-only throughput on the same videos (their durations and cuts, one token
-  per second, batched as the flow batches them, codec decode included: what `compose` does), and the
-  ratio of the two;
+  per second, batched as the flow batches them: `batch_videos` at a time, the next one joining as one
+  is done; codec decode included), and the ratio of the two;
 - the GPU's busy share from the first `compose_music` to the end of the run: NVML's utilisation
   (`pynvml`, from the `nvidia-ml-py` package) sampled every 50 ms, or without it an upper bound from CUDA
   events around every model call (the time between a call's first and last kernel);
-- the time split between the flow's three tasks (task-seconds from Prefect's task runs).
+- the time split between the flow's three tasks (task-seconds from Prefect's task runs);
+- the model passes of the catalog run and the windows a pass (videos join as others are done), and
+  the passes that fixed batches of `batch_videos` videos in catalog order would take.
 
 On CUDA the LM runs in bf16, as the flow loads it (`load_for_scoring`).
 
@@ -140,6 +142,36 @@ class EventBusy:
         return busy / (end - start)
 
 
+class PassCount:
+    """The model passes of a run and the windows in them, counted where `MusicGenerator.sample` is called."""
+
+    def __init__(self):
+        from gvmgen.generate import MusicGenerator
+
+        self.owner, self.real, self.passes, self.windows = MusicGenerator, MusicGenerator.sample, 0, 0
+
+        def sample(generator, conditions, *args, **kwargs):
+            self.passes, self.windows = self.passes + 1, self.windows + len(conditions)
+            return self.real(generator, conditions, *args, **kwargs)
+        MusicGenerator.sample = sample
+
+    def stop(self) -> None:
+        self.owner.sample = self.real
+
+
+def fixed_batch_passes(model, videos: dict[str, tuple[float, list[float]]], batch_videos: int) -> int:
+    """The passes that fixed batches of `batch_videos` videos in catalog order would take (continue
+    mode: a batch takes as many passes as its longest video has windows), for comparison."""
+    import torch
+
+    from gvmgen.generate import MusicGenerator, VisualTokens
+
+    planner = MusicGenerator(model)
+    windows = [len(planner.plan(VisualTokens(torch.zeros(0, 1), torch.zeros(0), duration, cuts)))
+               for duration, cuts in videos.values()]
+    return sum(max(windows[i:i + batch_videos]) for i in range(0, len(windows), batch_videos))
+
+
 def task_runs(flow_run_id) -> list:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -149,7 +181,8 @@ def task_runs(flow_run_id) -> list:
 
 
 def generation_only(model, videos: dict[str, tuple[float, list[float]]], batch_videos: int, seed: int) -> float:
-    """Music-s per wall-s of `compose` alone on videos of the same durations and cuts, as the flow batches them."""
+    """Music-s per wall-s of the model alone on videos of the same durations and cuts, batched as the flow
+    batches them (`batch_videos` at a time, the next joining as one is done)."""
     import torch
 
     from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
@@ -163,8 +196,7 @@ def generation_only(model, videos: dict[str, tuple[float, list[float]]], batch_v
     if cuda:
         torch.cuda.synchronize()
     started = time.perf_counter()
-    for i in range(0, len(tokens), batch_videos):
-        MusicGenerator(model, GenerationSettings(seed=seed)).generate(tokens[i:i + batch_videos])
+    MusicGenerator(model, GenerationSettings(seed=seed)).generate(tokens, at_once=batch_videos)
     if cuda:
         torch.cuda.synchronize()
     return sum(d for d, _ in videos.values()) / (time.perf_counter() - started)
@@ -220,10 +252,12 @@ def run(args, home: Path):
         except Exception as e:  # no pynvml, or no NVML on this machine
             print(f"NVML unavailable ({type(e).__name__}: {e}); GPU busy share from CUDA events instead")
             busy = EventBusy([(StaticDecoder, "decode"), (GVMGen, "encode_video_frames"), (GVMGen, "decode_audio")])
+    passes = PassCount()
     started = time.time()
     state = score_catalog(str(home / "catalog"), str(home / "scored"), model=str(model_dir),
                           batch_videos=args.batch_videos, return_state=True)
     ended = time.time()
+    passes.stop()
     counts = state.result()
     wall = ended - started
     print(f"catalog: {counts}, {wall:.1f} s wall")
@@ -241,6 +275,10 @@ def run(args, home: Path):
     print(f"RESULT catalog_music_s_per_s={catalog_rate:.3f}")
     print(f"RESULT generation_only_music_s_per_s={gen_rate:.3f}")
     print(f"RESULT catalog_vs_generation_only={catalog_rate / gen_rate:.3f}")
+    print(f"RESULT catalog_model_passes={passes.passes}")
+    print(f"RESULT catalog_windows_per_pass={passes.windows / max(1, passes.passes):.2f}")
+    print(f"RESULT fixed_batch_passes={fixed_batch_passes(model, videos, args.batch_videos)}  "
+          f"(fixed batches of {args.batch_videos} in catalog order, for comparison)")
     total = sum(stage_seconds.values())
     for stage, seconds in stage_seconds.items():
         name = stage.split("_")[0]

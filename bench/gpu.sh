@@ -66,6 +66,8 @@ rows = [
     ("catalog GPU busy share after the first compose  target >= 0.85", get("gpu_busy_share")),
     ("catalog vs. generation-only throughput          target >= 0.70", get("catalog_vs_generation_only")),
     ("catalog music-s per wall-s", get("catalog_music_s_per_s")),
+    ("catalog model passes (videos joining as others are done)", get("catalog_model_passes")),
+    ("the same with fixed batches of videos in catalog order", get("fixed_batch_passes")),
 ]
 rows += [(f"{k.replace('_', ' ')} (late eager step)", v) for k, v in r.items()
          if k.startswith(("operators_per", "kernels_per"))]

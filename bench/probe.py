@@ -70,14 +70,13 @@ def generate(model, videos: list[Tokenised], condition: str, seed: int) -> list[
     with torch.no_grad():
         inputs = [VisualTokens(model.tokens_from_patches(v.patches.float()), torch.from_numpy(v.video.times).double(),
                                v.video.duration, v.video.cuts) for v in videos]
-    plans, codes = generator.window_codes(inputs)
     out = []
-    for i, (v, plan) in enumerate(zip(videos, plans)):
-        tokens = torch.zeros(v.codes.shape[-1], dtype=torch.long)
+    for v, composed in zip(videos, generator.compose_windows(inputs)):
+        tokens, plan = torch.zeros(v.codes.shape[-1], dtype=torch.long), composed.plan
         for k, w in enumerate(plan):
             start = w.start if k == 0 else (plan[k - 1].end + w.start) // 2
             end = w.end if k == len(plan) - 1 else (w.end + plan[k + 1].start) // 2
-            tokens[start:end] = codes[(i, k)][0, start - w.start:end - w.start].cpu()
+            tokens[start:end] = composed.codes[k][0, start - w.start:end - w.start].cpu()
         out.append(tokens[: v.codes.shape[-1]])
     return out
 

@@ -277,7 +277,7 @@ def score(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in the output that no run of gvmgen wrote."),
     lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
                                   "worker's videos are taken again after it; 1 to 604800)."),
-    batch_videos: int = typer.Option(4, "--batch-videos", help="Ready videos whose windows share the model's batches (1 to 64)."),
+    batch_videos: int = typer.Option(4, "--batch-videos", help="Videos composing together, their windows in the model's batches (1 to 64)."),
     dask: str = typer.Option(None, "--dask", help="Run media work on a Dask cluster: its scheduler address, "
                              "or 'local' for a local cluster (needs prefect-dask)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

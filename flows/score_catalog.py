@@ -5,8 +5,9 @@
         compose (windows of music tokens -> audio)                         the GPU, under the `gpu` limit
         finish  (stitch, normalise, mux, report, upload, record, release)  media workers, in parallel
 
-The flow keeps the model busy: while it composes, the task runner prepares the next videos, and the
-windows of all videos that are ready together are generated in one batch.
+The flow keeps the model busy: while it composes, the task runner prepares the next videos, and up to
+`batch_videos` videos compose together window by window, a prepared video taking the place of one that
+is done at the next window (continuous batching, `gvmgen.generate.Composer`).
 
 Two kinds of failure, told apart by exception type where they happen:
 - the *video's* (MediaError: not a video, truncated, undecodable; ObjectError: an unsafe or unreadable
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path, PurePosixPath
 
@@ -52,11 +54,11 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from gvmgen.generate import MusicGenerator
+from gvmgen.generate import Composer, MusicGenerator
 from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_for_scoring
-from gvmgen.pipeline import PreparedVideo, VideoFrames, compose, encode, extract_frames, finish, prepare
+from gvmgen.pipeline import PreparedVideo, VideoFrames, encode, extract_frames, finish, prepare
 from gvmgen.settings import ScoreSettings
 from storage import registry
 from storage import repository as repo
@@ -434,50 +436,63 @@ class Interrupted(Exception):
 
 
 @task(cache_policy=NO_CACHE)
-def compose_music(claimed: list[ClaimedVideo], ctx: RunContext):
-    """Music for several videos in shared batches, one batch at a time per `gpu` slot.
+def compose_music(composer: Composer, joining: list[ClaimedVideo], composing: dict[int, ClaimedVideo],
+                  ctx: RunContext, room: Callable[[], bool]) -> list:
+    """The videos `joining` join those `composing` in the model's batches (`composer`, which lives as
+    long as the run, and `composing`, the same videos by job id, kept in step with it here); stages
+    run, one `gpu` slot each, until a video is complete, or until `room()` says that a prepared video
+    waits for a place left free.
 
-    Returns per video its track, or its failure row. A batch that fails (out of memory, say) is tried
-    again one video at a time, so one video cannot fail its batch-mates. (The flow keeps the leases.)
+    Returns per video completed its (job id, track), per video failed its failure row. A stage that
+    fails (out of memory, say) is run again video by video, so one video cannot fail its batch-mates.
+    (The flow keeps the leases.)
     """
     model = cached_model(ctx.model)
-
-    def between_steps(*_):
-        if interrupted():
-            raise Interrupted("the run was interrupted")
-
-    def run(batch: list[ClaimedVideo]) -> list:
-        with gpu_slot():
-            return compose(model, [c.prepared for c in batch], ctx.score_settings, progress=between_steps)
-
-    results = _compose_each(claimed, ctx, model, run)
-    failures = [r["cause"] for r in results if isinstance(r, dict)]
-    return Failed(message="; ".join(failures), data=results) if failures else results
-
-
-def _compose_each(claimed: list[ClaimedVideo], ctx: RunContext, model, run) -> list:
-    """Per video its track, or its failure row: encoded here if a media worker sent frames, then
-    composed together; a batch that fails is composed again video by video."""
-    outcome: dict[int, object] = {}  # index in `claimed` -> its track, or its failure row
-    for i, c in enumerate(claimed):  # frames from media workers: CLIP runs here, on the model's device
+    results: list = []
+    for c in joining:  # frames from media workers: CLIP runs here, on the model's device
         if c.prepared is None:
             try:
                 c.prepared, c.frames = encode(model, c.frames, ctx.score_settings), None
             except Exception as e:
-                outcome[i] = _compose_failure(c, ctx, e, "prepare")
-    ready = [i for i in range(len(claimed)) if i not in outcome]
-    try:
-        outcome.update(zip(ready, run([claimed[i] for i in ready])) if ready else ())
-    except Exception as e:
-        for i in ready:
-            if len(ready) == 1 or isinstance(e, Interrupted):
-                outcome[i] = _compose_failure(claimed[i], ctx, e)
+                results.append(_compose_failure(c, ctx, e, "prepare"))
                 continue
-            try:
-                (outcome[i],) = run([claimed[i]])
-            except Exception as alone:
-                outcome[i] = _compose_failure(claimed[i], ctx, alone)
-    return [outcome[i] for i in range(len(claimed))]
+        composer.add(c.job_id, c.prepared.tokens)
+        composing[c.job_id] = c
+
+    def between_passes(_frames: int) -> None:
+        if interrupted():
+            raise Interrupted("the run was interrupted")
+
+    def stage(keys: list[int] | None = None) -> list:
+        with gpu_slot():
+            return [(key, composer.generator.track(done)) for key, done in composer.stage(keys, between_passes)]
+
+    def fail_composing(key: int, error: Exception) -> None:
+        del composer.videos[key]
+        results.append(_compose_failure(composing.pop(key), ctx, error))
+
+    completed: list = []
+    while composer.videos and not completed:
+        try:
+            completed = stage()
+        except Exception as e:
+            retry_alone = len(composer.videos) > 1 and not isinstance(e, Interrupted)
+            for key in list(composer.videos):
+                error = e
+                if retry_alone:
+                    try:
+                        completed += stage([key])
+                        continue
+                    except Exception as alone:
+                        error = alone
+                fail_composing(key, error)
+        if room():
+            break
+    for key, _ in completed:
+        composing.pop(key)
+    results += completed
+    failures = [r["cause"] for r in results if isinstance(r, dict)]
+    return Failed(message="; ".join(failures), data=results) if failures else results
 
 
 def _compose_failure(claimed: ClaimedVideo, ctx: RunContext, error: Exception, stage: str = "compose") -> dict:
@@ -611,15 +626,9 @@ def _finished(future: PrefectFuture) -> bool:
     return future.wrapped_future.done()
 
 
-def _ready(futures: list[PrefectFuture], most: int, first_batch_since: float | None = None) -> list[PrefectFuture]:
-    """Wait for one future to finish, then take up to `most` of those finished by now. For the first
-    batch (`first_batch_since`: when its work began, time.monotonic()), first wait up to as long again
-    as that first one took for `most` of them (all, if fewer) to finish."""
+def _ready(futures: list[PrefectFuture], most: int) -> list[PrefectFuture]:
+    """Wait for one future to finish, then take up to `most` of those finished by now."""
     first = next(as_completed(futures))
-    if first_batch_since is not None:
-        deadline = 2 * time.monotonic() - first_batch_since
-        while sum(map(_finished, futures)) < min(most, len(futures)) and time.monotonic() < deadline:
-            time.sleep(0.05)
     others = [f for f in futures if f is not first and _finished(f)]
     return [first, *others[:most - 1]]
 
@@ -644,9 +653,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     video is scored again when any of it changes. `output` may lie inside the library (it is left out
     of the listing) but may not be the library. `overwrite`: replace files in `output` that no run
     wrote (else such a video fails with the file named).
-    `batch_videos`: at most this many ready videos share the model's batches (and twice as many are
-    prepared ahead). `lease_s`: how long a worker's claim on a video lasts; a crashed worker's videos
-    are taken again once it runs out. `gpu_slots`: the size of the `gpu` limit when it is first made.
+    `batch_videos`: at most this many videos compose together, their windows in the model's batches
+    (and twice as many are prepared ahead). `lease_s`: how long a worker's claim on a video lasts; a
+    crashed worker's videos are taken again once it runs out. `gpu_slots`: the size of the `gpu` limit
+    when it is first made.
     Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
     and another exception when the infrastructure stopped the run.
     """
@@ -693,12 +703,20 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         with leases_kept(owners, lease_s), graphs_captured_meanwhile(ctx, batch_videos):
             waiting, preparing, finishing = iter(video_ids), [], []
             preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
-            # The first batch waits for its batch-mates, at most as long again as the first video took to
-            # prepare: the GPU has nothing to do yet, and a batch of one would take the model as long as
-            # a full one. Later batches take what is ready when the model is free.
-            first_batch_since = time.monotonic()   # None once a batch has gone to the model
-            while preparing:
-                ready = _ready(preparing, batch_videos, first_batch_since)
+            # The model composes up to batch_videos videos at once, window by window; a prepared video
+            # takes the place of one that is done at the next window, not when its whole batch is done.
+            composer = Composer(MusicGenerator(cached_model(ctx.model), ctx.score_settings.generation))
+            composing: dict[int, ClaimedVideo] = {}   # job id -> a video in the composer
+
+            def room() -> bool:  # a prepared video waits for a place in the model's batch
+                return len(composing) < batch_videos and any(map(_finished, preparing))
+
+            while preparing or composing:
+                free = batch_videos - len(composing)
+                if composing:  # the model is busy: take what is ready, for the places left
+                    ready = [f for f in preparing if _finished(f)][:free]
+                else:
+                    ready = _ready(preparing, free)
                 preparing = [f for f in preparing if f not in ready]
                 if not stopped_by:
                     preparing += submit_prepare(list(islice(waiting, len(ready))))
@@ -710,22 +728,26 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
                             owners.append(result.owner)
                     else:
                         handled(result)
-                if first_batch_since is not None:  # nothing to compose yet (all skipped, say): wait anew
-                    first_batch_since = None if claimed else time.monotonic()
                 if claimed and stopped_by:  # not composed: close_run hands their leases back
                     for c in claimed:
                         shutil.rmtree(c.work, ignore_errors=True)
                         handled(result_row(c.key, "pending", c.started, c, cause="the run stopped first"))
-                elif claimed:
-                    tracks = _outcome(compose_music(claimed, ctx, return_state=True), "compose")
-                    if isinstance(tracks, dict):  # the task itself crashed
-                        tracks = [{**tracks, "video": c.key} for c in claimed]
-                    for c, track in zip(claimed, tracks):
-                        if isinstance(track, dict):
-                            handled(track)
+                    claimed = []
+                if claimed or composing:
+                    joined = {**composing, **{c.job_id: c for c in claimed}}
+                    results = _outcome(compose_music(composer, claimed, composing, ctx, room, return_state=True),
+                                       "compose")
+                    if isinstance(results, dict):  # the task itself crashed: every video in it is left pending
+                        results = [{**results, "video": c.key} for c in joined.values()]
+                        composer.videos.clear()
+                        composing.clear()
+                    for result in results:
+                        if isinstance(result, dict):
+                            handled(result)
                         else:
-                            finishing.append(finish_video.submit(c, track, ctx))
-                            video_of[finishing[-1]] = c.key
+                            job_id, track = result
+                            finishing.append(finish_video.submit(joined[job_id], track, ctx))
+                            video_of[finishing[-1]] = joined[job_id].key
                 for f in [f for f in finishing if f.state.is_final()]:
                     handled(_outcome(f, video_of[f]))
                     finishing.remove(f)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 import torch
@@ -114,49 +114,40 @@ class MusicGenerator:
         return self.model.window_condition(tokens, video.times[inside] - start)
 
     # ---- generation --------------------------------------------------------------------------------
-    def generate(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-        """One mono track per video, exactly as long as the video (to the sample)."""
-        plans, codes = self.window_codes(videos, progress)
-        hop = self.model.config.sample_rate // self.rate
-        tracks = []
-        for v, video in enumerate(videos):
-            segments = [(w.start * hop, self.model.decode_audio(codes[(v, k)][None])[0].float().cpu().numpy())
-                        for k, w in enumerate(plans[v])]
-            tracks.append(stitch(segments, self.num_samples(video.duration)))
-        return tracks
+    def generate(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None,
+                 at_once: int | None = None) -> list[np.ndarray]:
+        """One mono track per video, exactly as long as the video (to the sample). `at_once`: at most this
+        many videos compose together (None: all), the next one joining as one is done (see `Composer`)."""
+        return [self.track(composed) for composed in self.compose_windows(videos, progress, at_once)]
 
-    def window_codes(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None
-                     ) -> tuple[list[list[Window]], dict[tuple[int, int], torch.Tensor]]:
-        """Every window's token frames: (plans per video, {(video, window): (K, frames)})."""
-        plans = [self.plan(v) for v in videos]
-        codes: dict[tuple[int, int], torch.Tensor] = {}
-        total = sum(w.end - w.start - w.prompt + self.model.config.num_codebooks for plan in plans for w in plan)
-        done = 0
+    def compose_windows(self, videos: list[VisualTokens], progress: Callable[[int, int], None] | None = None,
+                        at_once: int | None = None) -> list[Composing]:
+        """Every window's token frames, per video (in order); `progress(done, total)` in token frames."""
+        composer, waiting, done = Composer(self), list(enumerate(videos)), {}
+        total = sum(Composing(v, self.plan(v)).frames_left(self.model.config.num_codebooks) for v in videos)
+        produced = 0
 
-        def run(batch: list[tuple[int, int]]):
-            nonlocal done
-            conds = [self.window_condition(videos[v], plans[v][k]) for v, k in batch]
-            lengths = [plans[v][k].end - plans[v][k].start for v, k in batch]
-            prompts = [self._prompt(codes, plans, v, k) for v, k in batch]
-            for key, c in zip(batch, self.sample(conds, lengths, prompts)):
-                codes[key] = c
-            done += sum(n - (p.shape[-1] if p is not None else 0) + self.model.config.num_codebooks
-                        for n, p in zip(lengths, prompts))
+        def after_pass(frames: int) -> None:
+            nonlocal produced
+            produced += frames
             if progress:
-                progress(done, total)
+                progress(produced, total)
 
-        if self.settings.stitch == "parallel":
-            stages = [[(v, k) for v, plan in enumerate(plans) for k in range(len(plan))]]
-        else:  # window k of every video waits for window k-1 of the same video
-            stages = [[(v, k) for v, plan in enumerate(plans) if k < len(plan)]
-                      for k in range(max(len(p) for p in plans))]
-        for stage in stages:
-            for i in range(0, len(stage), self.settings.batch_size):
-                run(stage[i:i + self.settings.batch_size])
-        return plans, codes
+        while waiting or composer.videos:
+            while waiting and len(composer.videos) < (at_once or len(videos)):
+                composer.add(*waiting.pop(0))
+            done.update(composer.stage(after_pass=after_pass))
+        return [done[i] for i in range(len(videos))]
+
+    def track(self, composed: Composing) -> np.ndarray:
+        """A video's windows decoded to audio and crossfaded into one track as long as the video."""
+        hop = self.model.config.sample_rate // self.rate
+        segments = [(w.start * hop, self.model.decode_audio(codes[None])[0].float().cpu().numpy())
+                    for w, codes in zip(composed.plan, composed.codes)]
+        return stitch(segments, self.num_samples(composed.video.duration))
 
     def buckets(self, videos: int) -> list[int]:
-        """The batch buckets that `window_codes` can use for `videos` videos at a time, largest first."""
+        """The batch buckets that composing `videos` videos at a time can use, largest first."""
         most = self.settings.batch_size if self.settings.stitch == "parallel" else min(videos, self.settings.batch_size)
         top = batch_bucket(most)
         return [top] + [b for b in reversed(BATCH_BUCKETS) if b < top]
@@ -171,14 +162,6 @@ class MusicGenerator:
             steps = round(self.settings.window_s * self.rate) + self.model.config.num_codebooks - 1
             for bucket in self.buckets(videos):
                 self.model.static_decoder().capture_bucket(bucket, steps, self.sampling, stop)
-
-    @staticmethod
-    def _prompt(codes, plans, v: int, k: int) -> torch.Tensor | None:
-        window = plans[v][k]
-        if not window.prompt:
-            return None
-        previous = plans[v][k - 1]
-        return codes[(v, k - 1)][:, window.start - previous.start:][:, :window.prompt]
 
     @torch.no_grad()
     def sample(self, conditions: list[torch.Tensor], lengths: list[int],
@@ -228,3 +211,69 @@ class MusicGenerator:
         if self.sampling.guided:
             condition[bucket:, :1] = self.model.null_tokens(bucket, self.dtype)
         return condition, mask
+
+
+@dataclass
+class Composing:
+    """A video in a `Composer`: its windows and the token frames (K, frames) of those done so far."""
+    video: VisualTokens
+    plan: list[Window]
+    codes: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return len(self.codes) == len(self.plan)
+
+    def frames_left(self, num_codebooks: int) -> int:
+        """Token frames still to sample (a window's prompt is given, its delay pattern adds K - 1)."""
+        return sum(w.end - w.start - w.prompt + num_codebooks for w in self.plan[len(self.codes):])
+
+    def prompt(self, k: int) -> torch.Tensor | None:
+        """(K, P) the frames window k starts with: the end of window k - 1 (continue mode), or None."""
+        window = self.plan[k]
+        if not window.prompt:
+            return None
+        return self.codes[k - 1][:, window.start - self.plan[k - 1].start:][:, :window.prompt]
+
+
+class Composer:
+    """Windows of several videos through one `MusicGenerator`, a stage at a time, videos joining and
+    leaving between stages: continuous batching, window by window.
+
+    In `continue` mode window k of a video is prompted with window k - 1's tokens, so a stage runs the
+    next window of every video composing, `batch_size` windows a pass. A video whose last window is done
+    leaves at once, and a video added meanwhile starts at the next stage: with videos waiting, the
+    batch stays full, where a fixed batch of videos shrinks as its shorter videos run out of windows.
+    In `parallel` mode every window is independent, and a stage is the next `batch_size` of them, in
+    the order the videos came. Videos are named by any hashable key.
+    """
+
+    def __init__(self, generator: MusicGenerator):
+        self.generator = generator
+        self.videos: dict[Hashable, Composing] = {}
+
+    def add(self, key: Hashable, video: VisualTokens) -> None:
+        self.videos[key] = Composing(video, self.generator.plan(video))
+
+    def stage(self, keys: list[Hashable] | None = None, after_pass: Callable[[int], None] | None = None
+              ) -> list[tuple[Hashable, Composing]]:
+        """Run the next stage of `keys` (None: every video composing); `after_pass(frames)` after each
+        model pass. Returns the videos it completed, which leave the composer."""
+        g, k = self.generator, self.generator.model.config.num_codebooks
+        keys = list(self.videos) if keys is None else keys
+        if g.settings.stitch == "parallel":
+            todo = [(key, i) for key in keys for i in range(len(self.videos[key].codes), len(self.videos[key].plan))]
+            todo = todo[:g.settings.batch_size]
+        else:
+            todo = [(key, len(self.videos[key].codes)) for key in keys]
+        for first in range(0, len(todo), g.settings.batch_size):
+            batch = [(self.videos[key], i) for key, i in todo[first:first + g.settings.batch_size]]
+            windows = [c.plan[i] for c, i in batch]
+            prompts = [c.prompt(i) for c, i in batch]
+            lengths = [w.end - w.start for w in windows]
+            codes = g.sample([g.window_condition(c.video, w) for (c, _), w in zip(batch, windows)], lengths, prompts)
+            for (c, _), sampled in zip(batch, codes):
+                c.codes.append(sampled)
+            if after_pass:
+                after_pass(sum(n - (p.shape[-1] if p is not None else 0) + k for n, p in zip(lengths, prompts)))
+        return [(key, self.videos.pop(key)) for key in dict.fromkeys(key for key, _ in todo) if self.videos[key].done]

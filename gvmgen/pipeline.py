@@ -5,7 +5,7 @@
     finish  (media, CPU):  stitched track -> loudness-normalised WAV -> muxed video -> PNG report
 
 A catalog run overlaps them: the next videos are prepared while the model composes, and the windows
-of videos prepared together share the model's batches.
+of several videos share the model's batches, a video joining as another is done (`Composer`).
 
 `prepare` splits in two where the media work runs on other machines than the model:
 `extract_frames` (media only, needs no model, just its image size) and `encode` (CLIP and the feature

@@ -166,6 +166,27 @@ def test_the_buckets_captured_ahead_are_the_ones_generation_uses(tiny_model, sti
 
     generator = Recording(tiny_model, GenerationSettings(stitch=stitch, window_s=1.0, overlap_s=0.25, batch_size=4))
     videos = [_video(duration) for duration in (4, 2, 3)]
-    generator.window_codes(videos)
+    generator.compose_windows(videos)
     assert set(used) == used_buckets     # continue: stages shrink as videos run out of windows
     assert set(used) <= set(generator.buckets(len(videos))) and max(used) == max(generator.buckets(len(videos)))
+
+
+def test_a_video_joins_the_batch_as_soon_as_another_one_is_done(tiny_model):
+    """Composing two at a time, videos of 1, 3 and 2 windows take three full passes: the third video
+    starts in the place the first one leaves, not after the second one's last window."""
+    passes = []
+
+    class Recording(MusicGenerator):
+        def sample(self, conditions, lengths, prompts=None):
+            passes.append([p is not None for p in prompts])
+            return super().sample(conditions, lengths, prompts)
+
+    generator = Recording(tiny_model, GenerationSettings(window_s=1.0, overlap_s=0.25, batch_size=4))
+    videos = [_video(duration, seed=i) for i, duration in enumerate((0.8, 2.4, 1.5))]
+    assert [len(generator.plan(v)) for v in videos] == [1, 3, 2]
+    tracks = generator.generate(videos, at_once=2)
+    assert passes == [[False, False], [True, False], [True, True]]   # (video 0, 1), (1, 2), (1, 2)
+    assert [len(t) for t in tracks] == [round(v.duration * 32000) for v in videos]
+    passes.clear()
+    generator.generate(videos)                                          # all at once: stages shrink
+    assert [len(p) for p in passes] == [3, 2, 1]

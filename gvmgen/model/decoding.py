@@ -25,6 +25,7 @@ check the logits against transformers' own forward pass and the tokens against a
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -33,7 +34,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import MusicgenForCausalLM
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -41,12 +41,7 @@ SPAN_STEP = 128          # attention spans are multiples of this: 12 spans cover
 REPLAY_STEPS = 16        # steps per graph replay (divides SPAN_STEP): see `replays`
 PREFILL_CHUNK = 256      # prompt positions per prefill pass: bounds the (rows, heads, S, span) scores
 MIN_CONDITION = 64       # condition slots (a power of two): a 30-s window has 30 frames + one per sub-second shot
-# The attention kernels a step may use, per device (elsewhere: math). On CUDA the memory-efficient one:
-# it takes an additive mask and captures into graphs. PyTorch may prefer cuDNN's on recent GPUs, which
-# builds a plan per shape and per thread, and is not known to capture a masked 1-query step over 1,500
-# keys on every cuDNN release. On CPU its fused ("flash") kernel. Math is the fallback of both.
-ATTENTION_KERNELS = {"cuda": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
-                     "cpu": [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]}
+log = logging.getLogger(__name__)
 
 
 def batch_bucket(windows: int) -> int:
@@ -117,7 +112,6 @@ class StaticDecoder:
         self.pad_token = pad_token
         weight = next(lm.parameters())
         self.dtype, self.device = weight.dtype, weight.device
-        self.attention_kernels = ATTENTION_KERNELS.get(self.device.type, [SDPBackend.MATH])
         width = cfg.hidden_size
         # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
         # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
@@ -128,6 +122,8 @@ class StaticDecoder:
         self.host_position = 0                        # the host's copy of `position` (never read back)
         self.graphs: dict[tuple[int, int, Sampling, int], torch.cuda.CUDAGraph] = {}  # (rows, span, sampling, steps)
         self.graph_pool = None
+        self.capture_stream = None                    # one side stream for every capture: the pool is per stream
+        self.graphs_failed: str | None = None         # why a capture failed: from then on, steps run eagerly
         self.capture_seconds = 0.0                    # all captures so far, warm-up included
         self.lock = threading.Lock()
 
@@ -197,6 +193,19 @@ class StaticDecoder:
         b, heads, t, hd = h.shape
         return h.transpose(1, 2).reshape(b * t, heads * hd)
 
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+        """One fused attention, q (R, H, S, hd) over k, v (R, H, T, hd) with an additive bias that
+        broadcasts to (R, H, S, T). On CUDA the memory-efficient kernel, called by name: it takes an
+        additive mask and captures into graphs, where PyTorch may prefer cuDNN's on recent GPUs (a plan
+        per shape and per thread, not known to capture a masked one-query step on every release); and
+        `sdpa_kernel` would choose it for the whole process, CLIP in other threads included. Its bias
+        must have rows aligned to 8 elements: spans are multiples of SPAN_STEP, condition slots of 64."""
+        if self.device.type == "cuda":
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+            return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, False, scale=scale)[0]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
     def _span(self, last_position: int) -> int:
         """Cache positions a step attends to when its newest position is `last_position`."""
         return min(self.capacity[1], SPAN_STEP * (last_position // SPAN_STEP + 1))
@@ -228,25 +237,23 @@ class StaticDecoder:
         future = torch.zeros(s, span, dtype=self.dtype, device=self.device)
         future.masked_fill_(self.key_index[:span][None, :] > positions[:, None], -math.inf)  # (S, span)
         width = x.shape[1]
-        with sdpa_kernel(self.attention_kernels):
-            for i, layer in enumerate(self.decoder.layers):
-                attn, cache = layer.self_attn, self.cache[i, :, :rows]                  # (2, R, H, T, hd)
-                qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())   # (R*S, 3D)
-                new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)   # (R, S, 2, H, hd)
-                cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
-                h = F.scaled_dot_product_attention(self._split(qkv[:, :width], s), cache[0, :, :, :span],
-                                                   cache[1, :, :, :span], attn_mask=future, scale=attn.scaling)
-                x.addmm_(self._merge(h), attn.out_proj.weight.t())                     # (R, H, S, hd) -> (R*S, D)
+        for i, layer in enumerate(self.decoder.layers):
+            attn, cache = layer.self_attn, self.cache[i, :, :rows]                      # (2, R, H, T, hd)
+            qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())       # (R*S, 3D)
+            new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)       # (R, S, 2, H, hd)
+            cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
+            h = self._attention(self._split(qkv[:, :width], s), cache[0, :, :, :span], cache[1, :, :, :span],
+                                future, attn.scaling)                                  # (R, H, S, hd)
+            x.addmm_(self._merge(h), attn.out_proj.weight.t())                         # -> (R*S, D)
 
-                cross = layer.encoder_attn
-                h = layer.encoder_attn_layer_norm(x)
-                h = F.scaled_dot_product_attention(self._split(cross.q_proj(h), s), self.cross_keys[i, :rows],
-                                                   self.cross_values[i, :rows], attn_mask=self.cross_bias[:rows],
-                                                   scale=cross.scaling)                # (R, H, S, hd)
-                x.addmm_(self._merge(h), cross.out_proj.weight.t())
+            cross = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            h = self._attention(self._split(cross.q_proj(h), s), self.cross_keys[i, :rows],
+                                self.cross_values[i, :rows], self.cross_bias[:rows], cross.scaling)
+            x.addmm_(self._merge(h), cross.out_proj.weight.t())
 
-                h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))         # (R*S, F)
-                x.addmm_(h, layer.fc2.weight.t())
+            h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))             # (R*S, F)
+            x.addmm_(h, layer.fc2.weight.t())
         self.position.add_(s)
         last = self.decoder.layer_norm(x.view(rows, s, -1)[:, -1])                     # (R, D)
         return torch.stack([head(last) for head in self.heads], dim=1)                 # (R, K, V)
@@ -272,21 +279,31 @@ class StaticDecoder:
         for steps in replays(self.host_position, count):
             span = self._span(self.host_position)
             self.host_position += steps
-            if not (graphs and self.device.type == "cuda"):
+            graph = self._graph(windows, span, sampling, steps) if graphs and self.device.type == "cuda" else None
+            if graph is None:
                 for _ in range(steps):
                     self._sampled_step(windows, span, sampling)
-                continue
-            self._graph(windows, span, sampling, steps).replay()
+            else:
+                graph.replay()
 
     def step(self, windows: int, sampling: Sampling, graphs: bool = True) -> None:
         """One sampled step at the current position (a graph of one step on CUDA)."""
         self.advance(windows, sampling, 1, graphs)
 
-    def _graph(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:
+    def _graph(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph | None:
+        """The graph of these steps, captured now if new; None once a capture has failed: a failed
+        capture can leave PyTorch's capture state behind (the allocator's, the default generator's),
+        so no graph is captured or replayed after it, and steps run eagerly (slower, the same tokens)."""
         key = (self.rows, span, sampling, steps)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(windows, span, sampling, steps)
-        return self.graphs[key]
+        if key not in self.graphs and not self.graphs_failed:
+            try:
+                self.graphs[key] = self._capture(windows, span, sampling, steps)
+            except Exception as e:
+                self.graphs_failed = f"{type(e).__name__}: {e}"
+                self.graphs.clear()
+                log.warning("capturing a CUDA graph failed (%s); this model decodes eagerly from now on",
+                            self.graphs_failed)
+        return None if self.graphs_failed else self.graphs[key]
 
     @torch.no_grad()
     def capture_bucket(self, windows: int, steps: int, sampling: Sampling,
@@ -303,9 +320,8 @@ class StaticDecoder:
             for span in range(SPAN_STEP, self._span(steps - 1) + 1, SPAN_STEP):
                 self.seek(span - SPAN_STEP)
                 for size in (REPLAY_STEPS, 1):
-                    if stop():
+                    if stop() or self._graph(windows, span, sampling, size) is None:
                         return
-                    self._graph(windows, span, sampling, size)
 
     def _capture(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:
         """Capture `steps` consecutive steps as one graph. The warm-up (one step, twice) runs eagerly
@@ -315,7 +331,7 @@ class StaticDecoder:
         the buffers above), so the graphs of all spans can share one pool and replay in any order."""
         started = time.perf_counter()
         position, rng = self.position.clone(), self.generator.get_state()
-        side = torch.cuda.Stream(self.device)
+        self.capture_stream = side = self.capture_stream or torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -335,14 +351,17 @@ class StaticDecoder:
                 finally:
                     graph.capture_end()
         except BaseException:
-            # A failed capture may leave the generator in capture mode: go on with a fresh one (each
-            # batch lends it its state) and without the graphs registered on the old one.
+            # A failed capture may leave the generator in capture mode: go on eagerly (see `_graph`)
+            # with a fresh one, where the steps were (a capture runs nothing).
             self.generator = torch.Generator(self.device)
-            self.graphs.clear()
+            self.generator.set_state(rng)
+            self.position.copy_(position)
             raise
         self.graph_pool = self.graph_pool or graph.pool()
         self.position.copy_(position)
         self.generator.set_state(rng)
+        # Needed: the capture filled the generator's seed and offset on the side stream, and the first
+        # replay fills them again on the current one.
         torch.cuda.synchronize(self.device)
         self.capture_seconds += time.perf_counter() - started
         return graph

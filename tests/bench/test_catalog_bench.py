@@ -29,3 +29,6 @@ def test_the_catalog_bench_prints_consistent_results(tmp_path):
     assert all(value[f"split_{s}_task_s"] > 0 for s in stages)
     assert sum(value[f"split_{s}_share"] for s in stages) == pytest.approx(1, abs=0.005)
     assert math.isnan(value["gpu_busy_share"]) or 0 <= value["gpu_busy_share"] <= 1
+    # one window each: composed together (one pass of two) or the second joining after the first (two of one)
+    assert (value["catalog_model_passes"], value["catalog_windows_per_pass"]) in ((1, 2.0), (2, 1.0))
+    assert value["fixed_batch_passes"] == 1

@@ -115,15 +115,14 @@ import json, sys, time
 import flows.score_catalog as flow
 
 record = open(sys.argv[3], "a")
-real = flow.compose
-def compose(model, videos, settings, progress=None):   # the real model work, its times written down
+real = flow.Composer.stage
+def stage(self, keys=None, after_pass=None):   # the real model work, its times written down
     start = time.time()
-    try:
-        return real(model, videos, settings, progress)
-    finally:
-        record.write(json.dumps({"start": start, "end": time.time(), "videos": [v.path.name for v in videos]}) + "\n")
-        record.flush()
-flow.compose = compose
+    done = real(self, keys, after_pass)
+    record.write(json.dumps({"start": start, "end": time.time(), "jobs": [key for key, _ in done]}) + "\n")
+    record.flush()
+    return done
+flow.Composer.stage = stage
 try:
     summary = flow.score_catalog(sys.argv[1], sys.argv[2], model="tiny", batch_videos=1, gpu_slots=1)
 except flow.VideosFailed as failed:
@@ -141,7 +140,7 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
     from prefect.settings import PREFECT_API_URL
 
     from storage.db import connect, upgrade
-    from storage.models import Output, Video
+    from storage.models import Job, Output, Video
 
     monkeypatch.setenv("GVMGEN_DATABASE_URL", database_url)
     upgrade(database_url)                             # `gvmgen db upgrade`, once, as a fleet's set-up does
@@ -188,7 +187,9 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
     assert all(s["failed"] == s["failed_earlier"] == 0 and s["scored"] + s["skipped"] + s["pending"] == len(names)
                for s in summaries), summaries
     composed = [json.loads(line) for r in records if r.exists() for line in r.read_text().splitlines()]
-    assert sorted(v for c in composed for v in c["videos"]) == sorted(f"{n}.mp4" for n in names)   # each once
+    with connect()() as session:
+        video_of_job = dict(session.execute(select(Job.id, Video.key).join(Video, Video.id == Job.video_id)).all())
+    assert sorted(video_of_job[j] for c in composed for j in c["jobs"]) == sorted(f"{n}.mp4" for n in names)  # once
     spans = sorted((c["start"], c["end"]) for c in composed)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans      # the gpu slot: one at a time
     with connect()() as session:
@@ -203,28 +204,37 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
 
 
 
-@pytest.mark.parametrize("durations, most, first_batch, taken", [
-    ((2.0, 2.3, 8.0), 3, True, [2.0, 2.3]),   # the first batch waits as long again as the first took, no longer
-    ((2.0, 2.3, 2.6), 2, True, [2.0, 2.3]),   # and no longer than it takes to fill the batch
-    ((2.0, 2.3, 8.0), 3, False, [2.0]),       # a later batch takes what is ready when the model is free
-])
-def test_the_first_batch_waits_for_its_batch_mates(prefect_engine, durations, most, first_batch, taken):
-    """The flow's batching (`_ready`) on real Prefect futures of tasks that take known times: the first
-    batch waits for batch-mates rather than keep the model busy with one video, within a bound."""
-    from prefect import flow, task
-    from prefect.task_runners import ThreadPoolTaskRunner
+@pytest.mark.slow
+def test_a_prepared_video_takes_the_place_of_one_done_at_the_next_window(prefect_engine, tmp_path, monkeypatch):
+    """batch_videos=2, 10-s windows: a long video of four windows composes first (the short ones are
+    held back a second before their prepare), and the short ones join it one after the other as places
+    free up, so both are scored while the long one still composes. (A fixed batch would compose the
+    third video after the long one's last window.)"""
+    import flows.score_catalog as flow
+    from storage.db import connect
+    from storage.models import Output, Video
 
-    from flows.score_catalog import _ready
+    library = tmp_path / "library"
+    _clip(library / "a_long.mp4", "testsrc", 25)
+    _clip(library / "b.mp4", "smptebars", 1)
+    _clip(library / "c.mp4", "rgbtestsrc", 1)
+    real = flow.prepare
 
-    @task
-    def prepared_after(seconds: float) -> float:
-        time.sleep(seconds)
-        return seconds
+    def short_ones_later(model, video, settings):
+        if video.stat().st_size < (library / "a_long.mp4").stat().st_size:
+            time.sleep(1.0)
+        return real(model, video, settings)
 
-    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
-    def batch() -> list[float]:
-        since = time.monotonic()
-        futures = [prepared_after.submit(s) for s in durations]
-        return sorted(f.result() for f in _ready(futures, most, since if first_batch else None))
-
-    assert batch() == taken
+    monkeypatch.setattr(flow, "prepare", short_ones_later)
+    stages = []
+    real_stage = flow.Composer.stage
+    monkeypatch.setattr(flow.Composer, "stage", lambda self, keys=None, after_pass=None: (
+        stages.append(len(self.videos if keys is None else keys)), real_stage(self, keys, after_pass))[1])
+    summary = flow.score_catalog(str(library), str(tmp_path / "scored"), model="tiny", batch_videos=2,
+                                 settings={"generation": {"window_s": 10.0, "overlap_s": 4.0}})
+    assert (summary["scored"], summary["failed"]) == (3, 0)
+    with connect()() as session:
+        scored_at = dict(session.execute(select(Video.key, Output.created_at)
+                                         .join(Output, Output.video_id == Video.id)).all())
+    assert scored_at["b.mp4"] < scored_at["a_long.mp4"] and scored_at["c.mp4"] < scored_at["a_long.mp4"]
+    assert stages.count(2) == 2 and len(stages) <= 5, stages   # two full stages of the long one's four
