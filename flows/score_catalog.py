@@ -53,6 +53,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from gvmgen.generate import Composer, MusicGenerator
 from gvmgen.media.mux import check_container
@@ -444,8 +445,8 @@ def compose_music(composer: Composer, joining: list[ClaimedVideo], composing: di
     waits for a place left free.
 
     Returns per video completed its (job id, track), per video failed its failure row. A stage that
-    fails (out of memory, say) is run again video by video, so one video cannot fail its batch-mates.
-    (The flow keeps the leases.)
+    fails (out of memory, say) is run again video by video, so one video cannot fail its batch-mates;
+    nor can its codec decode. (The flow keeps the leases.)
     """
     model = cached_model(ctx.model)
     results: list = []
@@ -465,32 +466,40 @@ def compose_music(composer: Composer, joining: list[ClaimedVideo], composing: di
 
     def stage(keys: list[int] | None = None) -> list:
         with gpu_slot():
-            return [(key, composer.generator.track(done)) for key, done in composer.stage(keys, between_passes)]
+            return composer.stage(keys, between_passes)
 
     def fail_composing(key: int, error: Exception) -> None:
-        del composer.videos[key]
+        composer.videos.pop(key, None)
         results.append(_compose_failure(composing.pop(key), ctx, error))
 
-    completed: list = []
-    while composer.videos and not completed:
+    done: list = []   # (job id, Composing) of the videos whose windows are all sampled
+    while composer.videos and not done:
         try:
-            completed = stage()
-        except Exception as e:
+            done = stage()
+        except Exception as e:  # the stage changed nothing (see Composer.stage): each video alone, once
             retry_alone = len(composer.videos) > 1 and not isinstance(e, Interrupted)
             for key in list(composer.videos):
-                error = e
-                if retry_alone:
+                if interrupted():
+                    fail_composing(key, Interrupted("the run was interrupted"))
+                elif not retry_alone:
+                    fail_composing(key, e)
+                else:
                     try:
-                        completed += stage([key])
-                        continue
+                        done += stage([key])
                     except Exception as alone:
-                        error = alone
-                fail_composing(key, error)
+                        fail_composing(key, alone)
         if room():
             break
-    for key, _ in completed:
-        composing.pop(key)
-    results += completed
+    if done:
+        with gpu_slot():  # the codec, on the model's device; one video's failure is its own
+            for key, composed in done:
+                try:
+                    track = composer.generator.track(composed)
+                except Exception as e:
+                    results.append(_compose_failure(composing.pop(key), ctx, e))
+                    continue
+                composing.pop(key)
+                results.append((key, track))
     failures = [r["cause"] for r in results if isinstance(r, dict)]
     return Failed(message="; ".join(failures), data=results) if failures else results
 
@@ -735,8 +744,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
                     claimed = []
                 if claimed or composing:
                     joined = {**composing, **{c.job_id: c for c in claimed}}
-                    results = _outcome(compose_music(composer, claimed, composing, ctx, room, return_state=True),
-                                       "compose")
+                    results = _outcome(compose_music(quote(composer), claimed, quote(composing), ctx, quote(room),
+                                                     return_state=True), "compose")
                     if isinstance(results, dict):  # the task itself crashed: every video in it is left pending
                         results = [{**results, "video": c.key} for c in joined.values()]
                         composer.videos.clear()

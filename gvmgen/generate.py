@@ -258,7 +258,8 @@ class Composer:
     def stage(self, keys: list[Hashable] | None = None, after_pass: Callable[[int], None] | None = None
               ) -> list[tuple[Hashable, Composing]]:
         """Run the next stage of `keys` (None: every video composing); `after_pass(frames)` after each
-        model pass. Returns the videos it completed, which leave the composer."""
+        model pass. Returns the videos it completed, which leave the composer. A stage that raises
+        changes nothing: its windows are kept back until all its passes are done."""
         g, k = self.generator, self.generator.model.config.num_codebooks
         keys = list(self.videos) if keys is None else keys
         if g.settings.stitch == "parallel":
@@ -266,14 +267,16 @@ class Composer:
             todo = todo[:g.settings.batch_size]
         else:
             todo = [(key, len(self.videos[key].codes)) for key in keys]
+        sampled: list[tuple[Composing, torch.Tensor]] = []
         for first in range(0, len(todo), g.settings.batch_size):
             batch = [(self.videos[key], i) for key, i in todo[first:first + g.settings.batch_size]]
             windows = [c.plan[i] for c, i in batch]
             prompts = [c.prompt(i) for c, i in batch]
             lengths = [w.end - w.start for w in windows]
             codes = g.sample([g.window_condition(c.video, w) for (c, _), w in zip(batch, windows)], lengths, prompts)
-            for (c, _), sampled in zip(batch, codes):
-                c.codes.append(sampled)
+            sampled += [(c, window_codes) for (c, _), window_codes in zip(batch, codes)]
             if after_pass:
                 after_pass(sum(n - (p.shape[-1] if p is not None else 0) + k for n, p in zip(lengths, prompts)))
+        for c, window_codes in sampled:  # in window order: a parallel stage may hold several of one video
+            c.codes.append(window_codes)
         return [(key, self.videos.pop(key)) for key in dict.fromkeys(key for key, _ in todo) if self.videos[key].done]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gvmgen.generate import GenerationSettings, MusicGenerator, VisualTokens
+from gvmgen.generate import Composer, GenerationSettings, MusicGenerator, VisualTokens
 from gvmgen.model.decoding import batch_bucket
 from gvmgen.model.delay import delay, undelay
 
@@ -190,3 +190,25 @@ def test_a_video_joins_the_batch_as_soon_as_another_one_is_done(tiny_model):
     passes.clear()
     generator.generate(videos)                                          # all at once: stages shrink
     assert [len(p) for p in passes] == [3, 2, 1]
+
+
+def test_a_stage_that_fails_leaves_every_video_where_it_was(tiny_model):
+    """Three videos one window a pass: the stage's second pass fails (out of memory, say), so the first
+    pass's window is kept back too: no video is a window ahead of the others when the stage is run again."""
+    class FailingSecondPass(MusicGenerator):
+        calls = 0
+
+        def sample(self, conditions, lengths, prompts=None):
+            FailingSecondPass.calls += 1
+            if FailingSecondPass.calls == 2:
+                raise RuntimeError("CUDA out of memory")
+            return super().sample(conditions, lengths, prompts)
+
+    composer = Composer(FailingSecondPass(tiny_model, GenerationSettings(window_s=1.0, overlap_s=0.25, batch_size=1)))
+    for key, duration in enumerate((0.8, 1.5, 0.8)):
+        composer.add(key, _video(duration, seed=key))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        composer.stage()
+    assert [len(c.codes) for c in composer.videos.values()] == [0, 0, 0]
+    assert [key for key, _ in composer.stage()] == [0, 2]          # one-window videos leave, done
+    assert [len(c.codes) for c in composer.videos.values()] == [1]

@@ -220,3 +220,46 @@ def test_infrastructure_failures_leave_a_video_pending_until_the_third_attempt()
         assert again is not None and again.attempts == 1                                         # unless asked
         errors = {e.video_id: e.cause for e, _ in repo.errors(session, run)}
     assert errors == {flaky.id: outcomes[2]["cause"], bad.id: row["cause"]}
+
+
+@pytest.mark.slow
+def test_music_that_cannot_be_decoded_leaves_its_video_pending_and_the_run_ends(prefect_engine, fixtures, tmp_path,
+                                                                                 monkeypatch):
+    """The codec fails on the last video's music (a CUDA fault, say) after its windows were sampled: that
+    video is left pending for the next run, as the infrastructure's fault, the others are scored, and the
+    run ends (such a video once fell out of the model's batch while the flow still waited for it)."""
+    import threading
+
+    import flows.score_catalog as flow
+    from storage.db import connect
+    from storage.models import Job
+
+    real, decoded = flow.MusicGenerator.track, []
+
+    def track(generator, composed):
+        decoded.append(composed.video.duration)
+        if len(decoded) == len(NAMES):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(generator, composed)
+
+    monkeypatch.setattr(flow.MusicGenerator, "track", track)
+    outcome = []
+    run = threading.Thread(target=lambda: outcome.append(_raised(
+        lambda: flow.score_catalog(str(_library(fixtures, tmp_path / "library")), str(tmp_path / "scored"),
+                                   model="tiny", batch_videos=3))), daemon=True)
+    run.start()
+    run.join(timeout=300)
+    assert not run.is_alive(), "the run never ended"
+    (error,) = outcome
+    assert isinstance(error, flow.InfrastructureError) and "1 video(s) left pending" in str(error)
+    assert sorted(_outputs_per_video().values()) == [0, 1, 1]
+    with connect()() as session:
+        assert sorted(j.status for j in session.scalars(select(Job))) == ["done", "done", "pending"]
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as e:
+        return e
+    return None
