@@ -213,6 +213,11 @@ class MusicGenerator:
         return condition, mask
 
 
+def _frames_to_sample(window: Window, num_codebooks: int) -> int:
+    """Token frames a window samples: its prompt is given, its delay pattern adds K - 1."""
+    return window.end - window.start - window.prompt + num_codebooks
+
+
 @dataclass
 class Composing:
     """A video in a `Composer`: its windows and the token frames (K, frames) of those done so far."""
@@ -225,8 +230,7 @@ class Composing:
         return len(self.codes) == len(self.plan)
 
     def frames_left(self, num_codebooks: int) -> int:
-        """Token frames still to sample (a window's prompt is given, its delay pattern adds K - 1)."""
-        return sum(w.end - w.start - w.prompt + num_codebooks for w in self.plan[len(self.codes):])
+        return sum(_frames_to_sample(w, num_codebooks) for w in self.plan[len(self.codes):])
 
     def prompt(self, k: int) -> torch.Tensor | None:
         """(K, P) the frames window k starts with: the end of window k - 1 (continue mode), or None."""
@@ -276,7 +280,7 @@ class Composer:
             codes = g.sample([g.window_condition(c.video, w) for (c, _), w in zip(batch, windows)], lengths, prompts)
             sampled += [(c, window_codes) for (c, _), window_codes in zip(batch, codes)]
             if after_pass:
-                after_pass(sum(n - (p.shape[-1] if p is not None else 0) + k for n, p in zip(lengths, prompts)))
+                after_pass(sum(_frames_to_sample(w, k) for w in windows))
         for c, window_codes in sampled:  # in window order: a parallel stage may hold several of one video
             c.codes.append(window_codes)
         return [(key, self.videos.pop(key)) for key in dict.fromkeys(key for key, _ in todo) if self.videos[key].done]
