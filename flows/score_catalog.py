@@ -597,13 +597,14 @@ def status_counts(rows: list[dict]) -> dict[str, int]:
 @task(**RETRY)
 def close_run(run_id: int, owners: list[str], rows: list[dict], status: str, cause: str | None = None) -> None:
     """Hand back any lease the run's processes still hold (an interruption, an infrastructure stop) and
-    finish the run's row with its counts and status."""
+    finish the run's row with its counts and status. Scored: the outputs it recorded, which its rows
+    miss for a video finished as an interruption landed."""
     counts = status_counts(rows)
     with sessions() as session:
         for owner in owners:
             repo.release_owner(session, owner)
-        repo.finish_run(session, session.get(Run, run_id), status, counts["scored"], counts["skipped"],
-                        counts["failed"], counts["failed_earlier"], cause)
+        repo.finish_run(session, session.get(Run, run_id), status, repo.outputs_recorded(session, run_id),
+                        counts["skipped"], counts["failed"], counts["failed_earlier"], cause)
 
 
 @contextlib.contextmanager

@@ -100,6 +100,11 @@ def finish_run(session: Session, run: Run, status: str, scored: int, skipped: in
     session.commit()
 
 
+def outputs_recorded(session: Session, run_id: int) -> int:
+    """The videos a run has scored, as recorded: each output in the same transaction as its job's end."""
+    return session.scalar(select(func.count()).select_from(Output).where(Output.run_id == run_id))
+
+
 def count_handled(session: Session, run_id: int, status: str) -> None:
     """Count one more video of a running run as scored, skipped or failed (what progress bars read)."""
     column = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed,

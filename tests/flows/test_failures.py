@@ -161,6 +161,7 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
         held = session.scalar(select(func.count()).select_from(Job).where(Job.owner.is_not(None)))
         finished = set(session.scalars(select(Video.key).join(Output)))
     assert run.status == "interrupted" and held == 0 and finished
+    assert run.scored == len(finished)      # recorded ones, even one its flow had not yet heard of
     written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split(".")[0] + ".mp4" in finished}
 
     second = gvmgen(*args)                                  # at once: no waiting for leases
