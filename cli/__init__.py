@@ -243,8 +243,31 @@ def _prefect_ready() -> None:
 
     from storage.db import first_use_lock
 
-    with first_use_lock("prefect"), get_client(sync_client=True) as client:
+    with first_use_lock("prefect"), _children_in_a_session_of_their_own(), get_client(sync_client=True) as client:
         client.hello()
+
+
+@contextlib.contextmanager
+def _children_in_a_session_of_their_own():
+    """Prefect starts its temporary server as a child in this process's group, and a terminal's Ctrl-C
+    goes to the whole group: the server died with the run, whose last API calls (the interrupted run's
+    state) then retried it for minutes before exiting 2. Started meanwhile, the server gets a session
+    of its own; this process stops it when it exits (Prefect's atexit), SIGHUP included (see main).
+    Prefect's call takes no such option, hence Popen wrapped for the moment of the start."""
+    import subprocess
+
+    popen = subprocess.Popen
+
+    class OwnSession(popen):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    subprocess.Popen = OwnSession
+    try:
+        yield
+    finally:
+        subprocess.Popen = popen
 
 
 @app.command()
@@ -619,15 +642,16 @@ def one_line(error: BaseException) -> str:
 
 
 def _terminate(signum, frame):
-    OPTIONS["terminated"] = True
-    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: leases released, runs marked
+    OPTIONS["terminated"] = signal.Signals(signum)
+    raise KeyboardInterrupt  # SIGTERM or SIGHUP ends a command as Ctrl-C does: leases released, runs marked
 
 
 def main():
     """Every error is one line on stderr: usage errors exit 2 (typer's message), as do expected errors;
-    Ctrl-C exits 130, SIGTERM 143 (a catalog run hands its videos back first). --debug (GVMGEN_DEBUG=1)
-    shows the traceback instead."""
+    Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 (a catalog run hands its videos back first).
+    --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # a closed terminal or SSH session: the same, and the server stopped
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
     except typer.TyperException as e:  # a bad option or argument
@@ -646,9 +670,10 @@ def main():
 
         if not isinstance(e, TerminationSignal):  # Prefect's own SIGTERM handler, inside a flow run
             raise
-        OPTIONS["terminated"] = True
+        OPTIONS["terminated"] = signal.SIGTERM
         code = 130
     if code == 130:
-        console.print(f"error: interrupted{' (SIGTERM)' if OPTIONS.get('terminated') else ''}")
-        code = 143 if OPTIONS.get("terminated") else 130
+        by = OPTIONS.get("terminated")  # a signal other than Ctrl-C's SIGINT
+        console.print(f"error: interrupted{f' ({by.name})' if by else ''}")
+        code = 128 + by if by else 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -173,6 +173,31 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
 
 
 @pytest.mark.slow
+def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_path, recorded_outputs):
+    """A terminal's Ctrl-C goes to the command's whole process group. Prefect's temporary server, its child,
+    once died with it, and the interrupted run's last calls to it retried for minutes before exiting 2.
+    Now: exit 130 in seconds with one line, the run marked interrupted, and the server stopped too."""
+    from storage.db import connect
+    from storage.models import Run
+
+    library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
+    first = gvmgen("score", library, "--out", out, "--batch-videos", "1", background=True)
+    _wait_for(lambda: recorded_outputs(), what="the first scored video")
+    children = Path(f"/proc/{first.pid}/task/{first.pid}/children").read_text().split()
+    servers = [int(c) for c in children if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert servers, children
+    signalled = time.monotonic()
+    os.killpg(first.pid, signal.SIGINT)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 130 and time.monotonic() - signalled < 60, (first.returncode, stderr)
+    assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr, stderr
+    _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers), seconds=10,
+              what="Prefect's temporary server to stop")
+    with connect()() as session:
+        assert session.scalars(select(Run)).one().status == "interrupted"
+
+
+@pytest.mark.slow
 def test_two_processes_on_a_fresh_home(gvmgen, fixtures, tmp_path):
     library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
     both = [gvmgen("score", library, "--out", out, "--json", background=True) for _ in range(2)]
