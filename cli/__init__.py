@@ -252,15 +252,20 @@ def _children_in_a_session_of_their_own():
     """Prefect starts its temporary server as a child in this process's group, and a terminal's Ctrl-C
     goes to the whole group: the server died with the run, whose last API calls (the interrupted run's
     state) then retried it for minutes before exiting 2. Started meanwhile, the server gets a session
-    of its own; this process stops it when it exits (Prefect's atexit), SIGHUP included (see main).
-    Prefect's call takes no such option, hence Popen wrapped for the moment of the start."""
+    of its own; this process stops it when it exits (Prefect's atexit), SIGHUP included (see main),
+    and the kernel when this process is killed outright (SIGKILL: PR_SET_PDEATHSIG). Prefect's call
+    takes no such options, hence Popen wrapped for the moment of the start (on this thread, which
+    lives as long as the process: the death signal follows the thread that started the child)."""
+    import ctypes
     import subprocess
 
-    popen = subprocess.Popen
+    popen, prctl = subprocess.Popen, ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
 
     class OwnSession(popen):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("start_new_session", True)
+            kwargs.setdefault("preexec_fn", lambda: prctl(pr_set_pdeathsig, signal.SIGTERM))
             super().__init__(*args, **kwargs)
 
     subprocess.Popen = OwnSession
