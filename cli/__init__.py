@@ -225,6 +225,7 @@ def _prefect_environment() -> None:
 
     os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client telemetry (and its notice on a terminal)
     # the temporary server's start (its database migrated on first use) can outlast Prefect's 20 s on a
     # busy machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -349,7 +350,8 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
         print(json.dumps(summary))
     elif not OPTIONS["quiet"]:
         earlier = [f for f in summary["failures"] if f["status"] == "failed earlier"]
-        out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped (done before), "
+        out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped "
+                  f"(done before, or copied from the same file scored), "
                   f"{summary['failed']} failed, failed earlier, not retried: {len(earlier)}"
                   + (f", {summary['pending']} pending (being scored elsewhere)" if summary["pending"] else "")
                   + f"; videos, tracks and reports (.report.png) in {out_uri}")

@@ -279,18 +279,22 @@ VIDEO_STATUSES = ("new", "pending", "done", "failed")
 
 
 def videos(session: Session, status: str | None = None) -> list[tuple[Video, str, VideoError | None]]:
-    """Every video with the status of its latest job ('new' when never tried) and, when it failed, its
-    latest error; optionally only one status."""
+    """Every video with the status of its content's latest job ('new' when never tried: a copy of a
+    scored file is done with it) and, when it failed, its content's latest error; optionally only one
+    status."""
     if status is not None and status not in VIDEO_STATUSES:
         raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
-    latest = (select(Job.video_id, Job.status).order_by(Job.id.desc()))
-    status_of: dict[int, str] = {}
-    for video_id, job_status in session.execute(latest):
-        status_of.setdefault(video_id, job_status)
-    found = [(v, status_of.get(v.id, "new")) for v in session.scalars(select(Video).order_by(Video.id))]
+    status_of: dict[str, str] = {}
+    for content, job_status in session.execute(select(Job.content_hash, Job.status).order_by(Job.id.desc())):
+        status_of.setdefault(content, job_status)
+    found = [(v, status_of.get(v.content_hash, "new")) for v in session.scalars(select(Video).order_by(Video.id))]
     found = [(v, s) for v, s in found if status is None or s == status]
-    errors = latest_errors(session, [v.id for v, s in found if s == "failed"])
-    return [(v, s, errors.get(v.id)) for v, s in found]
+    failed = {v.content_hash for v, s in found if s == "failed"}
+    newest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_(failed))
+              .group_by(Video.content_hash))
+    errors = {video.content_hash: error for error, video in
+              session.execute(select(VideoError, Video).join(Video).where(VideoError.id.in_(newest))).tuples()}
+    return [(v, s, errors.get(v.content_hash) if s == "failed" else None) for v, s in found]
 
 
 def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoError]:

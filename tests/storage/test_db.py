@@ -122,6 +122,28 @@ def test_a_deleted_copy_found_twice_is_scored_again_once(database_url):
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4"
 
 
+def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database_url):
+    """The same content under two keys has one job: `videos list` shows both keys done, or both failed
+    with the cause, not the second one as never tried."""
+    session = _session(database_url)
+    cat = repo.catalog(session, "library", "file:///library")
+    now = datetime.now(timezone.utc)
+    scored, _, bad, _ = (repo.register_video(session, cat, ObjectInfo(key, 10, None, now), f"file:///library/{key}",
+                                             f"sha256:{content:064d}")[0]
+                         for key, content in (("a.mp4", 1), ("copies/a.mp4", 1), ("b.mp4", 2), ("copies/b.mp4", 2)))
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    job = repo.claim(session, scored, model, "k", owner="w1")
+    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4",
+                  track_uri="file:///o/a.flac")
+    job = repo.claim(session, bad, model, "k", owner="w1")
+    repo.record_error(session, bad, None, "probe", "not a video")
+    repo.release(session, job, "w1", "failed")
+    listed = {v.key: (s, e.cause if e else None) for v, s, e in repo.videos(session)}
+    assert listed == {"a.mp4": ("done", None), "copies/a.mp4": ("done", None),
+                      "b.mp4": ("failed", "not a video"), "copies/b.mp4": ("failed", "not a video")}
+    assert [v.key for v, _, _ in repo.videos(session, "failed")] == ["b.mp4", "copies/b.mp4"]
+
+
 def test_failed_work_waits_for_an_explicit_retry(database_url):
     session = _session(database_url)
     (video,) = _videos(session, 1)
