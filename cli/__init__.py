@@ -260,14 +260,15 @@ def _children_in_a_session_of_their_own():
     import ctypes
     import subprocess
 
-    popen, prctl = subprocess.Popen, ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
+    popen = subprocess.Popen
+    pdeathsig = {}
+    if sys.platform.startswith("linux"):  # prctl is Linux's; elsewhere a SIGKILL leaves the server running
+        prctl, pr_set_pdeathsig = ctypes.CDLL(None, use_errno=True).prctl, 1
+        pdeathsig = {"preexec_fn": lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)}
 
     class OwnSession(popen):
         def __init__(self, *args, **kwargs):
-            kwargs.setdefault("start_new_session", True)
-            kwargs.setdefault("preexec_fn", lambda: prctl(pr_set_pdeathsig, signal.SIGTERM))
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{"start_new_session": True, **pdeathsig, **kwargs})
 
     subprocess.Popen = OwnSession
     try:
