@@ -37,8 +37,8 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path, PurePosixPath
 
@@ -496,7 +496,7 @@ def compose_music(composer: Composer, joining: list[ClaimedVideo], composing: di
                 try:
                     track = composer.generator.track(composed)
                 except Exception as e:
-                    results.append(_compose_failure(composing.pop(key), ctx, e))
+                    fail_composing(key, e)
                     continue
                 composing.pop(key)
                 results.append((key, track))
