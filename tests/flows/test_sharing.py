@@ -52,7 +52,7 @@ def composing(prefect_engine, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GVMGEN_HOME", str(root / "home"))
         library = root / "library"
-        _clip(library / "a_long.mp4", "testsrc", 40)  # composes for several leases on any machine (20 s took 3.6 s once: too near 1.5 leases)
+        _clip(library / "a_long.mp4", "testsrc", 80)  # composes for several leases on any machine (40 s took 3.1 s once)
         _clip(library / "b.mp4", "smptebars", 1)
         _clip(library / "c.mp4", "rgbtestsrc", 1)
         observed, stop = [], threading.Event()
@@ -206,10 +206,13 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
 
 @pytest.mark.slow
 def test_a_prepared_video_takes_the_place_of_one_done_at_the_next_window(prefect_engine, tmp_path, monkeypatch):
-    """batch_videos=2, 10-s windows: a long video of six windows composes first (the short ones are
-    held back two seconds before their prepare), and the short ones join it one after the other as
-    places free up, so both are scored while the long one still composes. (A fixed batch would compose
-    the third video after the long one's last window.)"""
+    """batch_videos=2, 10-s windows: a long video of six windows composes first, and the short ones join
+    it one after the other as places free up, so both are scored while the long one still composes. (A
+    fixed batch would compose the third video after the long one's last window.) So that this holds on
+    a fast machine and a loaded one alike, the short ones are prepared once the long one composes, and
+    each stage of the model first waits 1.5 s, far longer than a 1-s clip takes to prepare."""
+    import threading
+
     import flows.score_catalog as flow
     from storage.db import connect
     from storage.models import Output, Video
@@ -218,18 +221,23 @@ def test_a_prepared_video_takes_the_place_of_one_done_at_the_next_window(prefect
     _clip(library / "a_long.mp4", "testsrc", 40)
     _clip(library / "b.mp4", "smptebars", 1)
     _clip(library / "c.mp4", "rgbtestsrc", 1)
-    real = flow.prepare
+    real, composing = flow.prepare, threading.Event()
 
     def short_ones_later(model, video, settings):
         if video.stat().st_size < (library / "a_long.mp4").stat().st_size:
-            time.sleep(2.0)
+            composing.wait(timeout=120)
         return real(model, video, settings)
 
+    stages, real_stage = [], flow.Composer.stage
+
+    def slow_stage(self, keys=None, after_pass=None):
+        stages.append(len(self.videos if keys is None else keys))
+        composing.set()
+        time.sleep(1.5)
+        return real_stage(self, keys, after_pass)
+
     monkeypatch.setattr(flow, "prepare", short_ones_later)
-    stages = []
-    real_stage = flow.Composer.stage
-    monkeypatch.setattr(flow.Composer, "stage", lambda self, keys=None, after_pass=None: (
-        stages.append(len(self.videos if keys is None else keys)), real_stage(self, keys, after_pass))[1])
+    monkeypatch.setattr(flow.Composer, "stage", slow_stage)
     summary = flow.score_catalog(str(library), str(tmp_path / "scored"), model="tiny", batch_videos=2,
                                  settings={"generation": {"window_s": 10.0, "overlap_s": 4.0}})
     assert (summary["scored"], summary["failed"]) == (3, 0)
