@@ -15,6 +15,7 @@ import numpy as np
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
+from gvmgen.files import scratch
 from gvmgen.media.audio import decode_audio
 from gvmgen.metrics import MetricUnavailable
 from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean_kl
@@ -40,7 +41,7 @@ def evaluate_output(output_id: int) -> dict:
         video = session.get(Video, output.video_id)
         cuts = [s.start for s in repo.shots_of(session, video)[1:]]
         seams = [(a[1] + b[0]) / 2 for a, b in zip(output.windows or [], (output.windows or [])[1:])]
-        with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+        with tempfile.TemporaryDirectory(dir=scratch()) as work:
             audio = decode_audio(_download(output.track_uri, Path(work)), RATE)
         row = {"video": video.key}
         if cuts:
@@ -72,7 +73,7 @@ def distribution_metrics(run_id: int | None, output_ids: list[int]) -> dict:
     The models are looked for first: without them nothing is downloaded."""
     models = {"fad_clap": _load_or_why(clap_embedder), "kl_ast": _load_or_why(ast_classifier)}
     pairs = []
-    with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+    with sessions() as session, tempfile.TemporaryDirectory(dir=scratch()) as work:
         if any(model for model, _ in models.values()):
             for output_id in output_ids:
                 output = session.get(Output, output_id)

@@ -21,6 +21,7 @@ from prefect.artifacts import (create_link_artifact, create_markdown_artifact, c
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from gvmgen.files import scratch
 from gvmgen.home import home
 from gvmgen.model.checkpoints import load_model, save_model, with_feature_transformation
 from gvmgen.model.config import FEATURE_TRANSFORMATIONS
@@ -62,7 +63,7 @@ def build_shard(video_id: int, source: str, store: str, base: str, music: list[s
             return row
         music_key = paired_music_key(video.key, set(music))
         try:
-            with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+            with tempfile.TemporaryDirectory(dir=scratch()) as work:
                 src = open_store(source)
                 local = src.download(video.key, Path(work) / "in")
                 paired = src.download(music_key, Path(work) / "in") if music_key else None
@@ -126,7 +127,7 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
     if warning:
         get_run_logger().warning("%s: %s", name, warning)
         create_markdown_artifact(f"## {name}: the visual side collapsed\n\n{warning}.", key="finetune-collapse")
-    with tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+    with tempfile.TemporaryDirectory(dir=scratch()) as work:
         folder = Path(work) / name
         save_model(model.cpu(), folder)
         write_loss_curve(folder / "loss.png", history, f"{name} (from {base}): {metrics}")

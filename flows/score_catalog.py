@@ -55,6 +55,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from gvmgen.files import scratch
 from gvmgen.generate import Composer, MusicGenerator
 from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
@@ -403,7 +404,7 @@ def prepare_video(video_id: int, ctx: RunContext):
                 job = claim()
         if job is None:  # in_output: the flow copies the scored copy here only where it is missing
             return as_state({**not_claimed(session, ctx, owner, video, model_row), "in_output": in_output})
-        work = Path(tempfile.mkdtemp(prefix="gvmgen-"))
+        work = Path(tempfile.mkdtemp(dir=scratch()))
         stage = "output"
         try:
             taken = foreign_output(session, ctx, video)  # an unsafe key raises here: the video's fault
@@ -560,7 +561,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     Returns the keys copied."""
     copied = []
     out = open_store(ctx.output)
-    with sessions() as session, tempfile.TemporaryDirectory(prefix="gvmgen-") as work:
+    with sessions() as session, tempfile.TemporaryDirectory(dir=scratch()) as work:
         run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
         for key in keys:
             video = repo.video_by_key(session, run.catalog_id, key)

@@ -1,6 +1,10 @@
-"""Atomic writes: the final name appears only with the whole file, with the umask's permissions."""
+"""Atomic writes: the final name appears only with the whole file, with the umask's permissions.
+Scratch: one folder per process, gone when the process is, however it ended."""
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +33,39 @@ def test_a_failed_write_leaves_neither_the_file_nor_its_partial(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("disk full")
     assert os.listdir(tmp_path) == ["a.mp4"] and (tmp_path / "a.mp4").read_bytes() == b"before"
+
+
+MAKE_SCRATCH = ("import sys, tempfile; from gvmgen.files import scratch; "
+                "work = tempfile.mkdtemp(dir=scratch()); open(work + '/in.mp4', 'w').write('x'); "
+                "print(scratch(), flush=True); sys.stdin.read()")
+
+
+def _scratch_of_a_process(tmp_path):
+    """A process that makes its scratch folder in tmp_path (TMPDIR), with a file in it, and waits."""
+    child = subprocess.Popen([sys.executable, "-c", MAKE_SCRATCH], env={**os.environ, "TMPDIR": str(tmp_path)},
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    folder = child.stdout.readline().strip()
+    assert folder.startswith(str(tmp_path / "gvmgen-")) and os.path.isdir(folder), folder
+    return child, folder
+
+
+@pytest.mark.parametrize("end", ["exit", "Ctrl-C"])
+def test_a_process_removes_its_scratch_when_it_ends(tmp_path, end):
+    child, folder = _scratch_of_a_process(tmp_path)
+    if end == "Ctrl-C":  # an exception, then the exit (the command line turns SIGTERM and SIGHUP into it too)
+        child.send_signal(signal.SIGINT)
+    child.communicate("")
+    assert not os.path.exists(folder) and os.listdir(tmp_path) == []
+
+
+def test_the_scratch_of_a_killed_process_is_removed_by_the_next_and_a_live_ones_kept(tmp_path):
+    killed, left = _scratch_of_a_process(tmp_path)
+    living, kept = _scratch_of_a_process(tmp_path)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert os.path.isdir(left)                               # nothing could remove it then
+    third, own = _scratch_of_a_process(tmp_path)             # the next process removes it
+    assert not os.path.exists(left) and os.path.isdir(kept) and os.path.isdir(own)
+    for child in (living, third):
+        child.communicate("")
+    assert os.listdir(tmp_path) == []

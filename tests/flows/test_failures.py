@@ -48,6 +48,15 @@ def _wait_for(condition, seconds=300, what="the condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _scratch_in(tmp_path) -> dict:
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {"TMPDIR": str(tmp_path / "tmp")}
+
+
+def _scratch_left(tmp_path) -> list[str]:
+    return [p.name for p in (tmp_path / "tmp").glob("gvmgen-*")]
+
+
 @pytest.mark.slow
 def test_missing_weights_stop_the_run_at_once_and_blame_no_video(gvmgen, fixtures, tmp_path):
     library = _library(fixtures, tmp_path / "library")
@@ -147,7 +156,7 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
 
     library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
     args = ("score", library, "--out", out, "--batch-videos", "1", "--json")
-    first = gvmgen(*args, background=True)
+    first = gvmgen(*args, background=True, env=_scratch_in(tmp_path))
     # a video recorded as scored (its mp4 alone is not enough: one uploaded but not yet recorded when the
     # signal lands is, by design, scored again)
     _wait_for(lambda: recorded_outputs(), what="the first scored video")
@@ -162,6 +171,7 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
         finished = set(session.scalars(select(Video.key).join(Output)))
     assert run.status == "interrupted" and held == 0 and finished
     assert run.scored == len(finished)      # recorded ones, even one its flow had not yet heard of
+    assert _scratch_left(tmp_path) == []    # the downloads and frames of the videos in flight: removed
     written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split(".")[0] + ".mp4" in finished}
 
     second = gvmgen(*args)                                  # at once: no waiting for leases
@@ -181,7 +191,7 @@ def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_p
     from storage.models import Run
 
     library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
-    first = gvmgen("score", library, "--out", out, "--batch-videos", "1", background=True)
+    first = gvmgen("score", library, "--out", out, "--batch-videos", "1", background=True, env=_scratch_in(tmp_path))
     _wait_for(lambda: recorded_outputs(), what="the first scored video")
     children = Path(f"/proc/{first.pid}/task/{first.pid}/children").read_text().split()
     servers = [int(c) for c in children if "uvicorn" in Path(f"/proc/{c}/cmdline").read_text()]
@@ -195,6 +205,7 @@ def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_p
               what="Prefect's temporary server to stop")
     with connect()() as session:
         assert session.scalars(select(Run)).one().status == "interrupted"
+    assert _scratch_left(tmp_path) == []
 
 
 @pytest.mark.slow
