@@ -580,6 +580,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
                     get_run_logger().warning(f"{key}: {uri} is gone, so its copy goes without it")
                     continue
                 out.upload(fetch_copy(store, file, Path(work) / local_name(uri)), str(name))
+            repo.probe_from(session, video, session.get(Video, output.video_id))
             copied.append(key)
     return copied
 

@@ -77,6 +77,15 @@ def record_probe(session: Session, video: Video, *, duration: float, width: int,
     session.commit()
 
 
+def probe_from(session: Session, video: Video, original: Video) -> None:
+    """A copy of a file scored under another key gets that video's probe facts and shots (the same
+    content), where it has none of its own."""
+    if video.probed_at is None and original.probed_at is not None:
+        record_probe(session, video, duration=original.duration, width=original.width, height=original.height,
+                     fps=original.fps, rotation=original.rotation, audio_streams=original.audio_streams,
+                     shots=[(s.start, s.end) for s in shots_of(session, original)])
+
+
 def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dict, parameters: dict,
               flow_run_id: str | None = None, videos: int | None = None, worker: str | None = None) -> Run:
     """A new run; or, when Prefect retries a flow run (its own retries, or Retry in the UI), the row of

@@ -150,7 +150,7 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
 
     from flows.score_catalog import score_catalog
     from storage.db import connect
-    from storage.models import Output
+    from storage.models import Output, Video
 
     library, out = tmp_path / "library", tmp_path / "scored"
     (library / "copies").mkdir(parents=True)
@@ -165,5 +165,8 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     assert (out / "counter.flac").read_bytes() == (out / "copies" / "counter.flac").read_bytes()
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 1
+        probes = {v.key: (v.duration, v.width, v.fps, [(s.start, s.end) for s in v.shots])
+                  for v in session.scalars(select(Video))}
+    assert probes["copies/counter.mp4"] == probes["counter.mp4"] and probes["counter.mp4"][0] > 0   # the copy's too
     rows = json.loads(_latest_artifact("score-catalog-results").data)
     assert sorted(r["status"] for r in rows) == ["copied", "scored"]
