@@ -309,7 +309,8 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
         ids = []
         for obj in objects:
             try:
-                digest = obj.etag and f"etag:{obj.etag}" or store.content_hash(obj.key)
+                digest = obj.etag and f"etag:{obj.etag}" or repo.unchanged_hash(session, cat, obj) \
+                    or store.content_hash(obj.key)
             except ObjectError:  # unreadable: registered all the same, and failed when it is prepared
                 digest = f"unreadable:{obj.size}:{obj.modified.timestamp()}"
             video, _ = repo.register_video(session, cat, obj, store.uri(obj.key), digest)

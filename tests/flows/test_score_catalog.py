@@ -170,3 +170,44 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     assert probes["copies/counter.mp4"] == probes["counter.mp4"] and probes["counter.mp4"][0] > 0   # the copy's too
     rows = json.loads(_latest_artifact("score-catalog-results").data)
     assert sorted(r["status"] for r in rows) == ["copied", "scored"]
+
+
+def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path, monkeypatch):
+    """A local library's files are hashed when first seen and when their size or modification time
+    changed, not every night: a file rewritten in place with its old time and size keeps its hash, a
+    touched one is read again (and, changed, scored again)."""
+    import hashlib
+
+    from flows.score_catalog import list_library, register_videos
+    from storage.db import connect, upgrade
+    from storage.models import Video
+
+    monkeypatch.setenv("GVMGEN_DATABASE_URL", database_url)
+    upgrade(database_url)
+    library = tmp_path / "library"
+    library.mkdir()
+    a = library / "a.mp4"
+
+    def registered() -> str:
+        (video_id,) = register_videos.fn(str(library), "library", list_library.fn(str(library)))
+        with connect()() as session:
+            return session.get(Video, video_id).content_hash
+
+    def rewrite(data: bytes, keep_time: bool) -> None:
+        before = a.stat().st_mtime_ns
+        a.write_bytes(data)
+        os.utime(a, ns=(before, before) if keep_time else (before + 10**9, before + 10**9))
+
+    def sha(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    a.write_bytes(b"first take")
+    assert registered() == sha(b"first take")
+    rewrite(b"other take", keep_time=True)          # the same size and time: not read
+    assert registered() == sha(b"first take")
+    rewrite(b"other take", keep_time=False)         # touched: read, and it changed
+    assert registered() == sha(b"other take")
+    rewrite(b"other take", keep_time=False)         # touched alone: read, the same; its new time recorded
+    assert registered() == sha(b"other take")
+    rewrite(b"third take", keep_time=True)          # so this is not read
+    assert registered() == sha(b"other take")
