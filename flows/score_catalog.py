@@ -65,7 +65,7 @@ from gvmgen.settings import ScoreSettings
 from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
-from storage.models import Job, ModelVersion, Run, Video
+from storage.models import Job, ModelVersion, Run, Video, VideoError
 from storage.objects import (ObjectError, ObjectInfo, Store, fetch_copy, library_exclusion, local_name,
                              open_store)
 
@@ -350,9 +350,38 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
     if job.status == "done" or job.owner == owner:
         return result_row(video.key, "skipped")
     if job.status == "failed":
-        error = repo.latest_errors(session, [video.id]).get(video.id)
-        return result_row(video.key, "failed earlier", cause=error.cause if error else "failed before")
+        return failed_earlier(video, repo.latest_errors(session, [video.id]).get(video.id))
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
+
+
+def failed_earlier(video: Video, error: VideoError | None) -> dict:
+    return result_row(video.key, "failed earlier", cause=error.cause if error else "failed before")
+
+
+@task(**RETRY)
+def settled_videos(ctx: RunContext, video_ids: list[int]) -> dict[int, dict]:
+    """The videos with nothing to do, found for the whole catalog at once rather than by a task run
+    each (a nightly run of a large catalog is mostly these): done, with their scored copy in the
+    output, and failed earlier (unless retried). Their rows, by video id; prepare_video takes the rest."""
+    wanted = set(video_ids)
+    with sessions() as session:
+        found = [(video, status) for video, status in repo.settled(
+            session, session.get(Run, ctx.run_id).catalog_id, ctx.model_version_id, repo.settings_hash(ctx.settings),
+            ("done",) if ctx.retry_failed else ("done", "failed")) if video.id in wanted]
+        in_output = scored_copies(open_store(ctx.output)) if found else set()
+        errors = repo.latest_errors(session, [video.id for video, status in found if status == "failed"])
+        rows = {video.id: failed_earlier(video, errors.get(video.id)) for video, status in found if status == "failed"}
+        rows.update((video.id, {**result_row(video.key, "skipped"), "in_output": True}) for video, status in found
+                    if status == "done" and video.key in in_output)
+        return rows
+
+
+def scored_copies(out: Store) -> set[str]:
+    """The keys of the videos in the output, in one listing (pages of 1000 on S3)."""
+    try:
+        return {o.key for o in out.list()}
+    except NotADirectoryError:  # no output folder yet
+        return set()
 
 
 def recorded_copy_exists(uri: str, video: Video) -> bool:
@@ -695,15 +724,16 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
 
     in_output: set[str] = set()   # skipped videos whose scored copy this run's output already holds
 
-    def handled(row: dict) -> None:
-        if row.pop("in_output", False):
-            in_output.add(row["video"])
-        rows.append(row)
-        if row["status"] == "pending" and not stopped_by:
-            stopped_by.append(row["cause"])
+    def handled(*new_rows: dict) -> None:
+        for row in new_rows:
+            if row.pop("in_output", False):
+                in_output.add(row["video"])
+            rows.append(row)
+            if row["status"] == "pending" and not stopped_by:
+                stopped_by.append(row["cause"])
         update_progress_artifact(progress, 100.0 * len(rows) / max(1, len(video_ids)))
         with sessions() as session:
-            repo.count_handled(session, run_id, row["status"])
+            repo.count_handled(session, run_id, [row["status"] for row in new_rows])
 
     video_of: dict[PrefectFuture, str] = {}  # future -> the video it works on, named for a crash
 
@@ -713,8 +743,11 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         return submitted
 
     try:
+        settled = settled_videos(ctx, video_ids)  # done, or failed earlier: no task run each
+        if settled:
+            handled(*settled.values())
         with leases_kept(owners, lease_s), graphs_captured_meanwhile(ctx, batch_videos):
-            waiting, preparing, finishing = iter(video_ids), [], []
+            waiting, preparing, finishing = (v for v in video_ids if v not in settled), [], []
             preparing += submit_prepare(list(islice(waiting, 2 * batch_videos)))
             # The model composes up to batch_videos videos at once, window by window; a prepared video
             # takes the place of one that is done at the next window, not when its whole batch is done.

@@ -131,14 +131,14 @@ def outputs_recorded(session: Session, run_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Output).where(Output.run_id == run_id))
 
 
-def count_handled(session: Session, run_id: int, status: str) -> None:
-    """Count one more video of a running run as scored, skipped or failed (what progress bars read)."""
-    column = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed,
-              "failed earlier": Run.failed_earlier}.get(status)
-    if column is None:  # left pending (infrastructure) or leased elsewhere: not handled by this run
-        return
-    session.execute(update(Run).where(Run.id == run_id).values({column: column + 1}))
-    session.commit()
+def count_handled(session: Session, run_id: int, statuses: list[str]) -> None:
+    """Count more videos of a running run as scored, skipped or failed (what progress bars read); one
+    left pending (infrastructure) or leased elsewhere is not handled by this run."""
+    columns = {"scored": Run.scored, "skipped": Run.skipped, "failed": Run.failed, "failed earlier": Run.failed_earlier}
+    counted = {columns[s]: statuses.count(s) for s in set(statuses) if s in columns}
+    if counted:
+        session.execute(update(Run).where(Run.id == run_id).values({c: c + n for c, n in counted.items()}))
+        session.commit()
 
 
 def _job(session: Session, video: Video, model_id: int, key: str) -> Job:
@@ -179,6 +179,14 @@ def claim(session: Session, video: Video, model: ModelVersion, key: str, owner: 
         return None
     session.refresh(job)
     return job
+
+
+def settled(session: Session, catalog_id: int, model_id: int, key: str, statuses: tuple[str, ...]) -> list[tuple[Video, str]]:
+    """The catalog's videos whose job for this model and settings has one of `statuses` (done,
+    failed), each with that status: one query for a whole catalog."""
+    same_job = (Job.content_hash == Video.content_hash) & (Job.model_version_id == model_id) & (Job.settings_hash == key)
+    return [(video, status) for video, status in session.execute(
+        select(Video, Job.status).join(Job, same_job).where(Video.catalog_id == catalog_id, Job.status.in_(statuses)))]
 
 
 def job_of(session: Session, video: Video, model: ModelVersion, key: str) -> Job | None:

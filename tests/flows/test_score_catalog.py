@@ -48,6 +48,21 @@ def _latest_artifact(key):
     return max(found, key=lambda a: a.created)
 
 
+def _task_names(run_id: int) -> list[str]:
+    """The names of the task runs of our run `run_id`'s flow run, less their suffixes."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from storage.db import connect
+    from storage.models import Run
+
+    with connect()() as session:
+        flow_run_id = session.get(Run, run_id).flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(t.name.rsplit("-", 1)[0] for t in runs)
+
+
 def _where_the_secret_shows(secret: str, captured: str) -> list[str]:
     """Every place a run leaves words behind, searched for `secret`: the captured output and logs, every row
     of every table of the database (runs.parameters, the errors' causes, ...), and in Prefect the flow runs'
@@ -109,6 +124,7 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
         score_catalog(source, output, model="tiny")
     second = again.value.summary
     assert (second["scored"], second["failed"], second["failed_earlier"], second["skipped"]) == (0, 0, 2, 2)
+    assert "prepare_video" not in _task_names(second["run"])  # settled at once: no task run per video
     if source.startswith("s3://"):   # the S3 credentials (tests/conftest.py's) reached none of it
         out, err = capfd.readouterr()
         assert _where_the_secret_shows(os.environ["AWS_SECRET_ACCESS_KEY"], out + err + caplog.text) == []
