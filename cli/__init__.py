@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
@@ -534,36 +535,63 @@ def weights_fetch(name: Preset = typer.Argument(..., help="Which pretrained pres
         out.print(f"fetched {path}")
 
 
-def _emit(rows: list[dict], as_json: bool, columns: list[str]) -> None:
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):  # stored in UTC, to the second
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str], fold: tuple[str, ...] = ()) -> None:
+    """Rows as JSON, or as a table whose columns keep their values whole; those in `fold` (URIs,
+    causes) wrap when the terminal is narrow, and a pipe gets lines as long as they need."""
     if as_json:
         print(json.dumps(rows, default=str))
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    out.print(table)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    for i, column in enumerate(columns):  # on a narrow terminal, the others wrap at their spaces, never within a word
+        title = column.replace("_", " ")
+        words = [len(w) for text in (title, *([] if column in fold else (r[i] for r in cells))) for w in text.split()]
+        table.add_column(title, overflow="fold", min_width=max(words))
+    for row in cells:
+        table.add_row(*row)
+    (out if out.is_terminal else Console(soft_wrap=True, width=100_000)).print(table)
 
 
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Option(False, "--json")):
-    """The latest catalog runs."""
+    """The latest catalog runs (times in UTC)."""
     from storage import repository as repo
     from storage.db import connect
 
     with connect()() as session:
         rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
-                 "scored": r.scored, "skipped": r.skipped, "failed": r.failed, "failed_earlier": r.failed_earlier,
-                 "source": r.parameters.get("source"), "cause": r.cause}
+                 "took": _took(r.started_at, r.finished_at), "scored": r.scored, "skipped": r.skipped,
+                 "failed": r.failed, "failed_earlier": r.failed_earlier, "source": r.parameters.get("source"),
+                 "cause": r.cause}
                 for r in repo.runs(session, limit)]
-    _emit(rows, as_json, ["id", "status", "started", "finished", "scored", "skipped", "failed", "failed_earlier",
-                          "source", "cause"])
+    _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "failed", "failed_earlier", "source", "cause"],
+          fold=("source", "cause"))
+
+
+def _took(started: datetime, finished: datetime | None) -> str | None:
+    """1h 02m, 3m 07s, 12s."""
+    if finished is None:
+        return None
+    seconds = round((finished - started).total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s" if rest >= 60 else f"{rest}s"
 
 
 @runs_app.command("show")
 def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")):
-    """One run: its parameters, counts and the videos that failed, with their causes."""
+    """One run: what it scored with, its counts and the videos that failed, with their causes."""
+    from gvmgen.settings import ScoreSettings
     from storage import repository as repo
     from storage.db import connect
     from storage.models import Run
@@ -580,11 +608,35 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
     if as_json:
         print(json.dumps(report, default=str))
         return
-    out.print(f"run {report['id']} ({report['status']}{': ' + report['cause'] if report['cause'] else ''}): "
-              f"{report['scored']} scored, {report['skipped']} skipped, {report['failed']} failed, "
-              f"{report['failed_earlier']} failed earlier; {report['parameters']}")
+    parameters = report["parameters"]
+    changed = _differences(ScoreSettings().to_dict(), parameters.get("settings") or {})
+    lines = [("status", report["status"] + (f": {report['cause']}" if report["cause"] else "")),
+             ("started", f"{_cell(report['started'])} UTC by {report['worker'] or 'unknown'}"),
+             ("finished", f"{_cell(report['finished'])} UTC, after {_took(report['started'], report['finished'])}"
+                          if report["finished"] else "not yet"),
+             ("source", parameters.get("source")), ("output", parameters.get("output")),
+             ("model", parameters.get("model")),
+             ("settings", ", ".join(f"{k}={v}" for k, v in changed.items()) or "the defaults"),
+             ("videos", f"{report['scored']} scored, {report['skipped']} skipped, {report['failed']} failed, "
+                        f"{report['failed_earlier']} failed earlier")]
+    out.print(f"run {report['id']}", markup=False, highlight=False)
+    for name, value in lines:
+        out.print(f"  {name:9} {value}", markup=False, highlight=False)
+    if report["failures"]:
+        out.print("failed videos:", markup=False, highlight=False)
     for failure in report["failures"]:
-        out.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}")
+        out.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}", markup=False, highlight=False)
+
+
+def _differences(defaults: dict, given: dict, prefix: str = "") -> dict[str, object]:
+    """The settings in `given` that differ from `defaults`, by dotted name (generation.seed=7)."""
+    found = {}
+    for key, value in given.items():
+        if isinstance(value, dict):
+            found.update(_differences(defaults.get(key) or {}, value, f"{prefix}{key}."))
+        elif defaults.get(key, object()) != value:
+            found[f"{prefix}{key}"] = value
+    return found
 
 
 class VideoStatus(str, Enum):
@@ -606,7 +658,7 @@ def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only 
         rows = [{"id": v.id, "key": v.key, "status": s, "duration": v.duration, "source": v.source_uri,
                  "stage": e.stage if e else None, "cause": e.cause if e else None}
                 for v, s, e in repo.videos(session, status.value if status else None)]
-    _emit(rows, as_json, ["id", "key", "status", "duration", "source", "stage", "cause"])
+    _emit(rows, as_json, ["id", "key", "status", "duration", "source", "stage", "cause"], fold=("key", "source", "cause"))
 
 
 @app.command("retry-failed")

@@ -103,7 +103,9 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
         now = datetime.now(timezone.utc)
         good, _ = repo.register_video(session, cat, ObjectInfo("good.mp4", 1, None, now), "file:///lib/good.mp4", "sha256:1")
         bad, _ = repo.register_video(session, cat, ObjectInfo("bad.mp4", 1, None, now), "file:///lib/bad.mp4", "sha256:2")
-        run = repo.start_run(session, cat, model, {"seed": 0}, {"source": "/lib", "output": "/out", "model": "tiny"})
+        settings = {"generation": {"seed": 7, "stitch": "continue"}, "target_lufs": -23.0}
+        run = repo.start_run(session, cat, model, settings, {"source": "/lib", "output": "/out", "model": "tiny",
+                                                             "settings": settings})
         for video, status in ((good, "done"), (bad, "failed")):
             job = repo.claim(session, video, model, "k", owner="w")
             repo.release(session, job, "w", status)
@@ -117,6 +119,14 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
     assert [v["key"] for v in failed] == ["bad.mp4"]
     assert _gvmgen("runs", "show", "999").returncode == 2
+    # and as people read them: the settings that differ from the defaults, no Python reprs, no "None"
+    text = _gvmgen("runs", "show", str(run.id)).stdout
+    assert "  settings  generation.seed=7, target_lufs=-23.0\n" in text and "  source    /lib\n" in text, text
+    assert "  bad.mp4 (score): MediaError: bad.mp4: not a readable media file" in text and "{" not in text
+    (header, _, row) = _gvmgen("runs", "list").stdout.strip().splitlines()
+    assert header.split() == ["id", "status", "started", "scored", "skipped", "failed", "failed", "earlier", "source",
+                              "cause"]
+    assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "0", "1", "0", "/lib"]
 
 
 @pytest.mark.slow
