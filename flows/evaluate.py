@@ -22,7 +22,7 @@ from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean
 from gvmgen.metrics.weightfree import cut_onset_alignment, loudness_range, seam_smoothness
 from storage import repository as repo
 from storage.models import Output, Run, Video
-from storage.objects import open_store
+from storage.objects import locate
 
 from .score_catalog import RETRY, sessions
 
@@ -30,8 +30,8 @@ RATE = 22050  # librosa's rate: onsets and flux are computed there
 
 
 def _download(uri: str, work: Path) -> Path:
-    folder, name = uri.rsplit("/", 1)
-    return open_store(folder).download(name, work)
+    store, key = locate(uri)
+    return store.download(key, work)
 
 
 @task(**RETRY)

@@ -66,7 +66,7 @@ from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video, VideoError
-from storage.objects import (ObjectError, ObjectInfo, Store, fetch_copy, library_exclusion, local_name,
+from storage.objects import (ObjectError, ObjectInfo, Store, fetch_copy, library_exclusion, local_name, locate,
                              open_store)
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
@@ -388,7 +388,7 @@ def recorded_copy_exists(uri: str, video: Video) -> bool:
     """Whether a recorded scored copy is still in its store. A store that cannot tell keeps the video
     done: a fault there must neither redo the work nor stop the run at a done video."""
     try:
-        store, file = stored(uri)
+        store, file = locate(uri)
         return store.exists(file)
     except ObjectError as e:
         get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
@@ -576,12 +576,6 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
                       note=done.loudness.miss(settings.target_lufs))
 
 
-def stored(uri: str) -> tuple[Store, str]:
-    """A recorded file's store and its key there."""
-    folder, file = uri.rsplit("/", 1)
-    return open_store(folder), file
-
-
 @task(**RETRY)
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
@@ -605,7 +599,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
             for uri, name in sources:
                 if not uri:
                     continue
-                store, file = stored(uri)
+                store, file = locate(uri)
                 if name != target and not store.exists(file):  # deleted since; the video is the scored copy
                     get_run_logger().warning(f"{key}: {uri} is gone, so its copy goes without it")
                     continue

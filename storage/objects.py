@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterator
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 from gvmgen.files import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
@@ -225,6 +225,12 @@ class S3Store:
 Store = LocalStore | S3Store
 
 
+def locate(uri: str) -> tuple[Store, str]:
+    """The store that holds a recorded object (named by some store's `uri()`) and its key there."""
+    folder, name = uri.rsplit("/", 1)
+    return open_store(folder), unquote(name) if urlparse(uri).scheme == "file" else name
+
+
 def fetch_copy(store: Store, key: str, target: Path) -> Path:
     """A private copy of the object at `target`, appearing atomically (a local store's `download`
     hands out the stored file itself, which must never be moved or changed)."""
@@ -277,7 +283,7 @@ def open_store(uri: str | Path, single: bool = False) -> Store:
             return S3Store(parsed.netloc, folder, only=name)
         return S3Store(parsed.netloc, prefix)
     if parsed.scheme == "file":
-        path = Path(parsed.path)
+        path = Path(unquote(parsed.path))  # as a `uri()` wrote it: percent-encoded
     elif parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
         path = Path(text)
     else:

@@ -168,22 +168,23 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     from storage.db import connect
     from storage.models import Output, Video
 
-    library, out = tmp_path / "library", tmp_path / "scored"
+    # names a file URI percent-encodes: the copy is found again from the recorded URI
+    library, out = tmp_path / "Post Prod" / "library", tmp_path / "Post Prod" / "scored"
     (library / "copies").mkdir(parents=True)
     data = (fixtures / "video" / "counter.mp4").read_bytes()
     (library / "counter.mp4").write_bytes(data)
-    (library / "copies" / "counter.mp4").write_bytes(data)
+    (library / "copies" / "counter 50%.mp4").write_bytes(data)
     summary = score_catalog(str(library), str(out), model="tiny")
     assert (summary["scored"], summary["skipped"], summary["failed"]) == (1, 1, 0)
     names = ["counter.flac", "counter.mp4", "counter.report.png"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
-        sorted(names + [f"copies/{n}" for n in names])
-    assert (out / "counter.flac").read_bytes() == (out / "copies" / "counter.flac").read_bytes()
+        sorted(names + [f"copies/{n.replace('counter', 'counter 50%')}" for n in names])
+    assert (out / "counter.flac").read_bytes() == (out / "copies" / "counter 50%.flac").read_bytes()
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 1
         probes = {v.key: (v.duration, v.width, v.fps, [(s.start, s.end) for s in v.shots])
                   for v in session.scalars(select(Video))}
-    assert probes["copies/counter.mp4"] == probes["counter.mp4"] and probes["counter.mp4"][0] > 0   # the copy's too
+    assert probes["copies/counter 50%.mp4"] == probes["counter.mp4"] and probes["counter.mp4"][0] > 0   # the copy's too
     rows = json.loads(_latest_artifact("score-catalog-results").data)
     assert sorted(r["status"] for r in rows) == ["copied", "scored"]
 

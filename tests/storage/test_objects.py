@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from storage.objects import LocalStore, S3Store, UnsafeKey, open_store
+from storage.objects import LocalStore, S3Store, UnsafeKey, locate, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -127,6 +127,22 @@ def test_open_store_understands_every_uri_form(tmp_path):
     assert (s3.bucket, s3.prefix) == ("my-bucket", "some/prefix")
     with pytest.raises(ValueError, match="unsupported"):
         open_store("ftp://host/x")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_recorded_uri_leads_back_to_its_object(where, tmp_path, monkeypatch, request):
+    """What the database keeps of an output is its URI; a copy or an evaluation finds the file again from
+    it, whatever the folder's and the file's names (a file URI is percent-encoded, an S3 one is not)."""
+    if where == "local":
+        store = LocalStore(tmp_path / "Post Prod" / "50% done")
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("s3_endpoint"))
+        store = open_store(f"s3://{request.getfixturevalue('bucket')}/Post Prod/50% done")
+    for i, key in enumerate(["a b.mp4", "50%off.mp4", "q?#x.mp4", "a:b.mp4", "deep/été ü.flac"]):
+        uri = store.upload(_file(tmp_path, "src", bytes([i]) * 3), key)
+        found, found_key = locate(uri)
+        assert found.exists(found_key) and found.download(found_key, tmp_path / "work").read_bytes() == bytes([i]) * 3
+        assert found.uri(found_key) == uri
 
 
 @pytest.mark.slow
