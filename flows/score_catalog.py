@@ -793,6 +793,9 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
                     finishing.remove(f)
             for f in as_completed(finishing):
                 handled(_outcome(f, video_of[f]))
+        if not stopped_by:
+            copied = set(copy_duplicates(ctx, [r["video"] for r in rows
+                                               if r["status"] == "skipped" and r["video"] not in in_output]))
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
         interrupt()
         signal = isinstance(e, (KeyboardInterrupt, TerminationSignal))
@@ -809,8 +812,6 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         _publish(run_id, rows)
         raise InfrastructureError(f"{stopped_by[0]}; the run stopped, {left} video(s) left pending for the next run")
 
-    missing = [r["video"] for r in rows if r["status"] == "skipped" and r["video"] not in in_output]
-    copied = set(copy_duplicates(ctx, missing))
     for row in rows:
         if row["video"] in copied:
             row["status"] = "copied"

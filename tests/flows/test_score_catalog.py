@@ -228,3 +228,28 @@ def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path
     assert registered() == sha(b"other take")
     rewrite(b"third take", keep_time=True)          # so this is not read
     assert registered() == sha(b"other take")
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_after_its_videos_is_recorded_as_failed(prefect_engine, fixtures, tmp_path):
+    """Whatever stops a run once it is recorded ends its row as failed with the cause: here the copy of a
+    duplicate, whose output folder is blocked by a file. (Such a run once stayed `running` for ever.)"""
+    from flows.score_catalog import score_catalog
+    from storage.db import connect
+    from storage.models import Run
+
+    library, out = tmp_path / "library", tmp_path / "scored"
+    data = (fixtures / "video" / "counter.mp4").read_bytes()
+    for folder in ("a", "b"):
+        (library / folder).mkdir(parents=True)
+        (library / folder / "counter.mp4").write_bytes(data)
+    score_catalog(str(library), str(out), model="tiny")
+    copied = next(r["video"] for r in json.loads(_latest_artifact("score-catalog-results").data) if r["status"] == "copied")
+    blocked = out / copied.split("/")[0]
+    shutil.rmtree(blocked)
+    blocked.write_text("not a folder")
+    with pytest.raises(OSError):
+        score_catalog(str(library), str(out), model="tiny")
+    with connect()() as session:
+        run = session.query(Run).order_by(Run.id.desc()).first()
+    assert run.status == "failed" and run.finished_at and blocked.name in run.cause, (run.status, run.cause)
