@@ -9,7 +9,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from .probe import MediaError, ffmpeg_path, tool
+from .probe import MediaError, ffmpeg_path, raise_if_stopped, tool
 
 
 def write_track(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -42,6 +42,7 @@ def decode_audio(path: Path, sample_rate: int, lead_s: float = 0.0) -> np.ndarra
            "-ar", str(sample_rate), "-f", "f32le", "-"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0:
+        raise_if_stopped(result.returncode, "ffmpeg", path, "decoding the audio of")
         cause = (result.stderr.decode(errors="replace").strip().splitlines() or ["no audio stream"])[-1]
         raise MediaError(path, f"cannot decode its audio ({cause})")
     audio = np.frombuffer(result.stdout, dtype=np.float32)

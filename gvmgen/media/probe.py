@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -20,6 +21,22 @@ class MediaError(ValueError):
 
     def __reduce__(self):  # picklable (Dask ships exceptions between processes)
         return type(self), (self.path, self.cause)
+
+
+class ToolStopped(RuntimeError):
+    """ffmpeg or ffprobe was stopped by a signal (the out-of-memory killer, a Ctrl-C meant for the run):
+    the machine's doing, never the file's, so not a MediaError."""
+
+
+STOPPED_BY_A_SIGNAL = 255  # ffmpeg's exit status after it caught SIGINT or SIGTERM (it prints nothing at -v error)
+
+
+def raise_if_stopped(returncode: int, tool_name: str, path, doing: str) -> None:
+    """Raise ToolStopped when `returncode` says the tool was stopped by a signal rather than failing on
+    the file: a negative status (killed: SIGKILL) or ffmpeg's own 255."""
+    if returncode < 0 or returncode == STOPPED_BY_A_SIGNAL:
+        by = signal.Signals(-returncode).name if returncode < 0 else "SIGINT or SIGTERM"
+        raise ToolStopped(f"{tool_name} was stopped by {by} while {doing} {Path(path).name}")
 
 
 def ffmpeg_path(path) -> str:
@@ -84,6 +101,7 @@ def probe(path: Path) -> VideoInfo:
     cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", ffmpeg_path(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
+        raise_if_stopped(result.returncode, "ffprobe", path, "probing")
         cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1].removeprefix(f"{ffmpeg_path(path)}: ")
         raise MediaError(path, f"not a readable media file ({cause})")
     data = json.loads(result.stdout)
