@@ -31,7 +31,7 @@ from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_
 from storage import registry
 from storage import repository as repo
 from storage.models import Video
-from storage.objects import fetch_copy, open_store
+from storage.objects import canonical, fetch_copy, open_store
 
 from .score_catalog import RETRY, ensure_gpu_limit, gpu_slot, list_library, register_videos, sessions
 
@@ -163,7 +163,7 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
     A rerun reuses every cached shard and resumes training from its last checkpoint.
     """
     started = time.perf_counter()
-    store = store or str(home() / "store")
+    source, store = canonical(source), canonical(store or home() / "store")
     settings = dict(steps=steps, batch_size=batch_size, accumulation=accumulation, lr=lr, lm=lm,
                     lora_rank=lora_rank, checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed)
     TrainSettings(**settings)  # bad settings fail here, before any work

@@ -66,8 +66,8 @@ from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
 from storage.models import Job, ModelVersion, Run, Video, VideoError
-from storage.objects import (ObjectError, ObjectInfo, Store, fetch_copy, library_exclusion, local_name, locate,
-                             open_store)
+from storage.objects import (ObjectError, ObjectInfo, Store, canonical, fetch_copy, library_exclusion, local_name,
+                             locate, open_store)
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
@@ -696,6 +696,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
     and another exception when the infrastructure stopped the run.
     """
+    source, output = canonical(source), canonical(output)
     settings = preflight(source, output, model, settings, batch_videos, lease_s).to_dict()
     interrupt(False)
 

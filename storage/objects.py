@@ -269,6 +269,21 @@ def library_exclusion(source: str, output: str) -> str | None:
     return None if library.only else f"{out_root.relative_to(root).as_posix()}/"
 
 
+def canonical(location: str | Path) -> str:
+    """A library or an output as runs record it: a local one as an absolute path (a run retried from
+    another folder finds the same files), an S3 one as given, less a trailing slash. What open_store
+    refuses is returned unchanged, for it to refuse."""
+    text = str(location)
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        return text.rstrip("/")
+    if parsed.scheme == "file":
+        return os.path.abspath(unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:
+        return os.path.abspath(text)
+    return text
+
+
 def open_store(uri: str | Path, single: bool = False) -> Store:
     """`s3://bucket/prefix`, `file:///path` or a plain path. With `single`, a URI naming one video file
     (`lib/a.mp4`, `s3://bucket/lib/a.mp4`) is a store of its folder whose listing is that file alone."""

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from .models import (Catalog, Evaluation, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric, Video,
                      VideoError)
-from .objects import ObjectInfo
+from .objects import ObjectInfo, canonical
 
 
 def utcnow() -> datetime:
@@ -396,7 +396,9 @@ def outputs_to_evaluate(session: Session, target: str) -> tuple[Run | None, list
         if run is None:
             raise ValueError(f"no run {target}")
         return run, list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
-    cat = session.scalar(select(Catalog).where(or_(Catalog.source_uri == target, Catalog.name == target)))
+    named = (target, canonical(target))  # a folder as given, or as runs record it
+    cat = session.scalar(select(Catalog).where(or_(Catalog.source_uri.in_(named), Catalog.name.in_(named)))
+                         .order_by(Catalog.id.desc()).limit(1))
     if cat is None:
         raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
     return None, list(session.execute(query.where(Video.catalog_id == cat.id).order_by(Video.key)).tuples())

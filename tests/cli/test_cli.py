@@ -203,3 +203,24 @@ def test_generate_mixes_the_music_over_the_original_ducked_by_duck_db(gvmgen, tm
     track, rate = read_track(tmp_path / "-out.flac")
     assert rate == 48000 and track.shape[1] == 2 and abs(len(track) / rate - probe(source).duration) <= 0.02
     assert _ebur128(tmp_path / "-out.flac")[0] == pytest.approx(-14, abs=0.5)
+
+@pytest.mark.slow
+def test_a_run_given_relative_folders_is_retried_from_another_folder(fixtures, tmp_path):
+    """Runs record the library and the output as absolute paths, so `retry-failed` (or `evaluate lib`)
+    from another folder finds the same files, where it once looked for `lib` in the folder it ran in."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "lib").mkdir(parents=True)
+    elsewhere.mkdir()
+    (work / "lib" / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
+    (work / "lib" / "notes.mp4").write_text("not a video")
+    first = _gvmgen("score", "lib", "--out", "out", "--json", cwd=work)
+    assert first.returncode == 1, first.stderr[-2000:]
+    run = json.loads(first.stdout.strip().splitlines()[-1])["run"]
+    shown = json.loads(_gvmgen("runs", "show", run, "--json", cwd=elsewhere).stdout)
+    assert (shown["parameters"]["source"], shown["parameters"]["output"]) == (str(work / "lib"), str(work / "out"))
+
+    again = _gvmgen("retry-failed", run, cwd=elsewhere)    # takes notes.mp4 again: still not a video
+    assert again.returncode == 1 and "notes.mp4" in again.stdout + again.stderr, again.stderr[-2000:]
+    assert list(elsewhere.iterdir()) == [] and (work / "out" / "counter.mp4").is_file()
+    retried = json.loads(_gvmgen("runs", "list", "--json", cwd=elsewhere).stdout)[0]
+    assert (retried["source"], retried["skipped"], retried["failed"]) == (str(work / "lib"), 1, 1)

@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from storage.objects import LocalStore, S3Store, UnsafeKey, locate, open_store
+from storage.objects import LocalStore, S3Store, UnsafeKey, canonical, locate, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -127,6 +127,13 @@ def test_open_store_understands_every_uri_form(tmp_path):
     assert (s3.bucket, s3.prefix) == ("my-bucket", "some/prefix")
     with pytest.raises(ValueError, match="unsupported"):
         open_store("ftp://host/x")
+
+
+def test_a_location_is_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert canonical("lib") == canonical("./lib/") == canonical(tmp_path / "lib") == str(tmp_path / "lib")
+    assert canonical((tmp_path / "a b" / "lib").as_uri()) == str(tmp_path / "a b" / "lib")
+    assert canonical("s3://bucket/lib/") == "s3://bucket/lib" and canonical("ftp://host/x") == "ftp://host/x"
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
