@@ -123,11 +123,20 @@ class LocalStore:
         return path
 
     def check_writable(self) -> None:
-        """Raise OSError (naming the folder) unless files can be written below the root."""
+        """Raise OSError (naming the folder) unless files can be written below the root. Folders made
+        for the check are removed again (while empty): a run stopped before its first output leaves none."""
         if self.root.exists() and not self.root.is_dir():
             raise NotADirectoryError(f"{self.root}: exists and is not a folder")
+        made = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
         self.root.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=self.root).close()
+        try:
+            tempfile.TemporaryFile(dir=self.root).close()
+        finally:
+            for folder in made:  # the deepest first
+                try:
+                    folder.rmdir()
+                except OSError:  # something was written there meanwhile: it stays
+                    break
 
     def upload(self, source: Path, key: str) -> str:
         target = self.path(key)

@@ -60,12 +60,12 @@ def _scratch_left(tmp_path) -> list[str]:
 @pytest.mark.slow
 def test_missing_weights_stop_the_run_at_once_and_blame_no_video(gvmgen, fixtures, tmp_path):
     library = _library(fixtures, tmp_path / "library")
-    missing = gvmgen("score", library, "--out", tmp_path / "scored", "--model", "small")
+    missing = gvmgen("score", library, "--out", tmp_path / "scored" / "deep", "--model", "small")
     assert missing.returncode == 2, missing.stderr
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and "openai/clip-vit-large-patch14-336" in lines[0] and "weights fetch" in lines[0]
     assert _failed_jobs_and_errors() == (0, 0)
-    assert not (tmp_path / "scored").exists() or not any((tmp_path / "scored").iterdir())
+    assert not (tmp_path / "scored").exists()     # nothing left behind, not even the folder
 
     loads = gvmgen("score", library, "--out", tmp_path / "scored", "--model", "tiny", "--json")
     assert loads.returncode == 0, loads.stderr

@@ -129,6 +129,17 @@ def test_open_store_understands_every_uri_form(tmp_path):
         open_store("ftp://host/x")
 
 
+def test_checking_that_an_output_can_be_written_leaves_no_folder_behind(tmp_path):
+    LocalStore(tmp_path / "out" / "deep").check_writable()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "there").mkdir()
+    LocalStore(tmp_path / "there").check_writable()
+    assert [p.name for p in tmp_path.iterdir()] == ["there"] and list((tmp_path / "there").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file: exists and is not a folder"):
+        LocalStore(tmp_path / "file").check_writable()
+
+
 def test_a_location_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert canonical("lib") == canonical("./lib/") == canonical(tmp_path / "lib") == str(tmp_path / "lib")
