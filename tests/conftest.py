@@ -1,3 +1,4 @@
+import atexit
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 # huggingface_hub reads these once, on import: the tests must never see a real cache or network.
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="gvmgen-test-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
