@@ -295,10 +295,22 @@ def gpu_slot():
 # ---- tasks ---------------------------------------------------------------------------------------------
 @task(**RETRY)
 def list_library(source: str, output: str | None = None) -> list[ObjectInfo]:
-    """The library's videos, less any output folder inside it (its scored videos are not sources)."""
-    excluded = library_exclusion(source, output) if output else None
-    return [o for o in open_store(source, single=True).list()
-            if excluded is None or not o.key.startswith(excluded)]
+    """The library's videos, less any output folder inside it, this run's or an earlier run's: scored
+    videos are neither scored again nor trained on."""
+    excluded = {library_exclusion(source, output)} if output else set()
+    with sessions() as session:
+        for earlier in repo.output_locations(session) - {output}:
+            try:
+                excluded.add(library_exclusion(source, earlier))
+            except ValueError:  # the library is that output, or a video of it named alone: taken as asked
+                pass
+    excluded.discard(None)
+    found = list(open_store(source, single=True).list())
+    kept = [o for o in found if not o.key.startswith(tuple(excluded))]
+    if len(kept) < len(found):
+        get_run_logger().info(f"{len(found) - len(kept)} video(s) under {', '.join(sorted(excluded))} left out: "
+                              "scored videos of this run or an earlier one")
+    return kept
 
 
 @task(**RETRY)

@@ -305,6 +305,11 @@ def running(session: Session, worker: str) -> Run | None:
                           .order_by(Run.id.desc()).limit(1))
 
 
+def output_locations(session: Session) -> set[str]:
+    """Every output location runs have written to, as recorded (absolute; older runs' as they gave it)."""
+    return {canonical(p["output"]) for p in session.scalars(select(Run.parameters)) if p and p.get("output")}
+
+
 def runs(session: Session, limit: int = 20) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)))
 

@@ -253,3 +253,18 @@ def test_a_run_that_fails_after_its_videos_is_recorded_as_failed(prefect_engine,
     with connect()() as session:
         run = session.query(Run).order_by(Run.id.desc()).first()
     assert run.status == "failed" and run.finished_at and blocked.name in run.cause, (run.status, run.cause)
+
+
+@pytest.mark.slow
+def test_an_output_inside_the_library_is_never_a_source_even_once_another_is_chosen(prefect_engine, fixtures, tmp_path):
+    from flows.score_catalog import score_catalog
+
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
+    assert score_catalog(str(library), str(library / "scored"), model="tiny")["scored"] == 1
+    assert (library / "scored" / "counter.mp4").is_file()
+    elsewhere = score_catalog(str(library), str(tmp_path / "elsewhere"), model="tiny")
+    assert (elsewhere["scored"], elsewhere["skipped"]) == (0, 1)          # counter.mp4 copied, not scored again
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["counter.flac", "counter.mp4",
+                                                                          "counter.report.png"]
