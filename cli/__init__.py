@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -435,8 +436,10 @@ def evaluate(
     if as_json:
         print(json.dumps(result, default=str))
         return
-    _emit(result["rows"], False, ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"])
-    out.print({k: v for k, v in result.items() if k != "rows"})
+    columns = ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"]
+    _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
+    for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
+        out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
 
 
 @contextlib.contextmanager
@@ -454,12 +457,15 @@ def _progress_from_sql(poll, disable: bool, first: str):
 
     def follow(bar: Progress, task) -> None:
         sessions = connect()
-        while not stop.wait(0.5):
+        while True:
+            finished = stop.wait(0.5)
             with sessions() as session:
                 state = poll(session)
             if state is not None:
                 completed, total, description = state
                 bar.update(task, completed=completed, total=total, description=description)
+            if finished:  # the last frame shows where the work ended
+                return
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as bar:
@@ -477,14 +483,16 @@ def _run_progress(disable: bool):
     read from its row as it goes."""
     from flows.score_catalog import worker_id
     from storage import repository as repo
+    from storage.models import Run
 
-    me = worker_id()
+    me, seen = worker_id(), []   # seen: the run's id, once found (then followed to its end)
 
     def poll(session):
-        run = repo.running(session, worker=me)
+        run = session.get(Run, seen[0]) if seen else repo.running(session, worker=me)
         if run is not None:
-            return (run.scored + run.skipped + run.failed, run.videos,
-                    f"run {run.id}: {run.scored} scored, {run.failed} failed")
+            seen[:] = [run.id]
+            return (run.scored + run.skipped + run.failed + run.failed_earlier, run.videos,
+                    f"run {run.id}: {run.scored} scored, {run.failed + run.failed_earlier} failed")
 
     return _progress_from_sql(poll, disable, "listing the library")
 
@@ -721,8 +729,8 @@ def main():
             console.print(f"error: {e.format_message()}", markup=False, highlight=False)
         code = e.exit_code
     except Exception as e:
-        if OPTIONS["debug"]:
-            raise
+        if OPTIONS["debug"]:  # the traceback, and the same exit status
+            traceback.print_exc()
         console.print(f"error: {one_line(e)}", markup=False, highlight=False)
         code = 2
     except BaseException as e:  # imported late: Prefect must not set up its logging before we do

@@ -7,12 +7,16 @@ loudness curve (BS.1770 K-weighted, 3-s blocks, as EBU R128 defines "short-term"
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
+# A title in a script the font lacks (a CJK file name, say) is drawn with empty boxes; its warning,
+# one per character, would land in the user's terminal.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

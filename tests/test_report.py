@@ -99,3 +99,11 @@ def test_silence_after_music_reads_minus_infinity_not_the_filters_tail():
     times, lufs = short_term_loudness(np.concatenate([tone(6, 0.1), np.zeros(8 * RATE)]), RATE)
     assert np.isfinite(lufs[times <= 6]).all()
     assert np.isneginf(lufs[times >= 9.5]).all()
+
+
+def test_a_title_in_a_script_the_font_lacks_draws_without_warnings(tmp_path, recwarn):
+    data = ReportData(title="映画の予告編.mp4", duration=4.0, shots=[(0, 4)], windows=[(0, 4)], seams=[],
+                      integrated_lufs=-14.0, true_peak_dbtp=-3.0, target_lufs=-14.0)
+    write_report(tmp_path / "a.report.png", data, tone(4, 0.1), RATE)
+    assert Image.open(tmp_path / "a.report.png").size == (1200, 480)
+    assert [str(w.message) for w in recwarn] == []      # once one per character, in the user's terminal
