@@ -7,16 +7,13 @@ loudness curve (BS.1770 K-weighted, 3-s blocks, as EBU R128 defines "short-term"
 
 from __future__ import annotations
 
-import warnings
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
-# A title in a script the font lacks (a CJK file name, say) is drawn with empty boxes; its warning,
-# one per character, would land in the user's terminal.
-warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -41,7 +38,7 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
     path = Path(path)
     fig, (timeline, curve) = plt.subplots(2, 1, figsize=(12, 4.8), sharex=True,
                                           gridspec_kw={"height_ratios": [1, 1.6]})
-    fig.suptitle(f"{data.title} — {data.duration:.1f} s, {len(data.shots)} shots, {len(data.windows)} windows, "
+    fig.suptitle(f"{_drawable(data.title)} — {data.duration:.1f} s, {len(data.shots)} shots, {len(data.windows)} windows, "
                  f"{data.integrated_lufs:.1f} LUFS, {data.true_peak_dbtp:.1f} dBTP", fontsize=10)
 
     for i, (a, b) in enumerate(data.shots):
@@ -79,7 +76,7 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
     (the collapse monitor: near 0, the music no longer depends on the picture) against the step, atomically."""
     path = Path(path)
     fig, (loss, accuracy, spread) = plt.subplots(1, 3, figsize=(15, 3.8))
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_drawable(title), fontsize=10)
     for split, colour in (("train", "#3182bd"), ("validation", "#e6550d")):
         points = [m for m in metrics if m["split"] == split]
         if points:
@@ -99,6 +96,19 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+@functools.cache
+def _font():
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    return get_font(findfont(FontProperties()))
+
+
+def _drawable(text: str) -> str:
+    """`text` with the characters the figure's font lacks (a CJK file name, say) as boxes: matplotlib
+    would draw them empty all the same, with a warning per character in the user's terminal."""
+    return "".join(c if _font().get_char_index(ord(c)) else "\u25a1" for c in text)
 
 
 def _save(fig, path: Path) -> Path:

@@ -105,5 +105,6 @@ def test_a_title_in_a_script_the_font_lacks_draws_without_warnings(tmp_path, rec
     data = ReportData(title="映画の予告編.mp4", duration=4.0, shots=[(0, 4)], windows=[(0, 4)], seams=[],
                       integrated_lufs=-14.0, true_peak_dbtp=-3.0, target_lufs=-14.0)
     write_report(tmp_path / "a.report.png", data, tone(4, 0.1), RATE)
-    assert Image.open(tmp_path / "a.report.png").size == (1200, 480)
+    with Image.open(tmp_path / "a.report.png") as image:
+        assert image.size == (1200, 480)
     assert [str(w.message) for w in recwarn] == []      # once one per character, in the user's terminal
