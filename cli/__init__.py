@@ -485,11 +485,11 @@ def _run_progress(disable: bool):
     from storage import repository as repo
     from storage.models import Run
 
-    me, seen = worker_id(), []   # seen: the run's id, once found (then followed to its end)
+    me, since, seen = worker_id(), repo.utcnow(), []   # seen: the run's id, once found (then followed to its end)
 
     def poll(session):
         run = session.get(Run, seen[0]) if seen else repo.running(session, worker=me)
-        if run is not None:
+        if run is not None and run.started_at >= since:  # not a stale row of a process that had our pid
             seen[:] = [run.id]
             return (run.scored + run.skipped + run.failed + run.failed_earlier, run.videos,
                     f"run {run.id}: {run.scored} scored, {run.failed + run.failed_earlier} failed")

@@ -245,6 +245,9 @@ def fail(session, ctx: RunContext, owner: str, video: Video, job: Job, stage: st
     the infrastructure's gives the lease back as pending (or, after MAX_ATTEMPTS, fails the video)."""
     if claimed:
         shutil.rmtree(claimed.work, ignore_errors=True)
+    if interrupted():  # whatever failed as the run was stopped (a Ctrl-C reaches ffmpeg too) is no video's fault
+        repo.release_owner(session, owner, job)
+        return result_row(video.key, "pending", started, claimed, cause="the run was interrupted")
     cause = describe(error, video.source_uri)
     if not isinstance(error, VIDEO_FAULTS):
         if job.attempts < MAX_ATTEMPTS:
@@ -321,8 +324,12 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
         ids = []
         for obj in objects:
             try:
-                digest = obj.etag and f"etag:{obj.etag}" or repo.unchanged_hash(session, cat, obj) \
-                    or store.content_hash(obj.key)
+                if obj.etag:
+                    digest = f"etag:{obj.etag}"
+                else:  # a local file (S3 lists an ETag). One unreadable now gets a stand-in hash (below), never
+                    # its content's: once readable again, it must not find its content failed
+                    digest = store.readable(obj.key) and repo.unchanged_hash(session, cat, obj) \
+                        or store.content_hash(obj.key)
             except ObjectError:  # unreadable: registered all the same, and failed when it is prepared
                 digest = f"unreadable:{obj.size}:{obj.modified.timestamp()}"
             video, _ = repo.register_video(session, cat, obj, store.uri(obj.key), digest)

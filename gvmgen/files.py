@@ -4,22 +4,22 @@
   under the final name, with the permissions the user's umask gives any new file (0644 under the usual
   022; a temporary file is otherwise created 0600).
 - Scratch work (downloads, frames, tracks before upload): in one folder per process in the system's
-  temporary folder, removed when the process exits, however it is stopped; a process that could not
-  remove its own (SIGKILL, power lost) has it removed by the next one on the same machine.
+  temporary folder, removed when the process exits; one whose process could not remove it (SIGKILL,
+  power lost) is removed by the next gvmgen process.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
-import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
-_SCRATCH = {}  # pid -> this process's scratch folder (a forked child makes its own)
+IN_USE = ".in-use"  # the lock file of a scratch folder
+_SCRATCH: dict[int, tuple[Path, int]] = {}  # pid -> (its scratch folder, the locked descriptor); a fork makes its own
 
 
 def _umask() -> int:
@@ -47,31 +47,35 @@ def atomic_path(target: Path):
 
 
 def scratch() -> Path:
-    """This process's scratch folder, `gvmgen-<host>-<pid>-*` in the system's temporary folder (TMPDIR):
-    made on first use, removed at exit. Make work folders inside it (tempfile's dir=scratch())."""
+    """This process's scratch folder, `gvmgen-<pid>-*` in the system's temporary folder (TMPDIR), made
+    on first use and removed at exit. Make work folders inside it (tempfile's dir=scratch()).
+
+    The process holds a lock on the folder's IN_USE file while it lives, and the kernel drops the lock
+    however the process ends; a new process removes every folder whose lock it can take. A lock, not
+    the pid in the name: containers sharing a TMPDIR reuse each other's pids."""
     pid = os.getpid()
     if pid not in _SCRATCH:
-        host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40]
-        _remove_the_dead_ones(host)
-        _SCRATCH[pid] = Path(tempfile.mkdtemp(prefix=f"gvmgen-{host}-{pid}-"))
-        atexit.register(shutil.rmtree, _SCRATCH[pid], ignore_errors=True)
-    return _SCRATCH[pid]
+        _remove_abandoned()
+        starting = Path(tempfile.mkdtemp(prefix=".gvmgen-starting-"))
+        lock = os.open(starting / IN_USE, os.O_CREAT | os.O_RDWR, 0o600)  # not inherited by ffmpeg & co
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = starting.with_name(f"gvmgen-{pid}-{starting.name.rsplit('-', 1)[1]}")
+        starting.rename(folder)  # a folder gets the name the sweep looks for only once it is locked
+        _SCRATCH[pid] = folder, lock
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return _SCRATCH[pid][0]
 
 
-def _remove_the_dead_ones(host: str) -> None:
-    """The scratch folders of this machine's processes that are gone. (A pid in use again keeps its
-    folder until that process ends: a folder is never taken from a live process.)"""
-    for folder in Path(tempfile.gettempdir()).glob(f"gvmgen-{host}-*-*"):
-        pid = folder.name[len(f"gvmgen-{host}-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+def _remove_abandoned() -> None:
+    for folder in Path(tempfile.gettempdir()).glob("gvmgen-*"):
+        try:
+            lock = os.open(folder / IN_USE, os.O_RDWR)
+        except OSError:  # not a scratch folder
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
+        except BlockingIOError:  # its process lives
+            pass
+        finally:
+            os.close(lock)

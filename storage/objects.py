@@ -113,6 +113,9 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def readable(self, key: str) -> bool:
+        return os.access(self.path(key), os.R_OK)
+
     def download(self, key: str, workdir: Path) -> Path:
         """A local file holding the object: for a local store, the file itself."""
         path = self.path(key)
@@ -123,20 +126,13 @@ class LocalStore:
         return path
 
     def check_writable(self) -> None:
-        """Raise OSError (naming the folder) unless files can be written below the root. Folders made
-        for the check are removed again (while empty): a run stopped before its first output leaves none."""
-        if self.root.exists() and not self.root.is_dir():
-            raise NotADirectoryError(f"{self.root}: exists and is not a folder")
-        made = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            tempfile.TemporaryFile(dir=self.root).close()
-        finally:
-            for folder in made:  # the deepest first
-                try:
-                    folder.rmdir()
-                except OSError:  # something was written there meanwhile: it stays
-                    break
+        """Raise OSError (naming the folder) unless files can be written below the root: a file is made
+        and removed in the deepest folder that exists. Nothing else is made: a run stopped before its
+        first output leaves no folder behind (the first upload makes them)."""
+        existing = next(folder for folder in (self.root, *self.root.parents) if folder.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing}: exists and is not a folder")
+        tempfile.TemporaryFile(dir=existing).close()
 
     def upload(self, source: Path, key: str) -> str:
         target = self.path(key)
@@ -289,7 +285,7 @@ def canonical(location: str | Path) -> str:
     if parsed.scheme == "file":
         return os.path.abspath(unquote(parsed.path))
     if parsed.scheme == "" or len(parsed.scheme) == 1:
-        return os.path.abspath(text)
+        return os.path.abspath(os.path.expanduser(text))  # `--out=~/scored`: no shell expanded it
     return text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -27,10 +28,16 @@ def settings_hash(settings: dict) -> str:
 
 
 def catalog(session: Session, name: str, source_uri: str) -> Catalog:
+    """The catalog named `name`, made on first use. A catalog recorded before runs made their libraries
+    absolute (named `lib` for what is now /data/lib) is taken over rather than doubled."""
     found = session.scalar(select(Catalog).where(Catalog.name == name))
     if found is None:
-        found = Catalog(name=name, source_uri=source_uri, created_at=utcnow())
-        session.add(found)
+        found = next((c for c in session.scalars(select(Catalog).order_by(Catalog.id))
+                      if canonical(c.name) == name and canonical(c.source_uri) == canonical(source_uri)), None)
+        if found is None:
+            found = Catalog(name=name, source_uri=source_uri, created_at=utcnow())
+            session.add(found)
+        found.name, found.source_uri = name, source_uri
         session.commit()
     return found
 
@@ -97,7 +104,7 @@ def record_probe(session: Session, video: Video, *, duration: float, width: int,
 def probe_from(session: Session, video: Video, original: Video) -> None:
     """A copy of a file scored under another key gets that video's probe facts and shots (the same
     content), where it has none of its own."""
-    if video.probed_at is None and original.probed_at is not None:
+    if video.probed_at is None and original.probed_at is not None and original.content_hash == video.content_hash:
         record_probe(session, video, duration=original.duration, width=original.width, height=original.height,
                      fps=original.fps, rotation=original.rotation, audio_streams=original.audio_streams,
                      shots=[(s.start, s.end) for s in shots_of(session, original)])
@@ -194,10 +201,11 @@ def job_of(session: Session, video: Video, model: ModelVersion, key: str) -> Job
                                             Job.settings_hash == key))
 
 
-def release_owner(session: Session, owner: str) -> int:
-    """Every lease `owner` still holds back to pending, the attempt not counted (an interrupted run:
-    the next run takes its videos at once instead of after the lease). Returns how many."""
-    released = session.execute(update(Job).where(Job.owner == owner, Job.status == "pending")
+def release_owner(session: Session, owner: str, job: Job | None = None) -> int:
+    """Every lease `owner` still holds (or just that of `job`) back to pending, the attempt not counted
+    (an interrupted run: the next run takes its videos at once instead of after the lease). Returns how many."""
+    which = [Job.owner == owner, Job.status == "pending", *([Job.id == job.id] if job else [])]
+    released = session.execute(update(Job).where(*which)
                                .values(owner=None, lease_expires_at=None,
                                        attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0))).rowcount
     session.commit()
@@ -306,8 +314,10 @@ def running(session: Session, worker: str) -> Run | None:
 
 
 def output_locations(session: Session) -> set[str]:
-    """Every output location runs have written to, as recorded (absolute; older runs' as they gave it)."""
-    return {canonical(p["output"]) for p in session.scalars(select(Run.parameters)) if p and p.get("output")}
+    """Every output location runs have written to. Runs record them absolute; an older run's relative one
+    is left out, as it says nothing of where it lies."""
+    recorded = {p["output"] for p in session.scalars(select(Run.parameters)) if p and p.get("output")}
+    return {canonical(o) for o in recorded if "://" in o or os.path.isabs(o)}
 
 
 def runs(session: Session, limit: int = 20) -> list[Run]:
@@ -402,11 +412,10 @@ def outputs_to_evaluate(session: Session, target: str) -> tuple[Run | None, list
             raise ValueError(f"no run {target}")
         return run, list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
     named = (target, canonical(target))  # a folder as given, or as runs record it
-    cat = session.scalar(select(Catalog).where(or_(Catalog.source_uri.in_(named), Catalog.name.in_(named)))
-                         .order_by(Catalog.id.desc()).limit(1))
-    if cat is None:
+    catalogs = list(session.scalars(select(Catalog.id).where(or_(Catalog.source_uri.in_(named), Catalog.name.in_(named)))))
+    if not catalogs:
         raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
-    return None, list(session.execute(query.where(Video.catalog_id == cat.id).order_by(Video.key)).tuples())
+    return None, list(session.execute(query.where(Video.catalog_id.in_(catalogs)).order_by(Video.key)).tuples())
 
 
 def shots_of(session: Session, video: Video) -> list[Shot]:

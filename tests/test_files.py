@@ -61,11 +61,15 @@ def test_a_process_removes_its_scratch_when_it_ends(tmp_path, end):
 def test_the_scratch_of_a_killed_process_is_removed_by_the_next_and_a_live_ones_kept(tmp_path):
     killed, left = _scratch_of_a_process(tmp_path)
     living, kept = _scratch_of_a_process(tmp_path)
+    # as a process of another container sharing TMPDIR, whose pid means nothing here (a dead one's)
+    elsewhere, theirs = _scratch_of_a_process(tmp_path)
+    os.rename(theirs, tmp_path / "gvmgen-4194303-other")
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert os.path.isdir(left)                               # nothing could remove it then
     third, own = _scratch_of_a_process(tmp_path)             # the next process removes it
-    assert not os.path.exists(left) and os.path.isdir(kept) and os.path.isdir(own)
-    for child in (living, third):
+    assert not os.path.exists(left) and os.path.isdir(own)
+    assert os.path.isdir(kept) and (tmp_path / "gvmgen-4194303-other" / ".in-use").is_file()  # live: kept
+    for child in (living, third, elsewhere):
         child.communicate("")
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["gvmgen-4194303-other"]  # renamed, so its process could not find it

@@ -24,19 +24,20 @@ class MediaError(ValueError):
 
 
 class ToolStopped(RuntimeError):
-    """ffmpeg or ffprobe was stopped by a signal (the out-of-memory killer, a Ctrl-C meant for the run):
-    the machine's doing, never the file's, so not a MediaError."""
+    """ffmpeg or ffprobe was killed from outside (the out-of-memory killer's SIGKILL, say): the machine's
+    doing, never the file's, so not a MediaError."""
 
 
-STOPPED_BY_A_SIGNAL = 255  # ffmpeg's exit status after it caught SIGINT or SIGTERM (it prints nothing at -v error)
+# Signals that come from outside. A crash (SIGSEGV, SIGABRT) on a malformed file is the file's fault, and
+# ffmpeg exits 255 after catching SIGINT or SIGTERM, which newer releases also return for some errors:
+# a Ctrl-C that reaches ffmpeg stops the whole run, which then blames no video (flows.score_catalog.fail).
+STOPPING_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def raise_if_stopped(returncode: int, tool_name: str, path, doing: str) -> None:
-    """Raise ToolStopped when `returncode` says the tool was stopped by a signal rather than failing on
-    the file: a negative status (killed: SIGKILL) or ffmpeg's own 255."""
-    if returncode < 0 or returncode == STOPPED_BY_A_SIGNAL:
-        by = signal.Signals(-returncode).name if returncode < 0 else "SIGINT or SIGTERM"
-        raise ToolStopped(f"{tool_name} was stopped by {by} while {doing} {Path(path).name}")
+    """Raise ToolStopped when `returncode` says the tool was killed by a stopping signal."""
+    if -returncode in STOPPING_SIGNALS:
+        raise ToolStopped(f"{tool_name} was stopped by {signal.Signals(-returncode).name} while {doing} {Path(path).name}")
 
 
 def ffmpeg_path(path) -> str:

@@ -206,6 +206,7 @@ def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_p
     with connect()() as session:
         assert session.scalars(select(Run)).one().status == "interrupted"
     assert _scratch_left(tmp_path) == []
+    assert _failed_jobs_and_errors() == (0, 0)      # the Ctrl-C that reached ffmpeg too is blamed on no video
 
 
 @pytest.mark.slow

@@ -185,3 +185,16 @@ def test_two_processes_claiming_the_same_videos_get_each_once(database_url):
         a, b = pool.starmap(_claim_all, [(database_url, "w1", 40), (database_url, "w2", 40)])
     assert not set(a) & set(b)
     assert sorted(a + b) == sorted(f"v{i}.mp4" for i in range(40))
+
+
+def test_a_catalog_recorded_by_a_relative_name_is_taken_over_not_doubled(database_url, tmp_path, monkeypatch):
+    """Runs once recorded `lib` for the folder they now record as its absolute path: the same catalog."""
+    session = _session(database_url)
+    monkeypatch.chdir(tmp_path)
+    old = repo.catalog(session, "lib", "lib")
+    absolute = str(tmp_path / "lib")
+    assert repo.catalog(session, absolute, absolute).id == old.id
+    assert (old.name, old.source_uri) == (absolute, absolute)
+    assert repo.catalog(session, "other", absolute).id != old.id      # a name of the user's own is its own catalog
+    s3 = repo.catalog(session, "s3://bucket/lib/", "s3://bucket/lib/")
+    assert repo.catalog(session, "s3://bucket/lib", "s3://bucket/lib").id == s3.id

@@ -143,6 +143,8 @@ def test_checking_that_an_output_can_be_written_leaves_no_folder_behind(tmp_path
 def test_a_location_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert canonical("lib") == canonical("./lib/") == canonical(tmp_path / "lib") == str(tmp_path / "lib")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert canonical("~/scored") == str(tmp_path / "home" / "scored") == str(open_store("~/scored").root)
     assert canonical((tmp_path / "a b" / "lib").as_uri()) == str(tmp_path / "a b" / "lib")
     assert canonical("s3://bucket/lib/") == "s3://bucket/lib" and canonical("ftp://host/x") == "ftp://host/x"
 
