@@ -711,7 +711,7 @@ def one_line(error: BaseException) -> str:
 
 def _terminate(signum, frame):
     OPTIONS["terminated"] = signal.Signals(signum)
-    raise KeyboardInterrupt  # SIGTERM or SIGHUP ends a command as Ctrl-C does: leases released, runs marked
+    raise KeyboardInterrupt(signal.Signals(signum).name)  # ends a command as Ctrl-C does: leases released, runs marked
 
 
 def main():

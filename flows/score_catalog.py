@@ -33,6 +33,7 @@ import contextlib
 import functools
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -818,10 +819,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
                                                if r["status"] == "skipped" and r["video"] not in in_output]))
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
         interrupt()
-        signal = isinstance(e, (KeyboardInterrupt, TerminationSignal))
+        signalled = isinstance(e, (KeyboardInterrupt, TerminationSignal))
         try:
-            close_run.fn(run_id, owners, rows, "interrupted" if signal else "failed",
-                         "interrupted (SIGTERM or Ctrl-C)" if signal else describe(e, source))
+            close_run.fn(run_id, owners, rows, "interrupted" if signalled else "failed",
+                         f"interrupted ({interruption(e)})" if signalled else describe(e, source))
         except Exception:  # the database is gone too: the leases run out on their own
             pass
         raise
@@ -848,6 +849,14 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         message = f"{failed} of {len(video_ids)} videos failed (see the failures artifact)"
         return Failed(message=message, data=VideosFailed(message, summary))
     return summary
+
+
+def interruption(e: BaseException) -> str:
+    """What interrupted the run: Prefect's SIGTERM names its signal, the command line's KeyboardInterrupt
+    names the one it turned into it (SIGTERM, SIGHUP); a bare one is a Ctrl-C."""
+    if isinstance(e, TerminationSignal):
+        return signal.Signals(e.signal).name
+    return str(e) or "Ctrl-C"
 
 
 def _publish(run_id: int, rows: list[dict]) -> None:

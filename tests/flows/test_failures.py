@@ -169,7 +169,7 @@ def test_sigterm_hands_the_run_back_and_an_immediate_rerun_finishes(gvmgen, fixt
         run = session.scalars(select(Run)).one()
         held = session.scalar(select(func.count()).select_from(Job).where(Job.owner.is_not(None)))
         finished = set(session.scalars(select(Video.key).join(Output)))
-    assert run.status == "interrupted" and held == 0 and finished
+    assert (run.status, run.cause) == ("interrupted", "interrupted (SIGTERM)") and held == 0 and finished
     assert run.scored == len(finished)      # recorded ones, even one its flow had not yet heard of
     assert _scratch_left(tmp_path) == []    # the downloads and frames of the videos in flight: removed
     written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.split(".")[0] + ".mp4" in finished}
@@ -204,7 +204,8 @@ def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_p
     _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers), seconds=10,
               what="Prefect's temporary server to stop")
     with connect()() as session:
-        assert session.scalars(select(Run)).one().status == "interrupted"
+        run = session.scalars(select(Run)).one()
+    assert (run.status, run.cause) == ("interrupted", "interrupted (Ctrl-C)")
     assert _scratch_left(tmp_path) == []
     assert _failed_jobs_and_errors() == (0, 0)      # the Ctrl-C that reached ffmpeg too is blamed on no video
 
