@@ -55,6 +55,7 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
     assert again["train_loss"] == result["train_loss"]                  # resumed at its end: nothing retrained
     with connect()() as session:
         assert len(session.scalars(select(TrainingClip)).all()) == 2     # shards were cached, not rebuilt
+        assert session.scalar(select(ModelVersion).where(ModelVersion.name == "studio-v1")).id == version.id
 
     trained = cached_model("studio-v1")
     assert trained.config.feature_transformation == "residual"
