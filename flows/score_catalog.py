@@ -597,6 +597,20 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
 
 
 @task(**RETRY)
+def done_meanwhile(ctx: RunContext, keys: list[str]) -> list[str]:
+    """Of the videos found leased by another worker, those done by now. That worker may be another Dask
+    worker of this very run, scoring the same content under another key: the video is then not pending
+    but a duplicate, and gets its copy."""
+    if not keys:
+        return []
+    with sessions() as session:
+        run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
+        key = repo.settings_hash(ctx.settings)
+        jobs = {k: repo.job_of(session, repo.video_by_key(session, run.catalog_id, k), model_row, key) for k in keys}
+        return [k for k, job in jobs.items() if job is not None and job.status == "done"]
+
+
+@task(**RETRY)
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
     """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
     or a catalog scored before into another output) get the recorded output's video, track and report
@@ -815,6 +829,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
             for f in as_completed(finishing):
                 handled(_outcome(f, video_of[f]))
         if not stopped_by:
+            meanwhile = set(done_meanwhile(ctx, [r["video"] for r in rows if r["status"] == "elsewhere"]))
+            for row in rows:
+                if row["video"] in meanwhile:  # scored by its lease holder since: it gets its copy
+                    row.update(status="skipped", cause=None)
             copied = set(copy_duplicates(ctx, [r["video"] for r in rows
                                                if r["status"] == "skipped" and r["video"] not in in_output]))
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
