@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import os
 import signal
 import sys
@@ -408,6 +409,8 @@ def finetune(
                   f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
                   f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
                   f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
+        for left in result["left_out_videos"]:
+            out.print(f"  left out: {left['video']}: {left['cause']}", markup=False, highlight=False)
     if "warning" in result:
         console.print(f"warning: {result['warning']}", markup=False, highlight=False)
 
@@ -433,13 +436,23 @@ def evaluate(
     _prefect_ready()
     with console.status(f"evaluating {target}"):
         result = evaluate_flow(target)
-    if as_json:
-        print(json.dumps(result, default=str))
+    if as_json:  # a metric that could not be measured is null, never a bare NaN (not JSON)
+        print(json.dumps(_nan_as_null(result), default=str))
         return
     columns = ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"]
     _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
     for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
         out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
+
+
+def _nan_as_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_as_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_as_null(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager

@@ -182,4 +182,5 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
         raise ValueError(f"{source}: no video gave a training clip (see the finetune-left-out artifact)")
     ensure_gpu_limit(1)
     result = train_model(name, base, store, usable, settings, variant)
-    return {**result, "videos": len(usable), "left_out": len(failed), "seconds": round(time.perf_counter() - started, 1)}
+    return {**result, "videos": len(usable), "left_out": len(failed), "seconds": round(time.perf_counter() - started, 1),
+            "left_out_videos": [{"video": r["video"], "cause": r["cause"]} for r in failed]}

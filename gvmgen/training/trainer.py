@@ -285,7 +285,8 @@ class Trainer:
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         missing = set(self._trainable_state()) ^ set(state["trainable"])
         if missing:
-            raise ValueError(f"{self.checkpoint}: trains other parameters than these settings ({sorted(missing)[:3]}...)")
+            raise ValueError(f"{self.checkpoint}: trains other parameters than these settings ({sorted(missing)[:3]}...); "
+                             "give the new settings a new --name, or rerun with this model's earlier ones (--lm, --variant)")
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["trainable"].items():
