@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.catalog import make_catalog  # noqa: E402
 from gvmgen import pipeline  # noqa: E402
+from gvmgen.files import scratch  # noqa: E402
 from gvmgen.model.checkpoints import calibration_audio, load_model  # noqa: E402
 from gvmgen.settings import ScoreSettings  # noqa: E402
 
@@ -37,7 +38,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="gvmgen-finish-bench-"))
+    folder = Path(tempfile.mkdtemp(dir=scratch()))  # removed at exit
     make_catalog(folder, 1, args.seconds, args.seconds)
     model = load_model("tiny")
     settings = ScoreSettings()
