@@ -322,6 +322,7 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
     store = open_store(source, single=True)
     with sessions() as session:
         cat = repo.catalog(session, catalog_name, source)
+        known = repo.catalog_videos(session, cat)
         ids = []
         for obj in objects:
             try:
@@ -329,7 +330,7 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
                     digest = f"etag:{obj.etag}"
                 else:  # a local file (S3 lists an ETag). One unreadable now gets a stand-in hash (below), never
                     # its content's: once readable again, it must not find its content failed
-                    digest = store.readable(obj.key) and repo.unchanged_hash(session, cat, obj) \
+                    digest = store.readable(obj.key) and repo.unchanged_hash(known.get(obj.key), obj) \
                         or store.content_hash(obj.key)
             except ObjectError:  # unreadable: registered all the same, and failed when it is prepared
                 digest = f"unreadable:{obj.size}:{obj.modified.timestamp()}"

@@ -101,14 +101,11 @@ class LocalStore:
                                          datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
     def content_hash(self, key: str) -> str:
-        digest = hashlib.sha256()
         try:
             with open(self.path(key), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+                return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
         except PermissionError as e:
             raise ObjectUnreadable(f"{self.uri(key)}: not readable ({e.strerror})") from None
-        return "sha256:" + digest.hexdigest()
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -53,10 +53,8 @@ def _fingerprint(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(directory.iterdir()):
         if path.suffix in (".safetensors", ".json"):
-            digest.update(path.name.encode())
             with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+                digest.update(path.name.encode() + hashlib.file_digest(f, "sha256").digest())
     return "sha256:" + digest.hexdigest()
 
 

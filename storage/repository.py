@@ -57,11 +57,15 @@ def _naive_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment else None
 
 
-def unchanged_hash(session: Session, cat: Catalog, obj: ObjectInfo) -> str | None:
+def catalog_videos(session: Session, cat: Catalog) -> dict[str, Video]:
+    """The catalog's videos by key, in one query."""
+    return {v.key: v for v in session.scalars(select(Video).where(Video.catalog_id == cat.id))}
+
+
+def unchanged_hash(video: Video | None, obj: ObjectInfo) -> str | None:
     """The content hash recorded for a file whose size and modification time are still those recorded,
     so that a nightly run does not read a whole library again (make's and rsync's rule: `touch` a
     file to have it read). Never a stand-in hash (an unreadable file's): that one is made again."""
-    video = session.scalar(select(Video).where(Video.catalog_id == cat.id, Video.key == obj.key))
     if (video is not None and video.content_hash.startswith("sha256:") and video.size == obj.size
             and video.modified_at is not None and video.modified_at == _naive_utc(obj.modified)):
         return video.content_hash
