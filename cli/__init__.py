@@ -631,7 +631,8 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
         return
     parameters = report["parameters"]
     changed = _differences(ScoreSettings().to_dict(), parameters.get("settings") or {})
-    lines = [("status", report["status"] + (f": {report['cause']}" if report["cause"] else "")),
+    cause = report["cause"] or ""
+    lines = [("status", cause if cause.startswith(report["status"]) else f"{report['status']}: {cause}".rstrip(": ")),
              ("started", f"{_cell(report['started'])} UTC by {report['worker'] or 'unknown'}"),
              ("finished", f"{_cell(report['finished'])} UTC, after {_took(report['started'], report['finished'])}"
                           if report["finished"] else "not yet"),
