@@ -62,13 +62,13 @@ from gvmgen.media.mux import check_container
 from gvmgen.media.probe import MediaError
 from gvmgen.model.checkpoints import load_for_scoring
 from gvmgen.pipeline import PreparedVideo, VideoFrames, encode, extract_frames, finish, prepare
-from gvmgen.settings import ScoreSettings
+from gvmgen.settings import TRACK_FORMATS, ScoreSettings
 from storage import registry
 from storage import repository as repo
 from storage.db import connect, database_url
-from storage.models import Job, ModelVersion, Run, Video, VideoError
+from storage.models import Job, ModelVersion, Output, Run, Video, VideoError
 from storage.objects import (ObjectError, ObjectInfo, Store, canonical, fetch_copy, library_exclusion, local_name,
-                             locate, open_store)
+                             locate, open_store, VIDEO_EXTENSIONS)
 
 GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs under
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
@@ -382,35 +382,55 @@ def failed_earlier(video: Video, error: VideoError | None) -> dict:
 @task(**RETRY)
 def settled_videos(ctx: RunContext, video_ids: list[int]) -> dict[int, dict]:
     """The videos with nothing to do, found for the whole catalog at once rather than by a task run
-    each (a nightly run of a large catalog is mostly these): done, with their scored copy in the
+    each (a nightly run of a large catalog is mostly these): done, with their scored copy whole in the
     output, and failed earlier (unless retried). Their rows, by video id; prepare_video takes the rest."""
     wanted = set(video_ids)
     with sessions() as session:
-        found = [(video, status) for video, status in repo.settled(
+        found = [(video, status, output) for video, status, output in repo.settled(
             session, session.get(Run, ctx.run_id).catalog_id, ctx.model_version_id, repo.settings_hash(ctx.settings),
             ("done",) if ctx.retry_failed else ("done", "failed")) if video.id in wanted]
-        in_output = scored_copies(open_store(ctx.output)) if found else set()
-        errors = repo.latest_errors(session, [video.id for video, status in found if status == "failed"])
-        rows = {video.id: failed_earlier(video, errors.get(video.id)) for video, status in found if status == "failed"}
-        rows.update((video.id, {**result_row(video.key, "skipped"), "in_output": True}) for video, status in found
-                    if status == "done" and video.key in in_output)
+        out = open_store(ctx.output)
+        listing = output_listing(out) if found else {}
+        delivered = repo.deliveries(session, out.uri("")) if found else {}
+        errors = repo.latest_errors(session, [video.id for video, status, _ in found if status == "failed"])
+        rows = {video.id: failed_earlier(video, errors.get(video.id)) for video, status, _ in found if status == "failed"}
+        rows.update((video.id, {**result_row(video.key, "skipped"), "in_output": True}) for video, status, output in found
+                    if status == "done" and output and whole_here(session, out, listing, delivered, video.key, output))
         return rows
 
 
-def scored_copies(out: Store) -> set[str]:
-    """The keys of the videos in the output, in one listing (pages of 1000 on S3)."""
+def output_listing(out: Store) -> dict[str, ObjectInfo]:
+    """The output's scored videos, tracks and reports by key, in one listing (pages of 1000 on S3)."""
     try:
-        return {o.key for o in out.list()}
+        return {o.key: o for o in out.list(VIDEO_EXTENSIONS + tuple(f".{f}" for f in TRACK_FORMATS) + (".png",))}
     except NotADirectoryError:  # no output folder yet
-        return set()
+        return {}
 
 
-def recorded_copy_exists(uri: str, video: Video) -> bool:
-    """Whether a recorded scored copy is still in its store. A store that cannot tell keeps the video
-    done: a fault there must neither redo the work nor stop the run at a done video."""
+def scored_files(key: str, output: Output) -> list[tuple[str, str]]:
+    """(recorded URI, key in an output) of a video's track, report and scored video: the video last, for
+    its presence means "scored"."""
+    target = PurePosixPath(key)
+    files = [(output.track_uri, target.with_suffix(PurePosixPath(output.track_uri).suffix)),
+             (output.report_uri, target.with_suffix(".report.png")), (output.video_uri, target)]
+    return [(uri, str(name)) for uri, name in files if uri]
+
+
+def whole_here(session, out: Store, listing: dict[str, ObjectInfo], delivered: dict, key: str, output: Output) -> bool:
+    """Whether `out` holds the video's scored copy whole: the scored video gvmgen wrote at its key, still
+    as written and of this very output's job (not of content the source held before), with its track and
+    report beside it."""
+    here = delivered.get(out.uri(key))
+    return repo.still_delivered(session, here, listing.get(key)) and repo.of_job(here, output) \
+        and all(name in listing for _, name in scored_files(key, output))
+
+
+def recorded_copy_kept(session, uri: str, video: Video) -> bool:
+    """Whether a recorded scored copy is still in its store as gvmgen wrote it. A store that cannot tell
+    keeps the video done: a fault there must neither redo the work nor stop the run at a done video."""
     try:
         store, file = locate(uri)
-        return store.exists(file)
+        return repo.still_delivered(session, repo.delivery(session, uri), store.info(file))
     except ObjectError as e:
         get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
                                  "it stays done")
@@ -420,7 +440,8 @@ def recorded_copy_exists(uri: str, video: Video) -> bool:
 def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
     """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off)."""
     out = open_store(ctx.output)
-    if ctx.overwrite or not out.exists(video.key) or repo.written_by_us(session, out.uri(video.key), video.content_hash):
+    found = None if ctx.overwrite else out.info(video.key)
+    if found is None or repo.written_by_us(session, out.uri(video.key), found):
         return None
     return out.uri(video.key)
 
@@ -447,14 +468,12 @@ def prepare_video(video_id: int, ctx: RunContext):
                                   retry_failed=ctx.retry_failed)
         job = claim()
         if job is None:
-            # Done before, or a duplicate of a video this run scores. Scored again if its scored copy was
-            # deleted from this run's output and from the recorded one (its job is reopened).
-            in_output = open_store(ctx.output).exists(video.key)
-            if not in_output and repo.reopen_lost(session, video, model_row, key,
-                                                  lambda uri: recorded_copy_exists(uri, video)):
+            # Done before, or a duplicate of a video this run scores. Scored again if its recorded scored
+            # video was deleted or replaced since (its job is reopened).
+            if repo.reopen_lost(session, video, model_row, key, lambda uri: recorded_copy_kept(session, uri, video)):
                 job = claim()
-        if job is None:  # in_output: the flow copies the scored copy here only where it is missing
-            return as_state({**not_claimed(session, ctx, owner, video, model_row), "in_output": in_output})
+        if job is None:  # the flow puts the scored copy here, where this output lacks it
+            return as_state(not_claimed(session, ctx, owner, video, model_row))
         work = Path(tempfile.mkdtemp(dir=scratch()))
         stage = "output"
         try:
@@ -583,10 +602,12 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             track_uri = out.upload(done.track, str(out_key.with_suffix(done.track.suffix)))
             report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
             video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"
+            delivered = out.info(str(out_key))
         except Exception as e:
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
-                                 session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
+                                 session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, delivered=delivered,
+                                 track_uri=track_uri,
                                  report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
                                  true_peak_dbtp=done.loudness.true_peak_dbtp, seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
@@ -612,36 +633,47 @@ def done_meanwhile(ctx: RunContext, keys: list[str]) -> list[str]:
 
 
 @task(**RETRY)
-def copy_duplicates(ctx: RunContext, keys: list[str]) -> list[str]:
-    """Skipped videos whose scored copy is not in this run's output (the same file twice in a library,
-    or a catalog scored before into another output) get the recorded output's video, track and report
-    under their own key: every video has its scored copy, and the work is done once. A recorded track or
-    report deleted since is left out (with a warning), not rescored: the muxed video holds the music.
-    Returns the keys copied."""
-    copied = []
+def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Skipped videos whose scored copy is not whole in this run's output (the same file twice in a
+    library, a catalog scored before into another output, a source replaced by a copy of another scored
+    file, a track deleted) get the recorded output's files under their own key: every video has its
+    scored copy, and the work is done once. A file at the key that gvmgen did not write is left alone
+    unless --overwrite. A recorded track or report deleted since is left out (with a warning), not
+    rescored: the muxed video holds the music.
+    Returns the keys copied, and the keys refused with the cause."""
+    copied, refused = [], {}
     out = open_store(ctx.output)
     with sessions() as session, tempfile.TemporaryDirectory(dir=scratch()) as work:
         run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
         for key in keys:
             video = repo.video_by_key(session, run.catalog_id, key)
             output = repo.done(session, video, model_row, repo.settings_hash(ctx.settings))
-            target = PurePosixPath(key)
-            if output is None or out.exists(str(target)):
+            if output is None:
                 continue
-            sources = [(output.track_uri, target.with_suffix(PurePosixPath(output.track_uri).suffix)),
-                       (output.report_uri, target.with_suffix(".report.png")),
-                       (output.video_uri, target)]  # the video last: its presence means "scored"
-            for uri, name in sources:
-                if not uri:
+            uri, found = out.uri(key), out.info(key)
+            here = repo.delivery(session, uri)
+            if repo.still_delivered(session, here, found) and repo.of_job(here, output):  # its sidecars, if gone
+                wanted = [(source, name) for source, name in scored_files(key, output)[:-1] if not out.exists(name)]
+            elif found is None or ctx.overwrite or repo.written_by_us(session, uri, found):
+                wanted = scored_files(key, output)
+            else:
+                refused[key] = f"{uri} exists and gvmgen did not write it (--overwrite replaces it)"
+                repo.record_error(session, video, run, "output", refused[key])
+                continue
+            for source, name in wanted:
+                store, file = locate(source)
+                if source == out.uri(name) or (name != key and not store.exists(file)):
+                    get_run_logger().warning(f"{key}: {source} is gone, so its copy goes without it "
+                                             f"(delete {output.video_uri} to have the video scored again)")
                     continue
-                store, file = locate(uri)
-                if name != target and not store.exists(file):  # deleted since; the video is the scored copy
-                    get_run_logger().warning(f"{key}: {uri} is gone, so its copy goes without it")
-                    continue
-                out.upload(fetch_copy(store, file, Path(work) / local_name(uri)), str(name))
-            repo.probe_from(session, video, session.get(Video, output.video_id))
-            copied.append(key)
-    return copied
+                out.upload(fetch_copy(store, file, Path(work) / local_name(source)), name)
+                if name == key:
+                    repo.record_delivery(session, uri, output, out.info(key))
+                if key not in copied:
+                    copied.append(key)
+            if key in copied:
+                repo.probe_from(session, video, session.get(Video, output.video_id))
+    return copied, refused
 
 
 COUNTED = {"scored": "scored", "skipped": "skipped", "copied": "skipped", "failed": "failed",
@@ -834,8 +866,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
             for row in rows:
                 if row["video"] in meanwhile:  # scored by its lease holder since: it gets its copy
                     row.update(status="skipped", cause=None)
-            copied = set(copy_duplicates(ctx, [r["video"] for r in rows
-                                               if r["status"] == "skipped" and r["video"] not in in_output]))
+            copied, refused = copy_duplicates(ctx, [r["video"] for r in rows
+                                                    if r["status"] == "skipped" and r["video"] not in in_output])
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back
         interrupt()
         signalled = isinstance(e, (KeyboardInterrupt, TerminationSignal))
@@ -855,6 +887,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     for row in rows:
         if row["video"] in copied:
             row["status"] = "copied"
+        elif row["video"] in refused:
+            row.update(status="failed", cause=refused[row["video"]])
     counts = status_counts(rows)
     failed = counts["failed"] + counts["failed_earlier"]
     close_run(run_id, owners, rows, "failed" if failed else "completed")

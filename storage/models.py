@@ -1,4 +1,4 @@
-"""The SQL schema: catalogs, videos, shots, runs, jobs (leases), outputs, errors, model versions.
+"""The SQL schema: catalogs, videos, shots, runs, jobs (leases), outputs, deliveries, errors, model versions.
 
 A video's result is keyed by (content hash or ETag, model version, generation settings hash): a
 catalog rerun finds it done and skips it, and a changed file (new hash) is scored again.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -33,7 +33,7 @@ class Video(Base):
     key: Mapped[str] = mapped_column(Text)                       # below the catalog's source
     source_uri: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(160))       # "sha256:..." or "etag:..."
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)                 # bytes: masters run to tens of GB
     modified_at: Mapped[datetime | None] = mapped_column(DateTime)
     duration: Mapped[float | None] = mapped_column(Float)        # probe facts, once probed
     width: Mapped[int | None] = mapped_column(Integer)
@@ -128,6 +128,22 @@ class Output(Base):
     loudness_lufs: Mapped[float | None] = mapped_column(Float)
     true_peak_dbtp: Mapped[float | None] = mapped_column(Float)
     worker: Mapped[str | None] = mapped_column(String(128))      # host:pid of the process that held the lease
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Delivery(Base):
+    """A scored video gvmgen put at `uri` (a recorded output, or a copy of one under a duplicate's key),
+    with what the file was when written: a file found there since with another size, ETag (S3) or
+    modification time (local) is not gvmgen's any more, and a delivery of other content is stale."""
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uri: Mapped[str] = mapped_column(Text, unique=True)
+    content_hash: Mapped[str] = mapped_column(String(160))       # the job whose scored video it is
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    settings_hash: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)         # None: carried over from before deliveries were
+    etag: Mapped[str | None] = mapped_column(String(160))        # recorded, taken as it is when next seen
+    modified_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

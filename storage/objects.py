@@ -83,8 +83,7 @@ class LocalStore:
     def list(self, extensions: tuple[str, ...] = VIDEO_EXTENSIONS) -> Iterator[ObjectInfo]:
         """Every file below the root with one of `extensions`, recursively, in a stable order."""
         if self.only is not None:
-            st = (self.root / self.only).stat()
-            yield ObjectInfo(self.only, st.st_size, None, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+            yield _local_info(self.only, (self.root / self.only).stat())
             return
         if not self.root.is_dir():
             raise NotADirectoryError(f"{self.root}: no such folder (nor a video file)")
@@ -96,9 +95,7 @@ class LocalStore:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(Path(entry.path))
                     elif entry.is_file() and entry.name.lower().endswith(extensions) and not entry.name.startswith("."):
-                        st = entry.stat()
-                        yield ObjectInfo(Path(entry.path).relative_to(self.root).as_posix(), st.st_size, None,
-                                         datetime.fromtimestamp(st.st_mtime, timezone.utc))
+                        yield _local_info(Path(entry.path).relative_to(self.root).as_posix(), entry.stat())
 
     def content_hash(self, key: str) -> str:
         try:
@@ -109,6 +106,11 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def info(self, key: str) -> ObjectInfo | None:
+        """What a listing would say of the object, or None when there is none."""
+        path = self.path(key)
+        return _local_info(key, path.stat()) if path.is_file() else None
 
     def readable(self, key: str) -> bool:
         return os.access(self.path(key), os.R_OK)
@@ -136,6 +138,10 @@ class LocalStore:
         with atomic_path(target) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
         return self.uri(key)
+
+
+def _local_info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(key, st.st_size, None, datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
 
 class S3Store:
@@ -186,15 +192,19 @@ class S3Store:
         return "etag:" + head["ETag"].strip('"')
 
     def exists(self, key: str) -> bool:
+        return self.info(key) is not None
+
+    def info(self, key: str) -> ObjectInfo | None:
+        """What a listing would say of the object, or None when there is none."""
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
+        return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
 
     def download(self, key: str, workdir: Path) -> Path:
         """Streams the object to a file in `workdir` (written, then renamed) and returns it. An object

@@ -12,8 +12,8 @@ from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import (Catalog, Evaluation, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric, Video,
-                     VideoError)
+from .models import (Catalog, Delivery, Evaluation, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric,
+                     Video, VideoError)
 from .objects import ObjectInfo, canonical
 
 
@@ -62,12 +62,17 @@ def catalog_videos(session: Session, cat: Catalog) -> dict[str, Video]:
     return {v.key: v for v in session.scalars(select(Video).where(Video.catalog_id == cat.id))}
 
 
+def _same_object(size: int | None, etag: str | None, modified: datetime | None, obj: ObjectInfo) -> bool:
+    """Whether a listing's `obj` is the object recorded with this size and ETag (S3) or modification
+    time (a local file): make's and rsync's rule, `touch` a file to make it another."""
+    return size == obj.size and (etag == obj.etag if obj.etag else modified == _naive_utc(obj.modified))
+
+
 def unchanged_hash(video: Video | None, obj: ObjectInfo) -> str | None:
-    """The content hash recorded for a file whose size and modification time are still those recorded,
-    so that a nightly run does not read a whole library again (make's and rsync's rule: `touch` a
-    file to have it read). Never a stand-in hash (an unreadable file's): that one is made again."""
-    if (video is not None and video.content_hash.startswith("sha256:") and video.size == obj.size
-            and video.modified_at is not None and video.modified_at == _naive_utc(obj.modified)):
+    """The content hash recorded for a local file that is still the one recorded, so that a nightly run
+    does not read a whole library again. Never a stand-in hash (an unreadable file's): that one is made again."""
+    if (video is not None and video.content_hash.startswith("sha256:") and video.modified_at is not None
+            and _same_object(video.size, None, video.modified_at, obj)):
         return video.content_hash
     return None
 
@@ -192,12 +197,15 @@ def claim(session: Session, video: Video, model: ModelVersion, key: str, owner: 
     return job
 
 
-def settled(session: Session, catalog_id: int, model_id: int, key: str, statuses: tuple[str, ...]) -> list[tuple[Video, str]]:
+def settled(session: Session, catalog_id: int, model_id: int, key: str,
+            statuses: tuple[str, ...]) -> list[tuple[Video, str, Output | None]]:
     """The catalog's videos whose job for this model and settings has one of `statuses` (done,
-    failed), each with that status: one query for a whole catalog."""
+    failed), each with that status and the job's output: one query for a whole catalog."""
     same_job = (Job.content_hash == Video.content_hash) & (Job.model_version_id == model_id) & (Job.settings_hash == key)
-    return [(video, status) for video, status in session.execute(
-        select(Video, Job.status).join(Job, same_job).where(Video.catalog_id == catalog_id, Job.status.in_(statuses)))]
+    its_output = (Output.content_hash == Job.content_hash) & (Output.model_version_id == model_id) \
+        & (Output.settings_hash == key)
+    return list(session.execute(select(Video, Job.status, Output).join(Job, same_job).outerjoin(Output, its_output)
+                                .where(Video.catalog_id == catalog_id, Job.status.in_(statuses))).tuples())
 
 
 def job_of(session: Session, video: Video, model: ModelVersion, key: str) -> Job | None:
@@ -266,12 +274,13 @@ def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, e
 
 
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
-             settings: dict, *, video_uri: str, track_uri: str, report_uri: str | None = None,
+             settings: dict, *, video_uri: str, delivered: ObjectInfo, track_uri: str, report_uri: str | None = None,
              loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None,
              windows: list | None = None) -> Output | None:
-    """Record the output and end the job as done in one transaction: a worker killed in between
-    leaves neither, and the video is simply scored again. None, and nothing recorded, when `owner`
-    no longer holds the lease (it ran out, or the run was interrupted meanwhile)."""
+    """Record the output (`delivered`: its scored video as written) and end the job as done in one
+    transaction: a worker killed in between leaves neither, and the video is simply scored again. None,
+    and nothing recorded, when `owner` no longer holds the lease (it ran out, or the run was interrupted
+    meanwhile)."""
     # A rescore (see reopen_lost) replaces the output recorded before, its evaluations with it.
     session.execute(delete(Output).where(Output.content_hash == video.content_hash, Output.model_version_id == model.id,
                                          Output.settings_hash == settings_hash(settings)))
@@ -280,8 +289,9 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
                     true_peak_dbtp=true_peak_dbtp, windows=windows, worker=owner, created_at=utcnow())
     session.add(output)
-    held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)
-                           .values(owner=None, lease_expires_at=None, status="done")).rowcount
+    _add_delivery(session, video_uri, job, delivered)
+    held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)  # the delivery stands for it now
+                           .values(owner=None, lease_expires_at=None, status="done", destination=None)).rowcount
     if not held:
         session.rollback()
         return None
@@ -289,13 +299,52 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
     return output
 
 
-def written_by_us(session: Session, video_uri: str, content_hash: str) -> bool:
-    """Whether a file at `video_uri` is gvmgen's: a recorded output, an upload a crash cut off before its
-    record, or a scored copy of this content (an output copied to a second key)."""
-    return any(session.scalar(query.limit(1)) is not None for query in (
-        select(Output.id).where(Output.video_uri == video_uri),
-        select(Job.id).where(Job.destination == video_uri),
-        select(Output.id).where(Output.content_hash == content_hash)))
+def deliveries(session: Session, output_uri: str) -> dict[str, Delivery]:
+    """The deliveries recorded in one output (`output_uri`: its store's `uri("")`), by URI, in one query."""
+    below = output_uri.rstrip("/") + "/"
+    return {d.uri: d for d in session.scalars(select(Delivery).where(Delivery.uri.startswith(below, autoescape=True)))}
+
+
+def delivery(session: Session, uri: str) -> Delivery | None:
+    return session.scalar(select(Delivery).where(Delivery.uri == uri))
+
+
+def still_delivered(session: Session, delivery: Delivery | None, found: ObjectInfo | None) -> bool:
+    """Whether `found` (the object at a delivery's URI now, None if none) is the file gvmgen wrote there.
+    A delivery carried over from before they were recorded is taken as it is found, and recorded so."""
+    if delivery is None or found is None:
+        return False
+    if delivery.size is None:
+        delivery.size, delivery.etag, delivery.modified_at = found.size, found.etag, _naive_utc(found.modified)
+        session.commit()
+        return True
+    return _same_object(delivery.size, delivery.etag, delivery.modified_at, found)
+
+
+def of_job(delivery: Delivery, job: Job | Output) -> bool:
+    """Whether a delivery is a scored video of this job (content, model and settings), not of another."""
+    return (delivery.content_hash, delivery.model_version_id, delivery.settings_hash) == \
+        (job.content_hash, job.model_version_id, job.settings_hash)
+
+
+def record_delivery(session: Session, uri: str, job: Job | Output, found: ObjectInfo) -> None:
+    """The scored video of `job` written at `uri` (a copy of its output), as `found` just after."""
+    _add_delivery(session, uri, job, found)
+    session.commit()
+
+
+def _add_delivery(session: Session, uri: str, job: Job | Output, found: ObjectInfo) -> None:
+    session.execute(delete(Delivery).where(Delivery.uri == uri))
+    session.add(Delivery(uri=uri, content_hash=job.content_hash, model_version_id=job.model_version_id,
+                         settings_hash=job.settings_hash, size=found.size, etag=found.etag,
+                         modified_at=_naive_utc(found.modified), created_at=utcnow()))
+
+
+def written_by_us(session: Session, video_uri: str, found: ObjectInfo) -> bool:
+    """Whether the file `found` at `video_uri` is gvmgen's: a delivery still as written, or an upload a
+    crash cut off before its record."""
+    return still_delivered(session, delivery(session, video_uri), found) or \
+        session.scalar(select(Job.id).where(Job.destination == video_uri).limit(1)) is not None
 
 
 def set_destination(session: Session, job: Job, video_uri: str) -> None:

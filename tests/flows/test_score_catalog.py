@@ -189,6 +189,68 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     assert sorted(r["status"] for r in rows) == ["copied", "scored"]
 
 
+@pytest.mark.slow
+def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect_engine, fixtures, tmp_path, capfd):
+    """What stands at a video's key in the output is checked, not trusted: a source replaced by a copy
+    of another scored file gets that file's scored copy (not the old picture); a duplicate's deleted
+    track is copied again; someone else's file written over a scored video fails that video, named,
+    until --overwrite scores it again; the recorded track deleted is named with how to get it back."""
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from flows.score_catalog import VideosFailed, score_catalog
+    from storage.db import connect
+    from storage.models import Output
+
+    library, out = tmp_path / "library", tmp_path / "scored"
+    (library / "copies").mkdir(parents=True)
+    counter, delayed = ((fixtures / "video" / name).read_bytes() for name in ("counter.mp4", "delayed_start.mp4"))
+    (library / "a.mp4").write_bytes(counter)
+    (library / "copies" / "a.mp4").write_bytes(counter)
+    (library / "b.mp4").write_bytes(delayed)
+    counts = lambda summary: (summary["scored"], summary["skipped"], summary["failed"])
+    statuses = lambda: dict(sorted((r["video"], r["status"]) for r in json.loads(_latest_artifact("score-catalog-results").data)))
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (2, 1, 0)
+    old_b = (out / "b.mp4").read_bytes()
+
+    with connect()() as session:   # whichever of the two copies of a was scored; the other got its copy
+        scored = session.scalar(select(Output.video_uri).where(Output.video_uri.like("%/a.mp4")))
+    copy = "a" if scored.endswith("/copies/a.mp4") else "copies/a"
+    shutil.copyfile(library / "a.mp4", library / "b.mp4")        # b is now a's content, scored before
+    (out / f"{copy}.flac").unlink()
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)
+    assert statuses() == {"b.mp4": "copied", f"{copy}.mp4": "copied",
+                          ({"a", "copies/a"} - {copy}).pop() + ".mp4": "skipped"}
+    for suffix in (".mp4", ".flac", ".report.png"):
+        assert (out / f"b{suffix}").read_bytes() == (out / f"a{suffix}").read_bytes()
+    assert (out / "b.mp4").read_bytes() != old_b
+    assert (out / "copies" / "a.flac").read_bytes() == (out / "a.flac").read_bytes()
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)   # nothing to copy now
+    assert set(statuses().values()) == {"skipped"}
+
+    (out / "b.mp4").write_bytes(b"an editor's file, saved over the scored video")
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(str(library), str(out), model="tiny")
+    assert failed.value.summary["failures"] == [{"video": "b.mp4", "status": "failed", "cause": (
+        f"{(out / 'b.mp4').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)")}]
+    assert (out / "b.mp4").read_bytes().startswith(b"an editor's file")
+    assert counts(score_catalog(str(library), str(out), model="tiny", overwrite=True)) == (0, 3, 0)
+    assert statuses()["b.mp4"] == "copied" and (out / "b.mp4").read_bytes() == (out / "a.mp4").read_bytes()
+
+    (out / f"{copy}.mp4").unlink()
+    (out / scored.rsplit("/scored/", 1)[1]).write_bytes(b"an editor's file, saved over the scored video")
+    # the recorded scored video replaced and its copy gone: nothing to copy from, so scored again
+    assert counts(score_catalog(str(library), str(out), model="tiny", overwrite=True)) == (1, 2, 0)
+    assert (out / "a.mp4").read_bytes() == (out / "copies" / "a.mp4").read_bytes()
+
+    recorded_report = out / Path(scored.rsplit("/scored/", 1)[1]).with_suffix(".report.png")
+    recorded_report.unlink()                                      # nowhere to copy it from
+    capfd.readouterr()
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)
+    assert f"to have the video scored again" in capfd.readouterr().err
+
+
 def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path, monkeypatch):
     """A local library's files are hashed when first seen and when their size or modification time
     changed, not every night: a file rewritten in place with its old time and size keeps its hash, a

@@ -10,10 +10,12 @@ from sqlalchemy.orm import sessionmaker
 
 from storage import repository as repo
 from storage.db import connect, downgrade, make_engine, upgrade
-from storage.models import Base, Evaluation, Job
+from storage.models import Base, Evaluation, Job, Output
 from storage.objects import ObjectInfo
 
-TABLES = {"catalogs", "videos", "shots", "model_versions", "runs", "jobs", "outputs", "video_errors"}
+WRITTEN = ObjectInfo("v0.mp4", 100, None, datetime(2026, 1, 1, tzinfo=timezone.utc))  # a scored video as uploaded
+
+TABLES = {"catalogs", "videos", "shots", "model_versions", "runs", "jobs", "outputs", "deliveries", "video_errors"}
 
 
 def _session(url):
@@ -69,7 +71,7 @@ def test_done_work_is_not_done_again(database_url):
     settings = {"stitch": "continue", "seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
                   track_uri="file:///o/v0.wav")
     assert repo.done(session, video, model, key) is not None
     assert repo.claim(session, video, model, key, owner="w2") is None
@@ -83,7 +85,7 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
                            track_uri="file:///o/v0.flac")
     repo.record_evaluation(session, "tempo", 0.5, output=output)
     evaluations = lambda: session.scalar(select(func.count()).select_from(Evaluation))
@@ -93,7 +95,7 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     assert not repo.reopen_lost(session, video, model, key, exists=lambda uri: False)   # once
     assert repo.done(session, video, model, key) is None and evaluations() == 1        # kept until replaced
     job = repo.claim(session, video, model, key, owner="w2")
-    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4",
+    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN,
                   track_uri="file:///p/v0.flac")
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4" and evaluations() == 0
 
@@ -107,13 +109,13 @@ def test_a_deleted_copy_found_twice_is_scored_again_once(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
                   track_uri="file:///o/v0.flac")
 
     def gone_and_meanwhile_rescored_by_a(uri):
         assert repo.reopen_lost(other, video, model, key, exists=lambda uri: False)
         job = repo.claim(other, video, model, key, owner="a")
-        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4",
+        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN,
                       track_uri="file:///p/v0.flac")
         return False
 
@@ -133,7 +135,7 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
                          for key, content in (("a.mp4", 1), ("copies/a.mp4", 1), ("b.mp4", 2), ("copies/b.mp4", 2)))
     model = repo.model_version(session, "tiny", "preset:tiny")
     job = repo.claim(session, scored, model, "k", owner="w1")
-    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4",
+    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4", delivered=WRITTEN,
                   track_uri="file:///o/a.flac")
     job = repo.claim(session, bad, model, "k", owner="w1")
     repo.record_error(session, bad, None, "probe", "not a video")
@@ -142,6 +144,86 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
     assert listed == {"a.mp4": ("done", None), "copies/a.mp4": ("done", None),
                       "b.mp4": ("failed", "not a video"), "copies/b.mp4": ("failed", "not a video")}
     assert [v.key for v, _, _ in repo.videos(session, "failed")] == ["b.mp4", "copies/b.mp4"]
+
+
+def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
+    """A file at a delivered URI is gvmgen's while its size and modification time (local) or ETag (S3)
+    are those recorded: rewritten, touched or replaced, it is not; a delivery carried over without them is
+    taken as first found. A scored video's delivery is of its job: another content's is stale there."""
+    session = _session(database_url)
+    video, other = _videos(session, 2)
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    job = repo.claim(session, video, model, "k", owner="w1")
+    repo.complete(session, job, "w1", video, model, None, {}, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
+                  track_uri="file:///o/v0.flac")
+    here = repo.delivery(session, "file:///o/v0.mp4")
+    later = WRITTEN.modified + timedelta(seconds=1)
+    assert repo.still_delivered(session, here, WRITTEN)
+    assert not repo.still_delivered(session, here, ObjectInfo("v0.mp4", 101, None, WRITTEN.modified))
+    assert not repo.still_delivered(session, here, ObjectInfo("v0.mp4", 100, None, later))
+    assert not repo.still_delivered(session, here, None) and not repo.still_delivered(session, None, WRITTEN)
+    assert repo.of_job(here, job) and not repo.of_job(here, repo.claim(session, other, model, "k", owner="w1"))
+    assert repo.written_by_us(session, "file:///o/v0.mp4", WRITTEN)
+    assert not repo.written_by_us(session, "file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later))
+
+    s3 = ObjectInfo("v0.mp4", 100, "etag-1", later)
+    repo.record_delivery(session, "s3://b/o/v0.mp4", job, s3)
+    assert list(repo.deliveries(session, "s3://b/o")) == ["s3://b/o/v0.mp4"] and repo.deliveries(session, "s3://b/") != {}
+    assert repo.deliveries(session, "s3://b/o2") == {}
+    there = repo.delivery(session, "s3://b/o/v0.mp4")
+    assert repo.still_delivered(session, there, ObjectInfo("v0.mp4", 100, "etag-1", later + timedelta(days=1)))
+    assert not repo.still_delivered(session, there, ObjectInfo("v0.mp4", 100, "etag-2", later))
+
+    there.size = there.etag = None                                   # carried over from before deliveries
+    session.commit()
+    assert repo.still_delivered(session, there, ObjectInfo("v0.mp4", 55, "etag-3", later))
+    assert not repo.still_delivered(session, repo.delivery(session, "s3://b/o/v0.mp4"), s3)   # recorded as found
+
+
+def test_a_master_of_several_gigabytes_is_registered(database_url):
+    session = _session(database_url)
+    cat = repo.catalog(session, "library", "file:///library")
+    video, _ = repo.register_video(session, cat, ObjectInfo("master.mov", 37 << 30, None, datetime.now(timezone.utc)),
+                                   "file:///library/master.mov", "sha256:" + "0" * 64)
+    session.expire_all()
+    assert session.get(type(video), video.id).size == 37 << 30
+
+
+def test_the_deliveries_made_before_they_were_recorded_are_carried_over(database_url):
+    """At the upgrade, each recorded output and each copy a run made of one under a duplicate's key becomes
+    a delivery of unknown identity (a copy is never assumed where the run's output is relative), and
+    nothing recorded is lost on the way."""
+    from sqlalchemy import text
+
+    upgrade(database_url, "0007")
+    engine = make_engine(database_url)
+    at = datetime(2026, 1, 1)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO catalogs (id, name, source_uri, created_at) VALUES (1, 'lib', '/lib', :t)"), {"t": at})
+        c.execute(text("INSERT INTO model_versions (id, name, checkpoint_uri, metrics, created_at) "
+                       "VALUES (1, 'tiny', 'preset:tiny', '{}', :t)"), {"t": at})
+        for i, (key, content) in enumerate([("a.mp4", "h1"), ("copies/a.mp4", "h1"), ("b.mp4", "h2")], 1):
+            c.execute(text("INSERT INTO videos (id, catalog_id, key, source_uri, content_hash, size) "
+                           "VALUES (:i, 1, :k, :u, :h, 1)"), {"i": i, "k": key, "u": f"file:///lib/{key}", "h": content})
+        for content, status in (("h1", "done"), ("h2", "failed")):
+            c.execute(text("INSERT INTO jobs (video_id, content_hash, model_version_id, settings_hash, status, attempts, "
+                           "destination) VALUES (1, :h, 1, 's', :st, 1, 'file:///out/a.mp4')"), {"h": content, "st": status})
+        c.execute(text("INSERT INTO outputs (video_id, content_hash, model_version_id, settings_hash, settings, "
+                       "video_uri, track_uri, created_at) VALUES (1, 'h1', 1, 's', '{}', 'file:///out/a.mp4', "
+                       "'file:///out/a.flac', :t)"), {"t": at})
+        for i, output in enumerate(["/out", "/elsewhere/", "relative/out"], 1):
+            c.execute(text("INSERT INTO runs (id, catalog_id, model_version_id, settings_hash, parameters, status, "
+                           "started_at, scored, skipped, failed) VALUES (:i, 1, 1, 's', :p, 'completed', :t, 0, 0, 0)"),
+                      {"i": i, "p": f'{{"output": "{output}"}}', "t": at})
+    upgrade(database_url)
+    session = sessionmaker(engine)()
+    delivered = {d.uri: (d.content_hash, d.model_version_id, d.settings_hash, d.size)
+                 for d in repo.deliveries(session, "file:///").values()}
+    assert delivered == {uri: ("h1", 1, "s", None) for uri in (
+        "file:///out/a.mp4", "file:///out/copies/a.mp4", "file:///elsewhere/a.mp4", "file:///elsewhere/copies/a.mp4")}
+    assert session.scalars(select(Job.destination).order_by(Job.id)).all() == [None, "file:///out/a.mp4"]
+    # SQLite alters a table by copying it: the rows that refer to it (outputs, jobs) are all still there
+    assert session.scalars(select(Output.video_uri)).all() == ["file:///out/a.mp4"]
 
 
 def test_failed_work_waits_for_an_explicit_retry(database_url):

@@ -39,6 +39,12 @@ def test_upload_list_download_round_trip(store, tmp_path):
     assert store.content_hash("a.mp4") != store.content_hash("deep/er/b.MOV")
 
 
+def test_info_says_what_a_listing_says_of_one_object(store, tmp_path):
+    store.upload(_file(tmp_path, "src", b"abc"), "deep/a.mp4")
+    assert store.info("deep/a.mp4") == {o.key: o for o in store.list()}["deep/a.mp4"]
+    assert store.info("deep/a.mp4").size == 3 and store.info("missing.mp4") is None
+
+
 @pytest.mark.parametrize("key", ["../escape.mp4", "/etc/passwd", "a/../../b.mp4", "a\\..\\b.mp4", ""])
 def test_a_key_that_leaves_the_store_is_refused(store, tmp_path, key):
     with pytest.raises(UnsafeKey):

@@ -1,0 +1,91 @@
+"""deliveries: each scored video gvmgen put in an output (a recorded output or a duplicate's copy), with
+its size and ETag or modification time, so that a file changed or replaced there since is told apart.
+videos.size: a 64-bit integer (a 3 GB master overflowed PostgreSQL's integer). jobs.destination: kept
+only until the job is done.
+
+The scored videos already delivered are carried over with their identity unknown (size NULL): each is
+taken as it is when a run next finds it. Those are the recorded outputs, and the copies runs made of
+them: a done video of a run's catalog has its copy at the run's output under its own key.
+
+Revision ID: 0008
+Revises: 0007
+"""
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+JOB = ('content_hash', 'model_version_id', 'settings_hash')
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('videos') as batch:
+        batch.alter_column('size', type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
+    deliveries = op.create_table(
+        'deliveries',
+        sa.Column('id', sa.Integer(), primary_key=True),
+        sa.Column('uri', sa.Text(), nullable=False, unique=True),
+        sa.Column('content_hash', sa.String(length=160), nullable=False),
+        sa.Column('model_version_id', sa.Integer(), sa.ForeignKey('model_versions.id'), nullable=False),
+        sa.Column('settings_hash', sa.String(length=64), nullable=False),
+        sa.Column('size', sa.BigInteger(), nullable=True),
+        sa.Column('etag', sa.String(length=160), nullable=True),
+        sa.Column('modified_at', sa.DateTime(), nullable=True),
+        sa.Column('created_at', sa.DateTime(), nullable=False),
+    )
+    op.bulk_insert(deliveries, [{'uri': uri, **dict(zip(JOB, job)), 'created_at': _now()}
+                                for uri, job in _delivered(op.get_bind()).items()])
+    # A done job's destination said its upload was gvmgen's; its delivery says so now, and no longer
+    # once the file is replaced.
+    jobs = sa.table('jobs', sa.column('status'), sa.column('destination'))
+    op.execute(jobs.update().where(jobs.c.status == 'done').values(destination=None))
+
+
+def _delivered(connection) -> dict[str, tuple]:
+    """uri -> (content, model, settings) of every scored video delivered so far."""
+    outputs = sa.table('outputs', sa.column('video_uri'), *map(sa.column, JOB))
+    runs = sa.table('runs', sa.column('catalog_id'), sa.column('model_version_id'), sa.column('settings_hash'),
+                    sa.column('parameters', sa.JSON))
+    videos = sa.table('videos', sa.column('catalog_id'), sa.column('key'), sa.column('content_hash'))
+    jobs = sa.table('jobs', sa.column('status'), *map(sa.column, JOB))
+    delivered = {uri: tuple(job) for uri, *job in connection.execute(sa.select(outputs.c.video_uri, *outputs.c[JOB]))}
+    done = {tuple(job) for job in connection.execute(sa.select(*jobs.c[JOB]).where(jobs.c.status == 'done'))}
+    recorded = set(delivered.values()) & done
+    for catalog, model, settings, parameters in connection.execute(sa.select(runs)):
+        output = (parameters or {}).get('output')
+        if not output:
+            continue
+        for key, content in connection.execute(
+                sa.select(videos.c.key, videos.c.content_hash).where(videos.c.catalog_id == catalog)):
+            job = (content, model, settings)
+            uri = _uri(output, key)
+            if uri and job in recorded and uri not in delivered:
+                delivered[uri] = job
+    return delivered
+
+
+def _uri(output: str, key: str) -> str | None:
+    """What storage.objects' stores name the object `key` of `output` (as runs record it); None for an
+    output recorded relative, before runs made them absolute."""
+    if output.startswith('s3://'):
+        return f"{output.rstrip('/')}/{key}"
+    if not Path(output).is_absolute():
+        return None
+    return (Path(output).resolve() / key).as_uri()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def downgrade() -> None:
+    op.drop_table('deliveries')
+    with op.batch_alter_table('videos') as batch:
+        batch.alter_column('size', type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
