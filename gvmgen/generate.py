@@ -9,11 +9,17 @@ Two ways to join windows:
   extend_stride), so the music carries on; windows of different videos are batched stage by stage.
 - `parallel`: every window of every video is generated independently, all in large batches.
 Both are joined by an equal-power crossfade over the overlap, and a seam near a shot cut moves to it.
+
+Each window draws its samples from a seed of its own, made of the settings' seed, the video's picture
+and the window's place in the video (`window_seed`): a video gets the same music whichever videos share
+its batches, in a catalog run or alone, and when it is scored again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import secrets
 from dataclasses import dataclass, field
 from collections.abc import Callable, Hashable
 
@@ -38,7 +44,7 @@ class GenerationSettings:
     cut_snap_s: float = 4.0          # a seam at most this far after a shot cut moves back to it
     condition: str = "window"        # "window": each window hears its own frames; "video": every frame (official)
     batch_size: int = 8              # windows per forward pass (twice the rows with guidance)
-    seed: int | None = 0             # the same seed, the same music; None: a fresh random seed each time
+    seed: int | None = 0             # the same seed, the same music for a video; None: a fresh random seed each time
     guidance_scale: float | None = None  # None: the model config's (3.0)
     top_k: int | None = None             # None: the model config's (250)
     temperature: float | None = None     # None: the model config's (1.0); 0 samples greedily
@@ -61,6 +67,13 @@ class VisualTokens:
     times: torch.Tensor             # (N,) seconds from the start of the video
     duration: float                 # seconds
     cuts: list[float] = field(default_factory=list)  # shot-cut times, seconds
+    identity: str = ""              # what the picture is (a digest of its frames): part of its windows' seeds
+
+
+def window_seed(seed: int, identity: str, window: int) -> int:
+    """The seed of one window's draws: the settings' seed, the video's identity, the window's index."""
+    digest = hashlib.blake2b(f"{seed}:{identity}:{window}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 class MusicGenerator:
@@ -81,11 +94,7 @@ class MusicGenerator:
         self.rate = cfg.frame_rate
         self.device = next(model.lm.parameters()).device
         self.dtype = next(model.lm.parameters()).dtype
-        self.generator = torch.Generator(self.device)
-        if s.seed is None:
-            self.generator.seed()  # non-deterministic, and leaves torch's global generator alone
-        else:
-            self.generator.manual_seed(s.seed)
+        self.seed = secrets.randbits(32) if s.seed is None else s.seed
 
     # ---- planning ----------------------------------------------------------------------------------
     def plan(self, video: VisualTokens) -> list[Window]:
@@ -165,18 +174,20 @@ class MusicGenerator:
 
     @torch.no_grad()
     def sample(self, conditions: list[torch.Tensor], lengths: list[int],
-               prompts: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+               prompts: list[torch.Tensor | None] | None = None, seeds: list[int] | None = None) -> list[torch.Tensor]:
         """Sample token frames for a batch of windows.
 
         conditions: per window (F_i, D) tokens; lengths: frames per window; prompts: per window
-        (K, P_i) frames it must start with, or None. Returns per window (K, lengths[i]) codes.
-        The batch is padded to a bucket of the static decoder with windows of padding tokens only.
+        (K, P_i) frames it must start with, or None; seeds: per window (default: by its place in the
+        batch, see `window_seed`). Returns per window (K, lengths[i]) codes. The batch is padded to a
+        bucket of the static decoder with windows of padding tokens only.
         """
         model, k = self.model, self.model.config.num_codebooks
         pad = model.pad_token
         b = len(conditions)
         bucket = batch_bucket(b)
         prompts = prompts or [None] * b
+        seeds = seeds or [window_seed(self.seed, "", i) for i in range(b)]
         steps = max(lengths) + k - 1                       # delayed steps to produce
 
         # Tokens fixed in advance: padding of the delay pattern and the prompt; -1 where we sample.
@@ -190,7 +201,8 @@ class MusicGenerator:
 
         condition, mask = self._condition_batch(conditions, bucket)
         window_steps = round(self.settings.window_s * self.rate) + k - 1
-        inputs = model.static_decoder().decode(condition, mask, forced, known, self.sampling, self.generator,
+        seeds = torch.tensor(seeds + [0] * (bucket - b), dtype=torch.long, device=self.device)
+        inputs = model.static_decoder().decode(condition, mask, forced, known, self.sampling, seeds,
                                                room=window_steps, graphs=self.cuda_graphs)
         frames = undelay(inputs[:b, :, 1:])                # (b, K, max(lengths))
         return [frames[i, :, :n] for i, n in enumerate(lengths)]
@@ -277,7 +289,9 @@ class Composer:
             windows = [c.plan[i] for c, i in batch]
             prompts = [c.prompt(i) for c, i in batch]
             lengths = [w.end - w.start for w in windows]
-            codes = g.sample([g.window_condition(c.video, w) for (c, _), w in zip(batch, windows)], lengths, prompts)
+            seeds = [window_seed(g.seed, c.video.identity, i) for c, i in batch]
+            codes = g.sample([g.window_condition(c.video, w) for (c, _), w in zip(batch, windows)], lengths, prompts,
+                             seeds)
             sampled += [(c, window_codes) for (c, _), window_codes in zip(batch, codes)]
             if after_pass:
                 after_pass(sum(_frames_to_sample(w, k) for w in windows))

@@ -15,6 +15,7 @@ model as the decode produces it, so memory stays flat however long the video.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,18 +49,40 @@ class ScoredVideo:
     loudness: LoudnessReport
 
 
+class PictureDigest:
+    """What a video's picture is, for the seeds of its music (`VisualTokens.identity`): a digest of its
+    chosen frames (every fourth pixel each way) and their times, in time order, whatever order the
+    decoder gave them in: two copies of a file agree, wherever they lie."""
+
+    def __init__(self):
+        self.frames: list[tuple[float, bytes]] = []
+
+    def add(self, images: np.ndarray, infos: list[Frame]) -> None:
+        self.frames += [(f.t, hashlib.blake2b(np.ascontiguousarray(image[::4, ::4]).tobytes(), digest_size=8).digest())
+                        for image, f in zip(images, infos)]
+
+    def hexdigest(self) -> str:
+        digest = hashlib.blake2b(digest_size=8)
+        for t, frame in sorted(self.frames):
+            digest.update(f"{t:.6f}".encode() + frame)
+        return digest.hexdigest()
+
+
 def visual_tokens(model: GVMGen, video: Path, detection: ShotDetection | None = None) -> tuple[VisualTokens, Analysis]:
     """Shots, frames and one token per frame, from a single decode; frames never pile up in memory."""
     chunks: list[torch.Tensor] = []
     frames: list[Frame] = []
+    picture = PictureDigest()
 
     def encode_chunk(images, infos):
         chunks.append(model.encode_video_frames(torch.from_numpy(images)))
         frames.extend(infos)
+        picture.add(images, infos)
 
     analysis = analyse(video, model.config.image_size, detection, on_frames=encode_chunk)
     order = _time_order(frames)
-    tokens = VisualTokens(torch.cat(chunks)[order], _times(analysis), analysis.duration, analysis.cuts)
+    tokens = VisualTokens(torch.cat(chunks)[order], _times(analysis), analysis.duration, analysis.cuts,
+                          picture.hexdigest())
     return tokens, analysis
 
 
@@ -71,6 +94,7 @@ class VideoFrames:
     path: Path
     analysis: Analysis
     pixels: np.ndarray       # (N, S, S, 3) uint8 RGB, in the order of analysis.frames (time order)
+    identity: str            # see PictureDigest
 
 
 def extract_frames(video: Path, image_size: int, detection: ShotDetection | None = None) -> VideoFrames:
@@ -78,14 +102,16 @@ def extract_frames(video: Path, image_size: int, detection: ShotDetection | None
     (`image_size`: the model's, `model.config.image_size`)."""
     chunks: list[np.ndarray] = []
     frames: list[Frame] = []
+    picture = PictureDigest()
 
     def keep(images, infos):
         chunks.append(images)
         frames.extend(infos)
+        picture.add(images, infos)
 
     analysis = analyse(Path(video), image_size, detection, on_frames=keep)
     pixels = np.concatenate(chunks) if chunks else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return VideoFrames(Path(video), analysis, pixels[_time_order(frames).numpy()])
+    return VideoFrames(Path(video), analysis, pixels[_time_order(frames).numpy()], picture.hexdigest())
 
 
 def _time_order(frames: list[Frame]) -> torch.Tensor:
@@ -129,7 +155,7 @@ def encode(model: GVMGen, frames: VideoFrames, settings: ScoreSettings) -> Prepa
     """The model half of `prepare`, for frames extracted elsewhere (`extract_frames`): CLIP and the
     feature transformation on the model's device, in batches (bf16 on a GPU)."""
     tokens = VisualTokens(model.encode_video_frames(torch.from_numpy(frames.pixels)), _times(frames.analysis),
-                          frames.analysis.duration, frames.analysis.cuts)
+                          frames.analysis.duration, frames.analysis.cuts, frames.identity)
     return _planned(model, frames.path, tokens, frames.analysis, settings)
 
 

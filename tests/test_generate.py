@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from gvmgen.generate import Composer, GenerationSettings, MusicGenerator, VisualTokens
-from gvmgen.model.decoding import batch_bucket
+from gvmgen.generate import Composer, GenerationSettings, MusicGenerator, VisualTokens, window_seed
+from gvmgen.model.decoding import batch_bucket, sample_top_k
 from gvmgen.model.delay import delay, undelay
 
 
 def _video(duration, d=64, seed=0, cuts=()):
     n = int(np.ceil(duration))
     g = torch.Generator().manual_seed(seed)
-    return VisualTokens(torch.randn(n, d, generator=g), torch.arange(n, dtype=torch.float64), float(duration), list(cuts))
+    return VisualTokens(torch.randn(n, d, generator=g), torch.arange(n, dtype=torch.float64), float(duration), list(cuts),
+                        identity=f"video {seed}")
 
 
 def test_each_window_is_conditioned_on_the_frames_of_its_own_span_only(tiny_model):
@@ -65,6 +66,39 @@ def test_the_same_seed_gives_the_same_music(tiny_model):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("stitch", ["continue", "parallel"])
+def test_a_video_gets_the_same_music_whichever_videos_share_its_batches(tiny_model, stitch):
+    """Alone, or composed with others (another row, another bucket, other batch-mates, two at a time so
+    that it joins mid-catalog): the same seed gives a video the same tokens. Another picture gets other
+    music from the same seed."""
+    settings = GenerationSettings(stitch=stitch, window_s=1.0, overlap_s=0.25, batch_size=4, seed=3)
+    video = _video(2.4, seed=7)
+    alone = MusicGenerator(tiny_model, settings).compose_windows([video])[0].codes
+    others = [_video(1.5, seed=8), _video(3.2, seed=9), _video(0.8, seed=10)]
+    for batch, at_once in (([video, *others], None), ([*others, video], 2)):
+        together = MusicGenerator(tiny_model, settings).compose_windows(batch, at_once=at_once)
+        codes = together[next(i for i, v in enumerate(batch) if v is video)].codes
+        assert len(codes) == len(alone) == 3 and all(torch.equal(a, b) for a, b in zip(alone, codes))
+    renamed = VisualTokens(video.tokens, video.times, video.duration, video.cuts, identity="another picture")
+    assert not torch.equal(MusicGenerator(tiny_model, settings).compose_windows([renamed])[0].codes[0], alone[0])
+
+
+def test_each_window_draws_each_token_with_its_probability():
+    """The exponential race over a window's own noise is a multinomial draw: 40,000 windows (seeds) over
+    four tokens come out in proportion to their probabilities, for each codebook and at each position."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(40_000, 2, 4)
+    seeds = torch.tensor([window_seed(0, "v", i) for i in range(40_000)])
+    for position in (0, 1, 700):
+        tokens = sample_top_k(logits, 4, 1.0, seeds, torch.tensor([position]))          # (W, K)
+        for codebook in range(2):
+            share = torch.bincount(tokens[:, codebook], minlength=4) / len(seeds)
+            assert torch.allclose(share, probs, atol=4 * (0.25 / len(seeds)) ** 0.5)   # four standard errors
+    first, again, later = (sample_top_k(logits[:64], 4, 1.0, seeds[:64], torch.tensor([p])) for p in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, later)
+    assert torch.equal(sample_top_k(logits[:64], 4, 1.0, seeds[:64].flip(0), torch.tensor([0])), first.flip(0))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stitch", ["continue", "parallel"])
 def test_generated_length_is_exact_for_any_duration(tiny_model, stitch):
@@ -87,7 +121,8 @@ def test_continued_windows_start_with_their_prompt(tiny_model):
 def _plain_loop_codes(model, conditions, lengths, prompts, seed, guidance=3.0, top_k=250, temperature=1.0):
     """The reference: the sampling loop as it was before the static decoder, written plainly: at every
     step transformers' own forward over the whole prefix (no cache), guidance against null rows, and
-    `torch.multinomial` over the top-k on the same generator."""
+    each window's draw over the top-k from its seed (test_each_window_draws_each_token_with_its_probability
+    checks the draw)."""
     k, pad, b = 4, model.pad_token, len(conditions)
     steps = max(lengths) + k - 1
     forced = torch.full((b, k, steps), pad)
@@ -103,7 +138,7 @@ def _plain_loop_codes(model, conditions, lengths, prompts, seed, guidance=3.0, t
     for i, c in enumerate(conditions):
         condition[i, :len(c)], mask[i, :len(c)] = c, 1
     mask[b:, 0] = 1                                   # null rows: one zero token
-    generator = torch.Generator().manual_seed(seed)
+    seeds = torch.tensor([window_seed(seed, "", i) for i in range(b)])
     inputs = torch.full((b, k, steps + 1), pad)
     inputs[:, :, 1:known + 1] = forced[:, :, :known]
     for j in range(known, steps):
@@ -113,13 +148,7 @@ def _plain_loop_codes(model, conditions, lengths, prompts, seed, guidance=3.0, t
         logits = out.logits.reshape(rows, k, j + 1, -1)[:, :, -1]
         if rows > b:
             logits = logits[b:] + guidance * (logits[:b] - logits[b:])
-        if temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            values, indices = logits.float().topk(top_k, dim=-1)
-            probs = torch.softmax(values / temperature, dim=-1)
-            choice = torch.multinomial(probs.reshape(-1, top_k), 1, generator=generator)
-            token = indices.gather(-1, choice.view(b, k, 1))[..., 0]
+        token = sample_top_k(logits, top_k, temperature, seeds, torch.tensor([j]))
         inputs[:, :, j + 1] = torch.where(forced[:, :, j] >= 0, forced[:, :, j], token)
     frames = undelay(inputs[:, :, 1:])
     return [frames[i, :, :n] for i, n in enumerate(lengths)]
@@ -160,9 +189,9 @@ def test_the_buckets_captured_ahead_are_the_ones_generation_uses(tiny_model, sti
     used = []
 
     class Recording(MusicGenerator):
-        def sample(self, conditions, lengths, prompts=None):
+        def sample(self, conditions, lengths, prompts=None, seeds=None):
             used.append(batch_bucket(len(conditions)))
-            return super().sample(conditions, lengths, prompts)
+            return super().sample(conditions, lengths, prompts, seeds)
 
     generator = Recording(tiny_model, GenerationSettings(stitch=stitch, window_s=1.0, overlap_s=0.25, batch_size=4))
     videos = [_video(duration) for duration in (4, 2, 3)]
@@ -177,9 +206,9 @@ def test_a_video_joins_the_batch_as_soon_as_another_one_is_done(tiny_model):
     passes = []
 
     class Recording(MusicGenerator):
-        def sample(self, conditions, lengths, prompts=None):
+        def sample(self, conditions, lengths, prompts=None, seeds=None):
             passes.append([p is not None for p in prompts])
-            return super().sample(conditions, lengths, prompts)
+            return super().sample(conditions, lengths, prompts, seeds)
 
     generator = Recording(tiny_model, GenerationSettings(window_s=1.0, overlap_s=0.25, batch_size=4))
     videos = [_video(duration, seed=i) for i, duration in enumerate((0.8, 2.4, 1.5))]
@@ -198,11 +227,11 @@ def test_a_stage_that_fails_leaves_every_video_where_it_was(tiny_model):
     class FailingSecondPass(MusicGenerator):
         calls = 0
 
-        def sample(self, conditions, lengths, prompts=None):
+        def sample(self, conditions, lengths, prompts=None, seeds=None):
             FailingSecondPass.calls += 1
             if FailingSecondPass.calls == 2:
                 raise RuntimeError("CUDA out of memory")
-            return super().sample(conditions, lengths, prompts)
+            return super().sample(conditions, lengths, prompts, seeds)
 
     composer = Composer(FailingSecondPass(tiny_model, GenerationSettings(window_s=1.0, overlap_s=0.25, batch_size=1)))
     for key, duration in enumerate((0.8, 1.5, 0.8)):

@@ -1,5 +1,7 @@
 """The three stages a catalog run overlaps: prepare, compose (several videos in one batch), finish."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,7 @@ def test_a_video_too_short_to_score_is_refused_before_generation(tiny_model, tmp
         prepare(tiny_model, one_frame, ScoreSettings())
 
 
-def test_frames_extracted_without_the_model_encode_to_what_prepare_streams(tiny_model, fixtures):
+def test_frames_extracted_without_the_model_encode_to_what_prepare_streams(tiny_model, fixtures, tmp_path):
     """The split a Dask run makes: media workers send frames, the model's worker encodes them."""
     settings = ScoreSettings(generation=GenerationSettings(seed=0))
     video = fixtures / "video" / "testvideo.mp4"
@@ -47,3 +49,9 @@ def test_frames_extracted_without_the_model_encode_to_what_prepare_streams(tiny_
     torch.testing.assert_close(apart.tokens.tokens, streamed.tokens.tokens, atol=1e-5, rtol=1e-5)
     assert torch.equal(apart.tokens.times, streamed.tokens.times)
     assert apart.tokens.cuts == streamed.tokens.cuts and apart.windows == streamed.windows
+    # the seeds of its music: the same picture either way (a copy too), another video's another
+    assert apart.tokens.identity == streamed.tokens.identity != ""
+    copy = tmp_path / "copy.mp4"
+    shutil.copyfile(video, copy)
+    assert prepare(tiny_model, copy, settings).tokens.identity == streamed.tokens.identity
+    assert prepare(tiny_model, fixtures / "video" / "counter.mp4", settings).tokens.identity != streamed.tokens.identity

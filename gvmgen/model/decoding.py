@@ -77,18 +77,41 @@ class Sampling:
         return self.guidance != 1.0
 
 
-def sample_top_k(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """(..., V) logits -> (...) token ids; temperature 0 takes the argmax.
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (Wellons' lowbias32 family), on int64 tensors holding
+    values below 2**32: both multipliers are below 2**31, so no product overflows."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & 0xFFFFFFFF
+    return x ^ (x >> 15)
 
-    Draws exactly what `torch.multinomial(probs, 1, generator=generator)` draws (the same exponential
-    noise over the same elements, then the argmax of probs / noise), without the host-side check that
-    `multinomial` makes first, so that the step can be captured as a CUDA graph.
+
+def window_noise(seeds: torch.Tensor, position: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Exponential noise (W, *shape) for W windows at one decoding position: a pure function of each
+    window's seed (W,) and of the position (1,), computed on the device with integer ops. So a window's
+    draws do not depend on which windows share its batch, nor on its row, its bucket or the device's
+    RNG state, and a step that makes them can be captured as a CUDA graph."""
+    count = shape[0] * shape[1]
+    counter = position * count + torch.arange(count, device=seeds.device).view(shape)      # shape
+    bits = _mix32(_mix32(counter)[None] ^ (seeds.view(-1, 1, 1) & 0xFFFFFFFF))              # (W, *shape)
+    uniform = ((bits >> 8).float() + 0.5) * 2.0 ** -24                                      # in (0, 1)
+    return -torch.log(uniform)
+
+
+def sample_top_k(logits: torch.Tensor, top_k: int, temperature: float, seeds: torch.Tensor,
+                 position: torch.Tensor) -> torch.Tensor:
+    """(W, K, V) logits -> (W, K) token ids, each window drawing with its own seed at `position`;
+    temperature 0 takes the argmax.
+
+    The draw is the exponential race (argmax of probs / Exp(1) noise, which picks i with probability
+    probs[i], as `torch.multinomial` does), without the host-side check that `multinomial` makes first.
     """
     if temperature == 0:
         return logits.argmax(-1)
-    values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)      # (..., k)
+    values, indices = logits.float().topk(min(top_k, logits.shape[-1]), dim=-1)      # (W, K, k)
     probs = torch.softmax(values / temperature, dim=-1)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
+    noise = window_noise(seeds, position, probs.shape[1:])
     return indices.gather(-1, (probs / noise).argmax(-1, keepdim=True))[..., 0]
 
 
@@ -116,7 +139,6 @@ class StaticDecoder:
         # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
         # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
         self.qkv_weight = torch.empty(self.num_layers, 3 * width, width, dtype=self.dtype, device=self.device)
-        self.generator = torch.Generator(self.device)  # the graphs' RNG; callers lend it their state
         self.capacity = (0, 0, 0)                     # (rows, cache positions, condition slots)
         self.rows = 0                                 # rows of the batch in flight
         self.host_position = 0                        # the host's copy of `position` (never read back)
@@ -153,6 +175,7 @@ class StaticDecoder:
                                  dtype=torch.long, device=self.device)              # (R, K, T + 1): [BOS, steps...]
         self.forced = torch.full((rows, self.num_codebooks, positions), self.pad_token,
                                  dtype=torch.long, device=self.device)              # (R, K, T); -1: sampled
+        self.seeds = torch.zeros(rows, dtype=torch.long, device=self.device)        # (R,) each window's draws
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.key_index = torch.arange(positions, device=self.device)                # (T,)
         table = self.decoder.embed_positions
@@ -267,7 +290,7 @@ class StaticDecoder:
         logits = self._forward(tokens.repeat(self.rows // windows, 1, 1), span)        # (R, K, V)
         if sampling.guided:  # conditional rows first, null rows after
             logits = logits[windows:] + sampling.guidance * (logits[:windows] - logits[windows:])
-        token = sample_top_k(logits, sampling.top_k, sampling.temperature, self.generator)  # (W, K)
+        token = sample_top_k(logits, sampling.top_k, sampling.temperature, self.seeds[:windows], here)  # (W, K)
         chosen = torch.where(forced >= 0, forced, token)
         self.inputs[:windows].index_copy_(2, here + 1, chosen[..., None])
 
@@ -325,12 +348,12 @@ class StaticDecoder:
 
     def _capture(self, windows: int, span: int, sampling: Sampling, steps: int) -> torch.cuda.CUDAGraph:
         """Capture `steps` consecutive steps as one graph. The warm-up (one step, twice) runs eagerly
-        on a side stream (cuBLAS and allocator set-up must not happen inside a capture); position and
-        RNG state are put back after it, so the replay that follows starts where the warm-up did. The
-        steps leave no tensor alive from the graphs' shared memory pool (everything they keep goes into
-        the buffers above), so the graphs of all spans can share one pool and replay in any order."""
+        on a side stream (cuBLAS and allocator set-up must not happen inside a capture); the position is
+        put back after it, so the replay that follows starts where the warm-up did. The steps leave no
+        tensor alive from the graphs' shared memory pool (everything they keep goes into the buffers
+        above), so the graphs of all spans can share one pool and replay in any order."""
         started = time.perf_counter()
-        position, rng = self.position.clone(), self.generator.get_state()
+        position = self.position.clone()
         self.capture_stream = side = self.capture_stream or torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -339,7 +362,6 @@ class StaticDecoder:
                 self.position.copy_(position)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(self.generator)
         # Not `torch.cuda.graph(...)`: it synchronises the device and empties the allocator's cache for
         # every graph, while other threads encode frames on this GPU. thread_local for the same reason.
         try:
@@ -351,17 +373,10 @@ class StaticDecoder:
                 finally:
                     graph.capture_end()
         except BaseException:
-            # A failed capture may leave the generator in capture mode: go on eagerly (see `_graph`)
-            # with a fresh one, where the steps were (a capture runs nothing).
-            self.generator = torch.Generator(self.device)
-            self.generator.set_state(rng)
-            self.position.copy_(position)
+            self.position.copy_(position)   # go on eagerly (see `_graph`) where the steps were
             raise
         self.graph_pool = self.graph_pool or graph.pool()
         self.position.copy_(position)
-        self.generator.set_state(rng)
-        # Needed: the capture filled the generator's seed and offset on the side stream, and the first
-        # replay fills them again on the current one.
         torch.cuda.synchronize(self.device)
         self.capture_seconds += time.perf_counter() - started
         return graph
@@ -369,14 +384,14 @@ class StaticDecoder:
     # ---- a batch of windows ----------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, condition: torch.Tensor, condition_mask: torch.Tensor, forced: torch.Tensor, known: int,
-               sampling: Sampling, generator: torch.Generator, room: int = 0, graphs: bool = True) -> torch.Tensor:
+               sampling: Sampling, seeds: torch.Tensor, room: int = 0, graphs: bool = True) -> torch.Tensor:
         """Sample a batch of W windows (padded to a bucket by the caller).
 
         condition (R, F, D) and condition_mask (R, F): R = W rows, or 2W with guidance (null rows after);
         forced (W, K, S) delayed steps fixed in advance (delay padding, prompts), -1 where sampled; the
         first `known` steps are known in every row and prefilled at once. `room`: cache positions to
         keep ready (a full window), so graphs captured for a short window serve the long ones too.
-        Draws from `generator` and leaves it advanced. Returns (W, K, S + 1): [BOS, steps...].
+        seeds (W,): each window's draws (see `window_noise`). Returns (W, K, S + 1): [BOS, steps...].
         """
         windows, k, steps = forced.shape
         if condition_mask.shape[0] != windows * (2 if sampling.guided else 1):
@@ -389,7 +404,6 @@ class StaticDecoder:
             repeat = self.rows // windows
             for start in range(0, known, PREFILL_CHUNK):
                 self.feed(self.inputs[:windows, :, start:min(known, start + PREFILL_CHUNK)].repeat(repeat, 1, 1))
-            self.generator.set_state(generator.get_state())
+            self.seeds[:windows] = seeds
             self.advance(windows, sampling, steps - known, graphs)
-            generator.set_state(self.generator.get_state())
             return self.inputs[:windows, :, :steps + 1].clone()

@@ -190,7 +190,8 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
 
 
 @pytest.mark.slow
-def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect_engine, fixtures, tmp_path, capfd):
+def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect_engine, fixtures, tmp_path, capfd,
+                                                                         caplog):
     """What stands at a video's key in the output is checked, not trusted: a source replaced by a copy
     of another scored file gets that file's scored copy (not the old picture); a duplicate's deleted
     track is copied again; someone else's file written over a scored video fails that video, named,
@@ -243,12 +244,14 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
     # the recorded scored video replaced and its copy gone: nothing to copy from, so scored again
     assert counts(score_catalog(str(library), str(out), model="tiny", overwrite=True)) == (1, 2, 0)
     assert (out / "a.mp4").read_bytes() == (out / "copies" / "a.mp4").read_bytes()
+    assert (out / "a.flac").read_bytes() == (out / "b.flac").read_bytes()     # scored again alone: the same music
 
     recorded_report = out / Path(scored.rsplit("/scored/", 1)[1]).with_suffix(".report.png")
     recorded_report.unlink()                                      # nowhere to copy it from
     capfd.readouterr()
+    caplog.clear()
     assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)
-    assert f"to have the video scored again" in capfd.readouterr().err
+    assert "to have the video scored again" in capfd.readouterr().err + caplog.text   # the run log, however shown
 
 
 def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path, monkeypatch):
