@@ -371,7 +371,10 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
     if job.status == "done" or job.owner == owner:
         return result_row(video.key, "skipped")
     if job.status == "failed":
-        return failed_earlier(video, repo.latest_errors(session, [video.id]).get(video.id))
+        error = repo.content_error(session, video.content_hash)
+        if error is not None and error.run_id == ctx.run_id:  # its content failed in this run, under another key
+            return result_row(video.key, "failed", cause=error.cause)
+        return failed_earlier(video, error)
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
 
 
@@ -420,30 +423,43 @@ def whole_here(session, out: Store, listing: dict[str, ObjectInfo], delivered: d
     """Whether `out` holds the video's scored copy whole: the scored video gvmgen wrote at its key, still
     as written and of this very output's job (not of content the source held before), with its track and
     report beside it."""
-    here = delivered.get(out.uri(key))
-    return repo.still_delivered(session, here, listing.get(key)) and repo.of_job(here, output) \
-        and all(name in listing for _, name in scored_files(key, output))
+    uri = out.uri(key)
+    here = repo.holding(session, delivered.get(uri), uri, listing.get(key), lambda: out.content_hash(key))
+    return here is not None and repo.of_job(here, output) and all(name in listing for _, name in scored_files(key, output))
 
 
-def recorded_copy_kept(session, uri: str, video: Video) -> bool:
-    """Whether a recorded scored copy is still in its store as gvmgen wrote it. A store that cannot tell
+def recorded_copy_kept(session, output: Output, video: Video) -> bool:
+    """Whether a recorded scored video is still in its store as gvmgen wrote it, and of its job (a later
+    job may have written over it: the same key, another content or settings). A store that cannot tell
     keeps the video done: a fault there must neither redo the work nor stop the run at a done video."""
     try:
-        store, file = locate(uri)
-        return repo.still_delivered(session, repo.delivery(session, uri), store.info(file))
+        store, file = locate(output.video_uri)
+        here = repo.holding(session, repo.delivery(session, output.video_uri), output.video_uri, store.info(file),
+                            lambda: store.content_hash(file))
+        return here is not None and repo.of_job(here, output)
     except ObjectError as e:
-        get_run_logger().warning(f"{video.key}: whether its scored copy {uri} is still there is unknown ({e}); "
-                                 "it stays done")
+        get_run_logger().warning(f"{video.key}: whether its scored copy {output.video_uri} is still there is "
+                                 f"unknown ({e}); it stays done")
         return True
 
 
-def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
-    """The output's URI when a file is already there that gvmgen did not write (and --overwrite is off)."""
-    out = open_store(ctx.output)
-    found = None if ctx.overwrite else out.info(video.key)
-    if found is None or repo.written_by_us(session, out.uri(video.key), found):
+def foreign_file(session, out: Store, key: str, beside: list[str]) -> str | None:
+    """The URI of a file at `key`, or `beside` it (its track and report), that gvmgen did not write, if
+    any: it is kept, and the video fails with it named, unless --overwrite."""
+    uri, found = out.uri(key), out.info(key)
+    if found is not None:
+        return None if repo.written_by_us(session, uri, found, lambda: out.content_hash(key)) else uri
+    if repo.delivered_before(session, uri):  # the scored video deleted: what is beside it is ours
         return None
-    return out.uri(video.key)
+    return next((out.uri(name) for name in beside if out.exists(name)), None)
+
+
+def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
+    """The URI of a file already at the video's output key or beside it that gvmgen did not write (and
+    --overwrite is off)."""
+    target = PurePosixPath(video.key)
+    beside = [str(target.with_suffix(f".{ctx.score_settings.delivery.track_format}")), str(target.with_suffix(".report.png"))]
+    return None if ctx.overwrite else foreign_file(session, open_store(ctx.output), video.key, beside)
 
 
 def deliverable(video: Video, codec: str) -> None:
@@ -470,7 +486,7 @@ def prepare_video(video_id: int, ctx: RunContext):
         if job is None:
             # Done before, or a duplicate of a video this run scores. Scored again if its recorded scored
             # video was deleted or replaced since (its job is reopened).
-            if repo.reopen_lost(session, video, model_row, key, lambda uri: recorded_copy_kept(session, uri, video)):
+            if repo.reopen_lost(session, video, model_row, key, lambda output: recorded_copy_kept(session, output, video)):
                 job = claim()
         if job is None:  # the flow puts the scored copy here, where this output lacks it
             return as_state(not_claimed(session, ctx, owner, video, model_row))
@@ -602,12 +618,12 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             track_uri = out.upload(done.track, str(out_key.with_suffix(done.track.suffix)))
             report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
             video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"
-            delivered = out.info(str(out_key))
+            delivered, digest = out.info(str(out_key)), out.content_hash(str(out_key))
         except Exception as e:
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
                                  session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, delivered=delivered,
-                                 track_uri=track_uri,
+                                 digest=digest,                                 track_uri=track_uri,
                                  report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
                                  true_peak_dbtp=done.loudness.true_peak_dbtp, seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
@@ -619,17 +635,32 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
 
 
 @task(**RETRY)
-def done_meanwhile(ctx: RunContext, keys: list[str]) -> list[str]:
-    """Of the videos found leased by another worker, those done by now. That worker may be another Dask
-    worker of this very run, scoring the same content under another key: the video is then not pending
-    but a duplicate, and gets its copy."""
-    if not keys:
-        return []
+def duplicates_settled(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
+    """Where the videos that were not this run's to score stand once composing is over, when that differs
+    from their rows: one leased by another worker and done by now (another Dask worker of this very run,
+    say, scoring the same content under another key) gets its copy; a duplicate of a video this run took
+    (skipped, to get its copy) whose content failed is failed with its cause, and one whose content was
+    left unscored (its key's file was not gvmgen's) is pending. Their new rows, by key."""
+    waiting = [r["video"] for r in rows if r["status"] in ("elsewhere", "skipped")]
+    if not waiting:
+        return {}
+    settled = {}
     with sessions() as session:
         run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
         key = repo.settings_hash(ctx.settings)
-        jobs = {k: repo.job_of(session, repo.video_by_key(session, run.catalog_id, k), model_row, key) for k in keys}
-        return [k for k, job in jobs.items() if job is not None and job.status == "done"]
+        for row in (r for r in rows if r["video"] in waiting):
+            video = repo.video_by_key(session, run.catalog_id, row["video"])
+            job = repo.job_of(session, video, model_row, key)
+            status = job.status if job is not None else "pending"
+            if row["status"] == "elsewhere" and status == "done":
+                settled[row["video"]] = result_row(row["video"], "skipped")
+            elif row["status"] == "skipped" and status == "failed":
+                error = repo.content_error(session, video.content_hash)
+                settled[row["video"]] = result_row(row["video"], "failed", cause=error.cause if error else "failed")
+            elif row["status"] == "skipped" and status == "pending":
+                settled[row["video"]] = result_row(row["video"], "pending", cause=(
+                    "left for the next run: the same content under another key was not scored"))
+    return settled
 
 
 @task(**RETRY)
@@ -650,14 +681,15 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[s
             output = repo.done(session, video, model_row, repo.settings_hash(ctx.settings))
             if output is None:
                 continue
-            uri, found = out.uri(key), out.info(key)
-            here = repo.delivery(session, uri)
-            if repo.still_delivered(session, here, found) and repo.of_job(here, output):  # its sidecars, if gone
-                wanted = [(source, name) for source, name in scored_files(key, output)[:-1] if not out.exists(name)]
-            elif found is None or ctx.overwrite or repo.written_by_us(session, uri, found):
-                wanted = scored_files(key, output)
+            uri, files = out.uri(key), scored_files(key, output)
+            here = repo.holding(session, repo.delivery(session, uri), uri, out.info(key), lambda: out.content_hash(key))
+            taken = None if ctx.overwrite or here else foreign_file(session, out, key, [name for _, name in files[:-1]])
+            if here is not None and repo.of_job(here, output):  # its track or report, if gone
+                wanted = [(source, name) for source, name in files[:-1] if not out.exists(name)]
+            elif taken is None:
+                wanted = files
             else:
-                refused[key] = f"{uri} exists and gvmgen did not write it (--overwrite replaces it)"
+                refused[key] = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
                 repo.record_error(session, video, run, "output", refused[key])
                 continue
             for source, name in wanted:
@@ -668,7 +700,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[s
                     continue
                 out.upload(fetch_copy(store, file, Path(work) / local_name(source)), name)
                 if name == key:
-                    repo.record_delivery(session, uri, output, out.info(key))
+                    repo.record_delivery(session, uri, output, out.info(key), out.content_hash(key))
                 if key not in copied:
                     copied.append(key)
             if key in copied:
@@ -862,10 +894,9 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
             for f in as_completed(finishing):
                 handled(_outcome(f, video_of[f]))
         if not stopped_by:
-            meanwhile = set(done_meanwhile(ctx, [r["video"] for r in rows if r["status"] == "elsewhere"]))
+            settled_now = duplicates_settled(ctx, [r for r in rows if r["video"] not in in_output])
             for row in rows:
-                if row["video"] in meanwhile:  # scored by its lease holder since: it gets its copy
-                    row.update(status="skipped", cause=None)
+                row.update(settled_now.get(row["video"], {}))
             copied, refused = copy_duplicates(ctx, [r["video"] for r in rows
                                                     if r["status"] == "skipped" and r["video"] not in in_output])
     except BaseException as e:  # SIGTERM (Prefect's TerminationSignal), Ctrl-C, a crash: hand everything back

@@ -134,8 +134,10 @@ class Output(Base):
 class Delivery(Base):
     """A scored video gvmgen put at `uri` (a recorded output, or a copy of one under a duplicate's key),
     with what the file was when written: a file found there since with another size, ETag (S3) or
-    modification time (local) is not gvmgen's any more, and a delivery of other content is stale."""
+    modification time (local) and another digest is not gvmgen's any more, and a delivery of other
+    content is stale."""
     __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_size", "size"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     uri: Mapped[str] = mapped_column(Text, unique=True)
     content_hash: Mapped[str] = mapped_column(String(160))       # the job whose scored video it is
@@ -144,6 +146,8 @@ class Delivery(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)         # None: carried over from before deliveries were
     etag: Mapped[str | None] = mapped_column(String(160))        # recorded, taken as it is when next seen
     modified_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # the store's content hash of the file (SHA-256 local, ETag S3): the same file copied, moved or touched
+    digest: Mapped[str | None] = mapped_column(String(160))
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

@@ -256,13 +256,13 @@ def done(session: Session, video: Video, model: ModelVersion, key: str) -> Outpu
         Job.status == "done"))
 
 
-def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, exists: Callable[[str], bool]) -> bool:
-    """A done job whose recorded video is gone (`exists(uri)` asks its store) turns pending, to be scored
-    again; its output row stays until `complete` replaces it, so nothing is lost if the rescore fails.
-    Returns whether it reopened the job: of two workers finding it gone, one does, and none does once
-    another has scored it anew meanwhile."""
+def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, kept: Callable[[Output], bool]) -> bool:
+    """A done job whose recorded scored video is gone or replaced (`kept(output)` asks its store) turns
+    pending, to be scored again; its output row stays until `complete` replaces it, so nothing is lost
+    if the rescore fails. Returns whether it reopened the job: of two workers finding it gone, one does,
+    and none does once another has scored it anew meanwhile."""
     output = done(session, video, model, key)
-    if output is None or exists(output.video_uri):
+    if output is None or kept(output):
         return False
     job = _job(session, video, model.id, key)
     # that very output still recorded (SQLite may give a replacing row the same id, not the same time)
@@ -274,10 +274,11 @@ def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, e
 
 
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
-             settings: dict, *, video_uri: str, delivered: ObjectInfo, track_uri: str, report_uri: str | None = None,
+             settings: dict, *, video_uri: str, delivered: ObjectInfo, digest: str, track_uri: str,
+             report_uri: str | None = None,
              loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None,
              windows: list | None = None) -> Output | None:
-    """Record the output (`delivered`: its scored video as written) and end the job as done in one
+    """Record the output (`delivered`, `digest`: its scored video as written) and end the job as done in one
     transaction: a worker killed in between leaves neither, and the video is simply scored again. None,
     and nothing recorded, when `owner` no longer holds the lease (it ran out, or the run was interrupted
     meanwhile)."""
@@ -289,7 +290,7 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
                     true_peak_dbtp=true_peak_dbtp, windows=windows, worker=owner, created_at=utcnow())
     session.add(output)
-    _add_delivery(session, video_uri, job, delivered)
+    _put_delivery(session, video_uri, job, delivered, digest)
     held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)  # the delivery stands for it now
                            .values(owner=None, lease_expires_at=None, status="done", destination=None)).rowcount
     if not held:
@@ -309,16 +310,28 @@ def delivery(session: Session, uri: str) -> Delivery | None:
     return session.scalar(select(Delivery).where(Delivery.uri == uri))
 
 
-def still_delivered(session: Session, delivery: Delivery | None, found: ObjectInfo | None) -> bool:
-    """Whether `found` (the object at a delivery's URI now, None if none) is the file gvmgen wrote there.
-    A delivery carried over from before they were recorded is taken as it is found, and recorded so."""
-    if delivery is None or found is None:
-        return False
-    if delivery.size is None:
-        delivery.size, delivery.etag, delivery.modified_at = found.size, found.etag, _naive_utc(found.modified)
-        session.commit()
-        return True
-    return _same_object(delivery.size, delivery.etag, delivery.modified_at, found)
+def holding(session: Session, here: Delivery | None, uri: str, found: ObjectInfo | None,
+            digest_of: Callable[[], str]) -> Delivery | None:
+    """What the file `found` at `uri` (None: nothing there) is: the delivery recorded there (`here`) while
+    the file is as written, or None when gvmgen did not write it. `digest_of()` reads the file's digest
+    (its store's `content_hash`), asked only when the cheap checks cannot tell:
+    - a delivery carried over from before they were recorded (no size) is taken as found;
+    - a file gvmgen wrote that was copied, moved or touched since has the digest of a delivery of its
+      size: it is that delivery's scored video, recorded here now.
+    """
+    if found is None:
+        return None
+    if here is not None and here.size is not None and _same_object(here.size, here.etag, here.modified_at, found):
+        return here
+    if here is not None and here.size is None:
+        return record_delivery(session, uri, here, found, digest_of())
+    alike = session.scalars(select(Delivery).where(Delivery.size == found.size, Delivery.digest.is_not(None))
+                            .order_by(Delivery.id.desc())).all()
+    if not alike:
+        return None
+    digest = digest_of()
+    match = next((d for d in sorted(alike, key=lambda d: d is not here) if d.digest == digest), None)
+    return record_delivery(session, uri, match, found, digest) if match else None
 
 
 def of_job(delivery: Delivery, job: Job | Output) -> bool:
@@ -327,24 +340,43 @@ def of_job(delivery: Delivery, job: Job | Output) -> bool:
         (job.content_hash, job.model_version_id, job.settings_hash)
 
 
-def record_delivery(session: Session, uri: str, job: Job | Output, found: ObjectInfo) -> None:
-    """The scored video of `job` written at `uri` (a copy of its output), as `found` just after."""
-    _add_delivery(session, uri, job, found)
+def record_delivery(session: Session, uri: str, job: Job | Output | Delivery, found: ObjectInfo,
+                    digest: str) -> Delivery:
+    """The scored video of `job` at `uri` (written there, or found there), as `found` says it is now."""
+    _put_delivery(session, uri, job, found, digest)
     session.commit()
+    return delivery(session, uri)
 
 
-def _add_delivery(session: Session, uri: str, job: Job | Output, found: ObjectInfo) -> None:
-    session.execute(delete(Delivery).where(Delivery.uri == uri))
-    session.add(Delivery(uri=uri, content_hash=job.content_hash, model_version_id=job.model_version_id,
-                         settings_hash=job.settings_hash, size=found.size, etag=found.etag,
-                         modified_at=_naive_utc(found.modified), created_at=utcnow()))
+def _put_delivery(session: Session, uri: str, job: Job | Output | Delivery, found: ObjectInfo, digest: str) -> None:
+    """Insert or replace the delivery at `uri`, in the session's transaction. Two workers may record one
+    URI at once (two runs copying one duplicate): the later one's record stands, never an error."""
+    values = dict(content_hash=job.content_hash, model_version_id=job.model_version_id,
+                  settings_hash=job.settings_hash, size=found.size, etag=found.etag,
+                  modified_at=_naive_utc(found.modified), digest=digest)
+    if session.execute(update(Delivery).where(Delivery.uri == uri).values(**values)).rowcount:
+        return
+    try:
+        with session.begin_nested():
+            session.add(Delivery(uri=uri, created_at=utcnow(), **values))
+    except IntegrityError:  # recorded meanwhile by another worker
+        session.execute(update(Delivery).where(Delivery.uri == uri).values(**values))
 
 
-def written_by_us(session: Session, video_uri: str, found: ObjectInfo) -> bool:
-    """Whether the file `found` at `video_uri` is gvmgen's: a delivery still as written, or an upload a
-    crash cut off before its record."""
-    return still_delivered(session, delivery(session, video_uri), found) or \
-        session.scalar(select(Job.id).where(Job.destination == video_uri).limit(1)) is not None
+def written_by_us(session: Session, uri: str, found: ObjectInfo | None, digest_of: Callable[[], str]) -> bool:
+    """Whether the file `found` at `uri` (None: nothing there) is gvmgen's: a scored video as delivered
+    (see `holding`), or an upload a crash cut off before its record."""
+    return holding(session, delivery(session, uri), uri, found, digest_of) is not None or destined(session, uri)
+
+
+def delivered_before(session: Session, uri: str) -> bool:
+    """Whether gvmgen ever put a scored video at `uri` (or began to): the track and report beside it
+    are gvmgen's too."""
+    return delivery(session, uri) is not None or destined(session, uri)
+
+
+def destined(session: Session, uri: str) -> bool:
+    return session.scalar(select(Job.id).where(Job.destination == uri).limit(1)) is not None
 
 
 def set_destination(session: Session, job: Job, video_uri: str) -> None:
@@ -397,6 +429,12 @@ def videos(session: Session, status: str | None = None) -> list[tuple[Video, str
     errors = {video.content_hash: error for error, video in
               session.execute(select(VideoError, Video).join(Video).where(VideoError.id.in_(newest))).tuples()}
     return [(v, s, errors.get(v.content_hash) if s == "failed" else None) for v, s in found]
+
+
+def content_error(session: Session, content_hash: str) -> VideoError | None:
+    """The latest error recorded against any video of this content."""
+    return session.scalar(select(VideoError).join(Video).where(Video.content_hash == content_hash)
+                          .order_by(VideoError.id.desc()).limit(1))
 
 
 def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoError]:

@@ -38,8 +38,10 @@ def upgrade() -> None:
         sa.Column('size', sa.BigInteger(), nullable=True),
         sa.Column('etag', sa.String(length=160), nullable=True),
         sa.Column('modified_at', sa.DateTime(), nullable=True),
+        sa.Column('digest', sa.String(length=160), nullable=True),
         sa.Column('created_at', sa.DateTime(), nullable=False),
     )
+    op.create_index('ix_deliveries_size', 'deliveries', ['size'])
     op.bulk_insert(deliveries, [{'uri': uri, **dict(zip(JOB, job)), 'created_at': _now()}
                                 for uri, job in _delivered(op.get_bind()).items()])
     # A done job's destination said its upload was gvmgen's; its delivery says so now, and no longer
@@ -58,27 +60,31 @@ def _delivered(connection) -> dict[str, tuple]:
     delivered = {uri: tuple(job) for uri, *job in connection.execute(sa.select(outputs.c.video_uri, *outputs.c[JOB]))}
     done = {tuple(job) for job in connection.execute(sa.select(*jobs.c[JOB]).where(jobs.c.status == 'done'))}
     recorded = set(delivered.values()) & done
-    for catalog, model, settings, parameters in connection.execute(sa.select(runs)):
-        output = (parameters or {}).get('output')
-        if not output:
+    places = {(catalog, (parameters or {}).get('output'), model, settings)   # a year of nightly runs: one each
+              for catalog, model, settings, parameters in connection.execute(sa.select(runs))}
+    for catalog, output, model, settings in places:
+        root = _root(output)
+        if root is None:
             continue
         for key, content in connection.execute(
                 sa.select(videos.c.key, videos.c.content_hash).where(videos.c.catalog_id == catalog)):
-            job = (content, model, settings)
-            uri = _uri(output, key)
-            if uri and job in recorded and uri not in delivered:
+            job, uri = (content, model, settings), root(key)
+            if job in recorded and uri not in delivered:
                 delivered[uri] = job
     return delivered
 
 
-def _uri(output: str, key: str) -> str | None:
-    """What storage.objects' stores name the object `key` of `output` (as runs record it); None for an
-    output recorded relative, before runs made them absolute."""
+def _root(output: str | None):
+    """How storage.objects' stores name an object of a run's output (key -> URI); None for a run without
+    one, or with an output recorded relative, before runs made them absolute."""
+    if not output:
+        return None
     if output.startswith('s3://'):
-        return f"{output.rstrip('/')}/{key}"
+        return lambda key: f"{output.rstrip('/')}/{key}"
     if not Path(output).is_absolute():
         return None
-    return (Path(output).resolve() / key).as_uri()
+    folder = Path(output).resolve()
+    return lambda key: (folder / key).as_uri()
 
 
 def _now() -> datetime:
@@ -86,6 +92,7 @@ def _now() -> datetime:
 
 
 def downgrade() -> None:
+    op.drop_index('ix_deliveries_size', 'deliveries')
     op.drop_table('deliveries')
     with op.batch_alter_table('videos') as batch:
         batch.alter_column('size', type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)

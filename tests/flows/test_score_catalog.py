@@ -246,12 +246,53 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
     assert (out / "a.mp4").read_bytes() == (out / "copies" / "a.mp4").read_bytes()
     assert (out / "a.flac").read_bytes() == (out / "b.flac").read_bytes()     # scored again alone: the same music
 
+    moved = tmp_path / "moved"                                   # the output copied elsewhere (new times):
+    shutil.copytree(out, moved, copy_function=shutil.copyfile)    # recognised by content, nothing redone
+    assert counts(score_catalog(str(library), str(moved), model="tiny")) == (0, 3, 0)
+    assert set(statuses().values()) == {"skipped"}
+
     recorded_report = out / Path(scored.rsplit("/scored/", 1)[1]).with_suffix(".report.png")
     recorded_report.unlink()                                      # nowhere to copy it from
     capfd.readouterr()
     caplog.clear()
     assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)
     assert "to have the video scored again" in capfd.readouterr().err + caplog.text   # the run log, however shown
+
+    with connect()() as session:   # a's content was scored last into one of its two keys
+        recorded = session.scalar(select(Output.video_uri).where(Output.video_uri.like("%/a.mp4"))).rsplit("/scored/")[1]
+    other = "copies/a.mp4" if recorded == "a.mp4" else "a.mp4"
+    (library / recorded).write_bytes((fixtures / "video" / "fades.mp4").read_bytes())   # that key's source edited:
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (1, 2, 0)    # scored over its old copy
+    (out / "b.mp4").unlink()          # b's content (a's old one) was recorded there: b is scored again, not
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (1, 2, 0)    # given the edited video's
+    assert (out / "b.flac").read_bytes() == (out / other).with_suffix(".flac").read_bytes() != \
+        (out / recorded).with_suffix(".flac").read_bytes()
+
+    (library / "c.mp4").write_bytes((fixtures / "video" / "testvideo.mp4").read_bytes())   # new, and an editor's
+    (out / "c.report.png").write_bytes(b"an editor's picture")                             # file beside its key
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(str(library), str(out), model="tiny")
+    assert failed.value.summary["failures"][0]["cause"] == (
+        f"{(out / 'c.report.png').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)")
+    assert (out / "c.report.png").read_bytes() == b"an editor's picture" and not (out / "c.mp4").exists()
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_file_that_fails_fails_with_it(prefect_engine, tmp_path):
+    """Two keys of one bad file: its content is tried once, and both videos are failed with the cause in
+    this run (not the second skipped, as a duplicate waiting for a copy, nor failed earlier)."""
+    from flows.score_catalog import VideosFailed, score_catalog
+
+    library = tmp_path / "library"
+    (library / "copies").mkdir(parents=True)
+    for key in ("notes.mp4", "copies/notes.mp4"):
+        (library / key).write_bytes(b"this is not a video")
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(str(library), str(tmp_path / "out"), model="tiny")
+    summary = failed.value.summary
+    assert (summary["failed"], summary["failed_earlier"], summary["skipped"], summary["pending"]) == (2, 0, 0, 0)
+    assert [f["video"] for f in summary["failures"]] == ["copies/notes.mp4", "notes.mp4"]
+    assert len({f["cause"] for f in summary["failures"]}) == 1 and "not a readable media file" in summary["failures"][0]["cause"]
 
 
 def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def test_done_work_is_not_done_again(database_url):
     settings = {"stitch": "continue", "seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                   track_uri="file:///o/v0.wav")
     assert repo.done(session, video, model, key) is not None
     assert repo.claim(session, video, model, key, owner="w2") is None
@@ -85,17 +85,17 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
+    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                            track_uri="file:///o/v0.flac")
     repo.record_evaluation(session, "tempo", 0.5, output=output)
     evaluations = lambda: session.scalar(select(func.count()).select_from(Evaluation))
-    assert not repo.reopen_lost(session, video, model, key, exists={"file:///o/v0.mp4"}.__contains__)
+    assert not repo.reopen_lost(session, video, model, key, kept=lambda output: output.video_uri == "file:///o/v0.mp4")
     assert repo.claim(session, video, model, key, owner="w2") is None
-    assert repo.reopen_lost(session, video, model, key, exists=lambda uri: False)
-    assert not repo.reopen_lost(session, video, model, key, exists=lambda uri: False)   # once
+    assert repo.reopen_lost(session, video, model, key, kept=lambda output: False)
+    assert not repo.reopen_lost(session, video, model, key, kept=lambda output: False)   # once
     assert repo.done(session, video, model, key) is None and evaluations() == 1        # kept until replaced
     job = repo.claim(session, video, model, key, owner="w2")
-    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN,
+    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                   track_uri="file:///p/v0.flac")
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4" and evaluations() == 0
 
@@ -109,17 +109,17 @@ def test_a_deleted_copy_found_twice_is_scored_again_once(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                   track_uri="file:///o/v0.flac")
 
-    def gone_and_meanwhile_rescored_by_a(uri):
-        assert repo.reopen_lost(other, video, model, key, exists=lambda uri: False)
+    def gone_and_meanwhile_rescored_by_a(output):
+        assert repo.reopen_lost(other, video, model, key, kept=lambda output: False)
         job = repo.claim(other, video, model, key, owner="a")
-        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN,
+        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                       track_uri="file:///p/v0.flac")
         return False
 
-    assert not repo.reopen_lost(session, video, model, key, exists=gone_and_meanwhile_rescored_by_a)
+    assert not repo.reopen_lost(session, video, model, key, kept=gone_and_meanwhile_rescored_by_a)
     assert repo.claim(session, video, model, key, owner="b") is None
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4"
 
@@ -135,7 +135,7 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
                          for key, content in (("a.mp4", 1), ("copies/a.mp4", 1), ("b.mp4", 2), ("copies/b.mp4", 2)))
     model = repo.model_version(session, "tiny", "preset:tiny")
     job = repo.claim(session, scored, model, "k", owner="w1")
-    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4", delivered=WRITTEN,
+    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4", delivered=WRITTEN, digest="sha256:w",
                   track_uri="file:///o/a.flac")
     job = repo.claim(session, bad, model, "k", owner="w1")
     repo.record_error(session, bad, None, "probe", "not a video")
@@ -148,36 +148,48 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
 
 def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
     """A file at a delivered URI is gvmgen's while its size and modification time (local) or ETag (S3)
-    are those recorded: rewritten, touched or replaced, it is not; a delivery carried over without them is
+    are those recorded; changed, only if it has the digest of a scored video of that size (touched,
+    copied, moved), which is then recorded where it was found. A delivery carried over without them is
     taken as first found. A scored video's delivery is of its job: another content's is stale there."""
     session = _session(database_url)
     video, other = _videos(session, 2)
     model = repo.model_version(session, "tiny", "preset:tiny")
     job = repo.claim(session, video, model, "k", owner="w1")
     repo.complete(session, job, "w1", video, model, None, {}, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
-                  track_uri="file:///o/v0.flac")
-    here = repo.delivery(session, "file:///o/v0.mp4")
+                  digest="sha256:w", track_uri="file:///o/v0.flac")
+    asked = []
+
+    def holding(uri, found, digest="sha256:w"):
+        return repo.holding(session, repo.delivery(session, uri), uri, found, lambda: asked.append(uri) or digest)
+
     later = WRITTEN.modified + timedelta(seconds=1)
-    assert repo.still_delivered(session, here, WRITTEN)
-    assert not repo.still_delivered(session, here, ObjectInfo("v0.mp4", 101, None, WRITTEN.modified))
-    assert not repo.still_delivered(session, here, ObjectInfo("v0.mp4", 100, None, later))
-    assert not repo.still_delivered(session, here, None) and not repo.still_delivered(session, None, WRITTEN)
-    assert repo.of_job(here, job) and not repo.of_job(here, repo.claim(session, other, model, "k", owner="w1"))
-    assert repo.written_by_us(session, "file:///o/v0.mp4", WRITTEN)
-    assert not repo.written_by_us(session, "file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later))
+    assert holding("file:///o/v0.mp4", WRITTEN).uri == "file:///o/v0.mp4" and asked == []     # no read
+    assert holding("file:///o/v0.mp4", ObjectInfo("v0.mp4", 100, None, later), digest="sha256:x") is None
+    assert holding("file:///o/v0.mp4", ObjectInfo("v0.mp4", 101, None, WRITTEN.modified)) is None
+    assert asked == ["file:///o/v0.mp4"]                           # another size: not even read
+    assert holding("file:///o/v0.mp4", None) is None
+    touched = ObjectInfo("v0.mp4", 100, None, later)
+    assert holding("file:///o/v0.mp4", touched).modified_at == later.replace(tzinfo=None)   # recorded anew
+    moved = holding("file:///p/v0.mp4", ObjectInfo("v0.mp4", 100, None, later))            # copied elsewhere
+    assert moved is not None and repo.of_job(moved, job) and moved.digest == "sha256:w"
+    assert holding("file:///q/v0.mp4", ObjectInfo("v0.mp4", 100, None, later), digest="sha256:x") is None
+    assert repo.of_job(moved, job) and not repo.of_job(moved, repo.claim(session, other, model, "k", owner="w1"))
+    assert repo.written_by_us(session, "file:///o/v0.mp4", touched, lambda: "sha256:w")
+    assert not repo.written_by_us(session, "file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later), lambda: "x")
+    assert repo.delivered_before(session, "file:///o/v0.mp4") and not repo.delivered_before(session, "file:///r/v0.mp4")
 
     s3 = ObjectInfo("v0.mp4", 100, "etag-1", later)
-    repo.record_delivery(session, "s3://b/o/v0.mp4", job, s3)
-    assert list(repo.deliveries(session, "s3://b/o")) == ["s3://b/o/v0.mp4"] and repo.deliveries(session, "s3://b/") != {}
-    assert repo.deliveries(session, "s3://b/o2") == {}
-    there = repo.delivery(session, "s3://b/o/v0.mp4")
-    assert repo.still_delivered(session, there, ObjectInfo("v0.mp4", 100, "etag-1", later + timedelta(days=1)))
-    assert not repo.still_delivered(session, there, ObjectInfo("v0.mp4", 100, "etag-2", later))
+    repo.record_delivery(session, "s3://b/o/v0.mp4", job, s3, "etag:etag-1")
+    repo.record_delivery(session, "s3://b/o/v0.mp4", job, s3, "etag:etag-1")                # again: replaced
+    assert list(repo.deliveries(session, "s3://b/o")) == ["s3://b/o/v0.mp4"] and repo.deliveries(session, "s3://b/o2") == {}
+    assert holding("s3://b/o/v0.mp4", ObjectInfo("v0.mp4", 100, "etag-1", later + timedelta(days=1))) is not None
+    assert holding("s3://b/o/v0.mp4", ObjectInfo("v0.mp4", 100, "etag-2", later), digest="etag:etag-2") is None
 
-    there.size = there.etag = None                                   # carried over from before deliveries
+    there = repo.delivery(session, "s3://b/o/v0.mp4")
+    there.size = there.etag = there.digest = None                   # carried over from before deliveries
     session.commit()
-    assert repo.still_delivered(session, there, ObjectInfo("v0.mp4", 55, "etag-3", later))
-    assert not repo.still_delivered(session, repo.delivery(session, "s3://b/o/v0.mp4"), s3)   # recorded as found
+    assert holding("s3://b/o/v0.mp4", ObjectInfo("v0.mp4", 55, "etag-3", later), digest="etag:etag-3") is not None
+    assert (there.size, there.etag, there.digest) == (55, "etag-3", "etag:etag-3")          # recorded as found
 
 
 def test_a_master_of_several_gigabytes_is_registered(database_url):

@@ -255,7 +255,7 @@ def test_completing_records_the_output_and_ends_that_job_as_done(session, model)
     run = repo.start_run(session, cat, model, settings, {})
     job = repo.claim(session, video, model, repo.settings_hash(settings), owner="w1")
     before = repo.utcnow()
-    output = repo.complete(session, job, "w1", video, model, run, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
+    output = repo.complete(session, job, "w1", video, model, run, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
                            track_uri="file:///o/v0.wav", report_uri="file:///o/v0.html", loudness_lufs=-14.0,
                            true_peak_dbtp=-1.5, seed=3, windows=[[0.0, 30.0], [18.0, 40.0]])
     after = repo.utcnow()
@@ -278,7 +278,7 @@ def test_completing_records_the_output_and_ends_that_job_as_done(session, model)
 def test_an_output_without_a_run_or_extras(session, model):
     (video,) = _videos(session, 1)
     job = repo.claim(session, video, model, repo.settings_hash({}), owner="w1")
-    repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, track_uri="t")
+    repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, digest="sha256:w", track_uri="t")
     session.expire_all()
     stored = session.scalars(select(Output)).one()
     assert (stored.run_id, stored.report_uri, stored.loudness_lufs, stored.true_peak_dbtp, stored.seed,
@@ -290,7 +290,7 @@ def test_a_worker_that_lost_its_lease_records_nothing(session, model):
     job = repo.claim(session, video, model, repo.settings_hash({}), owner="w1")
     _expire(session, job)
     repo.claim(session, video, model, repo.settings_hash({}), owner="w2")
-    assert repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, track_uri="t") is None
+    assert repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, digest="sha256:w", track_uri="t") is None
     session.expire_all()
     assert session.scalars(select(Output)).all() == []
     row = _fresh(session, job)
