@@ -623,9 +623,9 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
                                  session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, delivered=delivered,
-                                 digest=digest,                                 track_uri=track_uri,
-                                 report_uri=report_uri, loudness_lufs=done.loudness.output_lufs,
-                                 true_peak_dbtp=done.loudness.true_peak_dbtp, seed=settings.generation.seed,
+                                 digest=digest, track_uri=track_uri, report_uri=report_uri,
+                                 loudness_lufs=done.loudness.output_lufs, true_peak_dbtp=done.loudness.true_peak_dbtp,
+                                 seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
     shutil.rmtree(claimed.work, ignore_errors=True)
     if recorded is None:  # interrupted meanwhile: the lease went back, the next run records it
@@ -641,14 +641,12 @@ def duplicates_settled(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
     say, scoring the same content under another key) gets its copy; a duplicate of a video this run took
     (skipped, to get its copy) whose content failed is failed with its cause, and one whose content was
     left unscored (its key's file was not gvmgen's) is pending. Their new rows, by key."""
-    waiting = [r["video"] for r in rows if r["status"] in ("elsewhere", "skipped")]
-    if not waiting:
-        return {}
+    waiting = [r for r in rows if r["status"] in ("elsewhere", "skipped")]
     settled = {}
     with sessions() as session:
         run, model_row = session.get(Run, ctx.run_id), session.get(ModelVersion, ctx.model_version_id)
         key = repo.settings_hash(ctx.settings)
-        for row in (r for r in rows if r["video"] in waiting):
+        for row in waiting:
             video = repo.video_by_key(session, run.catalog_id, row["video"])
             job = repo.job_of(session, video, model_row, key)
             status = job.status if job is not None else "pending"
