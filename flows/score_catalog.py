@@ -392,22 +392,12 @@ def settled_videos(ctx: RunContext, video_ids: list[int]) -> dict[int, dict]:
         found = [(video, status, output) for video, status, output in repo.settled(
             session, session.get(Run, ctx.run_id).catalog_id, ctx.model_version_id, repo.settings_hash(ctx.settings),
             ("done",) if ctx.retry_failed else ("done", "failed")) if video.id in wanted]
-        out = open_store(ctx.output)
-        listing = output_listing(out) if found else {}
-        delivered = repo.deliveries(session, out.uri("")) if found else {}
+        out = Outputs.listed(session, open_store(ctx.output)) if found else None
         errors = repo.latest_errors(session, [video.id for video, status, _ in found if status == "failed"])
         rows = {video.id: failed_earlier(video, errors.get(video.id)) for video, status, _ in found if status == "failed"}
         rows.update((video.id, {**result_row(video.key, "skipped"), "in_output": True}) for video, status, output in found
-                    if status == "done" and output and whole_here(session, out, listing, delivered, video.key, output))
+                    if status == "done" and output and out.whole(video.key, output))
         return rows
-
-
-def output_listing(out: Store) -> dict[str, ObjectInfo]:
-    """The output's scored videos, tracks and reports by key, in one listing (pages of 1000 on S3)."""
-    try:
-        return {o.key: o for o in out.list(VIDEO_EXTENSIONS + tuple(f".{f}" for f in TRACK_FORMATS) + (".png",))}
-    except NotADirectoryError:  # no output folder yet
-        return {}
 
 
 def scored_files(key: str, output: Output) -> list[tuple[str, str]]:
@@ -419,47 +409,69 @@ def scored_files(key: str, output: Output) -> list[tuple[str, str]]:
     return [(uri, str(name)) for uri, name in files if uri]
 
 
-def whole_here(session, out: Store, listing: dict[str, ObjectInfo], delivered: dict, key: str, output: Output) -> bool:
-    """Whether `out` holds the video's scored copy whole: the scored video gvmgen wrote at its key, still
-    as written and of this very output's job (not of content the source held before), with its track and
-    report beside it."""
-    uri = out.uri(key)
-    here = repo.holding(session, delivered.get(uri), uri, listing.get(key), lambda: out.content_hash(key))
-    return here is not None and repo.of_job(here, output) and all(name in listing for _, name in scored_files(key, output))
+class Outputs:
+    """An output store as a run judges it: which of its files are gvmgen's deliveries (see
+    `repo.holding`), and of which job. `listed`: from one listing and one query for a whole catalog;
+    else the store and the database are asked file by file."""
+
+    def __init__(self, session, store: Store, listing: dict[str, ObjectInfo] | None = None,
+                 delivered: dict | None = None):
+        self.session, self.store, self.listing, self.delivered = session, store, listing, delivered
+
+    @classmethod
+    def listed(cls, session, store: Store) -> Outputs:
+        try:
+            listing = {o.key: o for o in store.list(VIDEO_EXTENSIONS + tuple(f".{f}" for f in TRACK_FORMATS) + (".png",))}
+        except NotADirectoryError:  # no output folder yet
+            listing = {}
+        return cls(session, store, listing, repo.deliveries(session, store.uri("")))
+
+    def found(self, name: str) -> ObjectInfo | None:
+        return self.listing.get(name) if self.listing is not None else self.store.info(name)
+
+    def held(self, name: str, output: Output | None = None):
+        """The delivery the file at `name` is (of `output`'s job, if given), or None."""
+        uri = self.store.uri(name)
+        here = self.delivered.get(uri) if self.delivered is not None else repo.delivery(self.session, uri)
+        held = repo.holding(self.session, here, uri, self.found(name), lambda: self.store.content_hash(name))
+        return held if held is not None and (output is None or repo.of_job(held, output)) else None
+
+    def whole(self, key: str, output: Output) -> bool:
+        """Whether the video's scored copy is here whole, as gvmgen wrote it and of this very output's job
+        (not of content the source held before): the scored video, its track and its report."""
+        return all(self.held(name, output) for _, name in scored_files(key, output))
+
+    def foreign(self, names: list[str], key: str) -> str | None:
+        """The URI of the first of these files (those of the video at `key`) that is there and that gvmgen
+        did not write, if any: it is kept, and the video fails with it named, unless --overwrite."""
+        if repo.destined(self.session, self.store.uri(key)):  # an upload a crash cut off: ours
+            return None
+        return next((self.store.uri(n) for n in names if self.found(n) is not None and self.held(n) is None), None)
 
 
 def recorded_copy_kept(session, output: Output, video: Video) -> bool:
-    """Whether a recorded scored video is still in its store as gvmgen wrote it, and of its job (a later
-    job may have written over it: the same key, another content or settings). A store that cannot tell
-    keeps the video done: a fault there must neither redo the work nor stop the run at a done video."""
+    """Whether a recorded output's files are all still in their store as gvmgen wrote them, and of its
+    job (a later job may have written over them: the same key, another content or settings). A store
+    that cannot tell keeps the video done: a fault there must neither redo the work nor stop the run."""
     try:
-        store, file = locate(output.video_uri)
-        here = repo.holding(session, repo.delivery(session, output.video_uri), output.video_uri, store.info(file),
-                            lambda: store.content_hash(file))
-        return here is not None and repo.of_job(here, output)
+        for uri, _ in scored_files(video.key, output):
+            store, file = locate(uri)
+            if not Outputs(session, store).held(file, output):
+                return False
+        return True
     except ObjectError as e:
         get_run_logger().warning(f"{video.key}: whether its scored copy {output.video_uri} is still there is "
                                  f"unknown ({e}); it stays done")
         return True
 
 
-def foreign_file(session, out: Store, key: str, beside: list[str]) -> str | None:
-    """The URI of a file at `key`, or `beside` it (its track and report), that gvmgen did not write, if
-    any: it is kept, and the video fails with it named, unless --overwrite."""
-    uri, found = out.uri(key), out.info(key)
-    if found is not None:
-        return None if repo.written_by_us(session, uri, found, lambda: out.content_hash(key)) else uri
-    if repo.delivered_before(session, uri):  # the scored video deleted: what is beside it is ours
-        return None
-    return next((out.uri(name) for name in beside if out.exists(name)), None)
-
-
 def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
     """The URI of a file already at the video's output key or beside it that gvmgen did not write (and
     --overwrite is off)."""
     target = PurePosixPath(video.key)
-    beside = [str(target.with_suffix(f".{ctx.score_settings.delivery.track_format}")), str(target.with_suffix(".report.png"))]
-    return None if ctx.overwrite else foreign_file(session, open_store(ctx.output), video.key, beside)
+    names = [str(target.with_suffix(f".{ctx.score_settings.delivery.track_format}")),
+             str(target.with_suffix(".report.png")), video.key]
+    return None if ctx.overwrite else Outputs(session, open_store(ctx.output)).foreign(names, video.key)
 
 
 def deliverable(video: Video, codec: str) -> None:
@@ -615,15 +627,16 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             stage = "upload"
             out = open_store(ctx.output)
             repo.set_destination(session, job, out.uri(str(out_key)))
-            track_uri = out.upload(done.track, str(out_key.with_suffix(done.track.suffix)))
-            report_uri = out.upload(done.report, str(out_key.with_suffix(".report.png")))
-            video_uri = out.upload(done.video, str(out_key))  # last: its presence means "scored"
-            delivered, digest = out.info(str(out_key)), out.content_hash(str(out_key))
+            # the video last: its presence means "scored"
+            names = [str(out_key.with_suffix(done.track.suffix)), str(out_key.with_suffix(".report.png")), str(out_key)]
+            track_uri, report_uri, video_uri = [out.upload(file, name) for file, name in
+                                                zip((done.track, done.report, done.video), names)]
+            delivered = [(out.uri(name), out.info(name), out.content_hash(name)) for name in names]
         except Exception as e:
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
-                                 session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, delivered=delivered,
-                                 digest=digest, track_uri=track_uri, report_uri=report_uri,
+                                 session.get(Run, ctx.run_id), ctx.settings, video_uri=video_uri, track_uri=track_uri,
+                                 report_uri=report_uri, delivered=delivered,
                                  loudness_lufs=done.loudness.output_lufs, true_peak_dbtp=done.loudness.true_peak_dbtp,
                                  seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
@@ -665,11 +678,9 @@ def duplicates_settled(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
 def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[str, str]]:
     """Skipped videos whose scored copy is not whole in this run's output (the same file twice in a
     library, a catalog scored before into another output, a source replaced by a copy of another scored
-    file, a track deleted) get the recorded output's files under their own key: every video has its
-    scored copy, and the work is done once. A file at the key that gvmgen did not write is left alone
-    unless --overwrite. A recorded track or report deleted since is left out (with a warning), not
-    rescored: the muxed video holds the music.
-    Returns the keys copied, and the keys refused with the cause."""
+    file, a track deleted) get the recorded output's missing files under their own key: every video has
+    its scored copy, and the work is done once. A file there that gvmgen did not write is left alone
+    unless --overwrite. Returns the keys copied, and the keys refused with the cause."""
     copied, refused = [], {}
     out = open_store(ctx.output)
     with sessions() as session, tempfile.TemporaryDirectory(dir=scratch()) as work:
@@ -679,26 +690,20 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[s
             output = repo.done(session, video, model_row, repo.settings_hash(ctx.settings))
             if output is None:
                 continue
-            uri, files = out.uri(key), scored_files(key, output)
-            here = repo.holding(session, repo.delivery(session, uri), uri, out.info(key), lambda: out.content_hash(key))
-            taken = None if ctx.overwrite or here else foreign_file(session, out, key, [name for _, name in files[:-1]])
-            if here is not None and repo.of_job(here, output):  # its track or report, if gone
-                wanted = [(source, name) for source, name in files[:-1] if not out.exists(name)]
-            elif taken is None:
-                wanted = files
-            else:
+            view, files = Outputs(session, out), scored_files(key, output)
+            missing = [(source, name) for source, name in files if not view.held(name, output)]
+            taken = None if ctx.overwrite or not missing else view.foreign([name for _, name in missing], key)
+            if taken:
                 refused[key] = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
                 repo.record_error(session, video, run, "output", refused[key])
                 continue
-            for source, name in wanted:
+            for source, name in missing:
                 store, file = locate(source)
-                if source == out.uri(name) or (name != key and not store.exists(file)):
-                    get_run_logger().warning(f"{key}: {source} is gone, so its copy goes without it "
-                                             f"(delete {output.video_uri} to have the video scored again)")
+                if source == out.uri(name) or not store.exists(file):  # lost since prepare_video looked
+                    get_run_logger().warning(f"{key}: {source} is gone; the next run scores the video again")
                     continue
                 out.upload(fetch_copy(store, file, Path(work) / local_name(source)), name)
-                if name == key:
-                    repo.record_delivery(session, uri, output, out.info(key), out.content_hash(key))
+                repo.record_delivery(session, out.uri(name), output, out.info(name), out.content_hash(name))
                 if key not in copied:
                     copied.append(key)
             if key in copied:

@@ -132,10 +132,10 @@ class Output(Base):
 
 
 class Delivery(Base):
-    """A scored video gvmgen put at `uri` (a recorded output, or a copy of one under a duplicate's key),
-    with what the file was when written: a file found there since with another size, ETag (S3) or
-    modification time (local) and another digest is not gvmgen's any more, and a delivery of other
-    content is stale."""
+    """A file of a scored video gvmgen put at `uri` (the video, its track or its report; a recorded
+    output, or a copy of one under a duplicate's key), with what it was when written: a file found there
+    since with another size, ETag (S3) or modification time (local) and another digest is not gvmgen's
+    any more, and a delivery of other content is stale."""
     __tablename__ = "deliveries"
     __table_args__ = (Index("ix_deliveries_size", "size"),)
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -274,11 +274,11 @@ def reopen_lost(session: Session, video: Video, model: ModelVersion, key: str, k
 
 
 def complete(session: Session, job: Job, owner: str, video: Video, model: ModelVersion, run: Run | None,
-             settings: dict, *, video_uri: str, delivered: ObjectInfo, digest: str, track_uri: str,
-             report_uri: str | None = None,
+             settings: dict, *, video_uri: str, track_uri: str, report_uri: str | None = None,
+             delivered: list[tuple[str, ObjectInfo, str]] = (),
              loudness_lufs: float | None = None, true_peak_dbtp: float | None = None, seed: int | None = None,
              windows: list | None = None) -> Output | None:
-    """Record the output (`delivered`, `digest`: its scored video as written) and end the job as done in one
+    """Record the output (`delivered`: (URI, as written, digest) of each of its files) and end the job as done in one
     transaction: a worker killed in between leaves neither, and the video is simply scored again. None,
     and nothing recorded, when `owner` no longer holds the lease (it ran out, or the run was interrupted
     meanwhile)."""
@@ -290,7 +290,8 @@ def complete(session: Session, job: Job, owner: str, video: Video, model: ModelV
                     video_uri=video_uri, track_uri=track_uri, report_uri=report_uri, loudness_lufs=loudness_lufs,
                     true_peak_dbtp=true_peak_dbtp, windows=windows, worker=owner, created_at=utcnow())
     session.add(output)
-    _put_delivery(session, video_uri, job, delivered, digest)
+    for uri, found, digest in delivered:
+        _put_delivery(session, uri, job, found, digest)
     held = session.execute(update(Job).where(Job.id == job.id, Job.owner == owner)  # the delivery stands for it now
                            .values(owner=None, lease_expires_at=None, status="done", destination=None)).rowcount
     if not held:
@@ -363,19 +364,9 @@ def _put_delivery(session: Session, uri: str, job: Job | Output | Delivery, foun
         session.execute(update(Delivery).where(Delivery.uri == uri).values(**values))
 
 
-def written_by_us(session: Session, uri: str, found: ObjectInfo | None, digest_of: Callable[[], str]) -> bool:
-    """Whether the file `found` at `uri` (None: nothing there) is gvmgen's: a scored video as delivered
-    (see `holding`), or an upload a crash cut off before its record."""
-    return holding(session, delivery(session, uri), uri, found, digest_of) is not None or destined(session, uri)
-
-
-def delivered_before(session: Session, uri: str) -> bool:
-    """Whether gvmgen ever put a scored video at `uri` (or began to): the track and report beside it
-    are gvmgen's too."""
-    return delivery(session, uri) is not None or destined(session, uri)
-
-
 def destined(session: Session, uri: str) -> bool:
+    """Whether a job is uploading its scored video to `uri`, or a crash cut that upload off before its
+    record: the files there and beside it are gvmgen's."""
     return session.scalar(select(Job.id).where(Job.destination == uri).limit(1)) is not None
 
 

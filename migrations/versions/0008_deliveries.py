@@ -1,17 +1,18 @@
-"""deliveries: each scored video gvmgen put in an output (a recorded output or a duplicate's copy), with
-its size and ETag or modification time, so that a file changed or replaced there since is told apart.
+"""deliveries: each file of a scored video gvmgen put in an output (a recorded output or a duplicate's
+copy: the video, its track, its report), with its size, ETag or modification time and digest, so that
+a file changed or replaced there since is told apart.
 videos.size: a 64-bit integer (a 3 GB master overflowed PostgreSQL's integer). jobs.destination: kept
 only until the job is done.
 
-The scored videos already delivered are carried over with their identity unknown (size NULL): each is
-taken as it is when a run next finds it. Those are the recorded outputs, and the copies runs made of
-them: a done video of a run's catalog has its copy at the run's output under its own key.
+The files already delivered are carried over with their identity unknown (size NULL): each is taken as
+it is when a run next finds it. Those are the recorded outputs, and the copies runs made of them: a done
+video of a run's catalog has its copy at the run's output under its own key.
 
 Revision ID: 0008
 Revises: 0007
 """
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from alembic import op
 import sqlalchemy as sa
@@ -51,15 +52,20 @@ def upgrade() -> None:
 
 
 def _delivered(connection) -> dict[str, tuple]:
-    """uri -> (content, model, settings) of every scored video delivered so far."""
-    outputs = sa.table('outputs', sa.column('video_uri'), *map(sa.column, JOB))
+    """uri -> (content, model, settings) of every file of a scored video delivered so far (the video, its
+    track, its report)."""
+    outputs = sa.table('outputs', sa.column('video_uri'), sa.column('track_uri'), sa.column('report_uri'),
+                       *map(sa.column, JOB))
     runs = sa.table('runs', sa.column('catalog_id'), sa.column('model_version_id'), sa.column('settings_hash'),
                     sa.column('parameters', sa.JSON))
     videos = sa.table('videos', sa.column('catalog_id'), sa.column('key'), sa.column('content_hash'))
     jobs = sa.table('jobs', sa.column('status'), *map(sa.column, JOB))
-    delivered = {uri: tuple(job) for uri, *job in connection.execute(sa.select(outputs.c.video_uri, *outputs.c[JOB]))}
+    delivered, beside = {}, {}   # beside: job -> the suffixes of its track and report
+    for video_uri, track_uri, report_uri, *job in connection.execute(sa.select(outputs)):
+        job = tuple(job)
+        delivered.update((uri, job) for uri in (video_uri, track_uri, report_uri) if uri)
+        beside[job] = [PurePosixPath(track_uri).suffix] + (['.report.png'] if report_uri else [])
     done = {tuple(job) for job in connection.execute(sa.select(*jobs.c[JOB]).where(jobs.c.status == 'done'))}
-    recorded = set(delivered.values()) & done
     places = {(catalog, (parameters or {}).get('output'), model, settings)   # a year of nightly runs: one each
               for catalog, model, settings, parameters in connection.execute(sa.select(runs))}
     for catalog, output, model, settings in places:
@@ -68,9 +74,10 @@ def _delivered(connection) -> dict[str, tuple]:
             continue
         for key, content in connection.execute(
                 sa.select(videos.c.key, videos.c.content_hash).where(videos.c.catalog_id == catalog)):
-            job, uri = (content, model, settings), root(key)
-            if job in recorded and uri not in delivered:
-                delivered[uri] = job
+            job = (content, model, settings)
+            if job in done and job in beside and root(key) not in delivered:
+                names = [key] + [str(PurePosixPath(key).with_suffix(suffix)) for suffix in beside[job]]
+                delivered.update((root(name), job) for name in names)
     return delivered
 
 

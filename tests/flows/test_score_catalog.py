@@ -134,7 +134,7 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
 def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, fixtures, tmp_path):
     """An operator deletes an output folder and runs again: the videos are scored anew, not reported done
     (nor failed for want of the files to copy); a copy still in the run's own output keeps them done; a
-    recorded track deleted alone is left out of a copy, which no longer fails the run."""
+    recorded track deleted alone has the video scored again, whole."""
     from sqlalchemy import select
 
     from flows.score_catalog import score_catalog
@@ -147,12 +147,13 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(prefect_engine, f
     counts = lambda summary: (summary["scored"], summary["skipped"], summary["failed"])
     assert counts(score_catalog(str(library), str(first), model="tiny")) == (1, 0, 0)
     assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # copied
-    (first / "counter.flac").unlink()                      # the recorded track alone deleted: copied without it
-    assert counts(score_catalog(str(library), str(tmp_path / "third"), model="tiny")) == (0, 1, 0)
-    assert sorted(p.name for p in (tmp_path / "third").iterdir()) == ["counter.mp4", "counter.report.png"]
+    (first / "counter.flac").unlink()           # the recorded track deleted: scored again, whole, into this output
+    assert counts(score_catalog(str(library), str(tmp_path / "third"), model="tiny")) == (1, 0, 0)
+    assert sorted(p.name for p in (tmp_path / "third").iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
     shutil.rmtree(first)
     assert counts(score_catalog(str(library), str(second), model="tiny")) == (0, 1, 0)      # its copy is there
     shutil.rmtree(second)
+    shutil.rmtree(tmp_path / "third")
     assert counts(score_catalog(str(library), str(second), model="tiny")) == (1, 0, 0)
     assert sorted(p.name for p in second.iterdir()) == ["counter.flac", "counter.mp4", "counter.report.png"]
     with connect()() as session:
@@ -190,12 +191,12 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
 
 
 @pytest.mark.slow
-def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect_engine, fixtures, tmp_path, capfd,
-                                                                         caplog):
+def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect_engine, fixtures, tmp_path):
     """What stands at a video's key in the output is checked, not trusted: a source replaced by a copy
     of another scored file gets that file's scored copy (not the old picture); a duplicate's deleted
     track is copied again; someone else's file written over a scored video fails that video, named,
-    until --overwrite scores it again; the recorded track deleted is named with how to get it back."""
+    until --overwrite scores it again (a track or report likewise); the recorded report deleted has the
+    video scored again; an output copied elsewhere is recognised by content."""
     from pathlib import Path
 
     from sqlalchemy import select
@@ -251,12 +252,18 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
     assert counts(score_catalog(str(library), str(moved), model="tiny")) == (0, 3, 0)
     assert set(statuses().values()) == {"skipped"}
 
+    (out / "b.flac").write_bytes(b"an editor's track, saved over b's")     # beside a scored video: b fails,
+    with pytest.raises(VideosFailed) as failed:                            # until --overwrite puts its track back
+        score_catalog(str(library), str(out), model="tiny")
+    assert failed.value.summary["failures"] == [{"video": "b.mp4", "status": "failed", "cause": (
+        f"{(out / 'b.flac').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)")}]
+    assert counts(score_catalog(str(library), str(out), model="tiny", overwrite=True)) == (0, 3, 0)
+    assert (out / "b.flac").read_bytes() == (out / "a.flac").read_bytes()
+
     recorded_report = out / Path(scored.rsplit("/scored/", 1)[1]).with_suffix(".report.png")
-    recorded_report.unlink()                                      # nowhere to copy it from
-    capfd.readouterr()
-    caplog.clear()
-    assert counts(score_catalog(str(library), str(out), model="tiny")) == (0, 3, 0)
-    assert "to have the video scored again" in capfd.readouterr().err + caplog.text   # the run log, however shown
+    recorded_report.unlink()                                      # nowhere to copy it from: scored again
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (1, 2, 0)
+    assert recorded_report.is_file()
 
     with connect()() as session:   # a's content was scored last into one of its two keys
         recorded = session.scalar(select(Output.video_uri).where(Output.video_uri.like("%/a.mp4"))).rsplit("/scored/")[1]

@@ -71,7 +71,7 @@ def test_done_work_is_not_done_again(database_url):
     settings = {"stitch": "continue", "seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
                   track_uri="file:///o/v0.wav")
     assert repo.done(session, video, model, key) is not None
     assert repo.claim(session, video, model, key, owner="w2") is None
@@ -85,7 +85,7 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+    output = repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
                            track_uri="file:///o/v0.flac")
     repo.record_evaluation(session, "tempo", 0.5, output=output)
     evaluations = lambda: session.scalar(select(func.count()).select_from(Evaluation))
@@ -95,7 +95,7 @@ def test_a_video_whose_scored_copy_was_deleted_is_scored_again(database_url):
     assert not repo.reopen_lost(session, video, model, key, kept=lambda output: False)   # once
     assert repo.done(session, video, model, key) is None and evaluations() == 1        # kept until replaced
     job = repo.claim(session, video, model, key, owner="w2")
-    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+    repo.complete(session, job, "w2", video, model, None, settings, video_uri="file:///p/v0.mp4",
                   track_uri="file:///p/v0.flac")
     assert repo.done(session, video, model, key).video_uri == "file:///p/v0.mp4" and evaluations() == 0
 
@@ -109,13 +109,13 @@ def test_a_deleted_copy_found_twice_is_scored_again_once(database_url):
     settings = {"seed": 0}
     key = repo.settings_hash(settings)
     job = repo.claim(session, video, model, key, owner="w1")
-    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+    repo.complete(session, job, "w1", video, model, None, settings, video_uri="file:///o/v0.mp4",
                   track_uri="file:///o/v0.flac")
 
     def gone_and_meanwhile_rescored_by_a(output):
         assert repo.reopen_lost(other, video, model, key, kept=lambda output: False)
         job = repo.claim(other, video, model, key, owner="a")
-        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+        repo.complete(other, job, "a", video, model, None, settings, video_uri="file:///p/v0.mp4",
                       track_uri="file:///p/v0.flac")
         return False
 
@@ -135,7 +135,7 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
                          for key, content in (("a.mp4", 1), ("copies/a.mp4", 1), ("b.mp4", 2), ("copies/b.mp4", 2)))
     model = repo.model_version(session, "tiny", "preset:tiny")
     job = repo.claim(session, scored, model, "k", owner="w1")
-    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4", delivered=WRITTEN, digest="sha256:w",
+    repo.complete(session, job, "w1", scored, model, None, {}, video_uri="file:///o/a.mp4",
                   track_uri="file:///o/a.flac")
     job = repo.claim(session, bad, model, "k", owner="w1")
     repo.record_error(session, bad, None, "probe", "not a video")
@@ -155,8 +155,8 @@ def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
     video, other = _videos(session, 2)
     model = repo.model_version(session, "tiny", "preset:tiny")
     job = repo.claim(session, video, model, "k", owner="w1")
-    repo.complete(session, job, "w1", video, model, None, {}, video_uri="file:///o/v0.mp4", delivered=WRITTEN,
-                  digest="sha256:w", track_uri="file:///o/v0.flac")
+    repo.complete(session, job, "w1", video, model, None, {}, video_uri="file:///o/v0.mp4",
+                  track_uri="file:///o/v0.flac", delivered=[("file:///o/v0.mp4", WRITTEN, "sha256:w")])
     asked = []
 
     def holding(uri, found, digest="sha256:w"):
@@ -174,9 +174,7 @@ def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
     assert moved is not None and repo.of_job(moved, job) and moved.digest == "sha256:w"
     assert holding("file:///q/v0.mp4", ObjectInfo("v0.mp4", 100, None, later), digest="sha256:x") is None
     assert repo.of_job(moved, job) and not repo.of_job(moved, repo.claim(session, other, model, "k", owner="w1"))
-    assert repo.written_by_us(session, "file:///o/v0.mp4", touched, lambda: "sha256:w")
-    assert not repo.written_by_us(session, "file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later), lambda: "x")
-    assert repo.delivered_before(session, "file:///o/v0.mp4") and not repo.delivered_before(session, "file:///r/v0.mp4")
+    assert holding("file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later), digest="sha256:x") is None
 
     s3 = ObjectInfo("v0.mp4", 100, "etag-1", later)
     repo.record_delivery(session, "s3://b/o/v0.mp4", job, s3, "etag:etag-1")
@@ -231,8 +229,8 @@ def test_the_deliveries_made_before_they_were_recorded_are_carried_over(database
     session = sessionmaker(engine)()
     delivered = {d.uri: (d.content_hash, d.model_version_id, d.settings_hash, d.size)
                  for d in repo.deliveries(session, "file:///").values()}
-    assert delivered == {uri: ("h1", 1, "s", None) for uri in (
-        "file:///out/a.mp4", "file:///out/copies/a.mp4", "file:///elsewhere/a.mp4", "file:///elsewhere/copies/a.mp4")}
+    assert delivered == {f"file:///{folder}/{key}{suffix}": ("h1", 1, "s", None) for folder in ("out", "elsewhere")
+                         for key in ("a", "copies/a") for suffix in (".mp4", ".flac")}   # its track too
     assert session.scalars(select(Job.destination).order_by(Job.id)).all() == [None, "file:///out/a.mp4"]
     # SQLite alters a table by copying it: the rows that refer to it (outputs, jobs) are all still there
     assert session.scalars(select(Output.video_uri)).all() == ["file:///out/a.mp4"]

@@ -255,9 +255,11 @@ def test_completing_records_the_output_and_ends_that_job_as_done(session, model)
     run = repo.start_run(session, cat, model, settings, {})
     job = repo.claim(session, video, model, repo.settings_hash(settings), owner="w1")
     before = repo.utcnow()
-    output = repo.complete(session, job, "w1", video, model, run, settings, video_uri="file:///o/v0.mp4", delivered=WRITTEN, digest="sha256:w",
+    output = repo.complete(session, job, "w1", video, model, run, settings, video_uri="file:///o/v0.mp4",
                            track_uri="file:///o/v0.wav", report_uri="file:///o/v0.html", loudness_lufs=-14.0,
-                           true_peak_dbtp=-1.5, seed=3, windows=[[0.0, 30.0], [18.0, 40.0]])
+                           true_peak_dbtp=-1.5, seed=3, windows=[[0.0, 30.0], [18.0, 40.0]],
+                           delivered=[(uri, WRITTEN, f"sha256:{i}") for i, uri in enumerate(["file:///o/v0.mp4",
+                                                                                            "file:///o/v0.wav"])])
     after = repo.utcnow()
     session.expire_all()
     stored = session.scalars(select(Output)).one()
@@ -273,12 +275,16 @@ def test_completing_records_the_output_and_ends_that_job_as_done(session, model)
     assert (row.owner, row.lease_expires_at, row.status) == (None, None, "done")
     assert (_fresh(session, other).owner, _fresh(session, other).status) == ("w1", "pending")
     assert repo.done(session, video, model, repo.settings_hash(settings)).id == output.id
+    delivered = repo.deliveries(session, "file:///o")            # its files, as written, in the same transaction
+    assert sorted((d.uri, d.digest, d.size) for d in delivered.values()) == [
+        ("file:///o/v0.mp4", "sha256:0", 100), ("file:///o/v0.wav", "sha256:1", 100)]
+    assert all(repo.of_job(d, job) for d in delivered.values())
 
 
 def test_an_output_without_a_run_or_extras(session, model):
     (video,) = _videos(session, 1)
     job = repo.claim(session, video, model, repo.settings_hash({}), owner="w1")
-    repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, digest="sha256:w", track_uri="t")
+    repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", track_uri="t")
     session.expire_all()
     stored = session.scalars(select(Output)).one()
     assert (stored.run_id, stored.report_uri, stored.loudness_lufs, stored.true_peak_dbtp, stored.seed,
@@ -290,8 +296,9 @@ def test_a_worker_that_lost_its_lease_records_nothing(session, model):
     job = repo.claim(session, video, model, repo.settings_hash({}), owner="w1")
     _expire(session, job)
     repo.claim(session, video, model, repo.settings_hash({}), owner="w2")
-    assert repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", delivered=WRITTEN, digest="sha256:w", track_uri="t") is None
+    assert repo.complete(session, job, "w1", video, model, None, {}, video_uri="v", track_uri="t",
+                         delivered=[("v", WRITTEN, "sha256:0")]) is None
     session.expire_all()
-    assert session.scalars(select(Output)).all() == []
+    assert session.scalars(select(Output)).all() == [] and repo.delivery(session, "v") is None
     row = _fresh(session, job)
     assert (row.owner, row.status) == ("w2", "pending")
