@@ -354,10 +354,11 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
         print(json.dumps(summary))
     elif not OPTIONS["quiet"]:
         earlier = [f for f in summary["failures"] if f["status"] == "failed earlier"]
-        out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped']} skipped "
-                  f"(done before, or copied from the same file scored), "
+        out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped'] - summary['copied']} skipped "
+                  f"(done before), {summary['copied']} copied (the same content, scored before), "
                   f"{summary['failed']} failed, failed earlier, not retried: {len(earlier)}"
-                  + (f", {summary['pending']} pending (being scored elsewhere)" if summary["pending"] else "")
+                  + (f", {summary['pending']} pending (being scored elsewhere, or left for the next run)"
+                     if summary["pending"] else "")
                   + f"; videos, tracks and reports (.report.png) in {out_uri}")
         for failure in summary["failures"]:
             out.print(f"  {failure['video']} ({failure['status']}): {failure['cause']}", markup=False, highlight=False)

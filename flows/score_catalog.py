@@ -433,7 +433,8 @@ class Outputs:
         """The delivery the file at `name` is (of `output`'s job, if given), or None."""
         uri = self.store.uri(name)
         here = self.delivered.get(uri) if self.delivered is not None else repo.delivery(self.session, uri)
-        held = repo.holding(self.session, here, uri, self.found(name), lambda: self.store.content_hash(name))
+        found = self.found(name)
+        held = repo.holding(self.session, here, uri, found, lambda: self.store.digest(found))
         return held if held is not None and (output is None or repo.of_job(held, output)) else None
 
     def whole(self, key: str, output: Output) -> bool:
@@ -631,7 +632,8 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             names = [str(out_key.with_suffix(done.track.suffix)), str(out_key.with_suffix(".report.png")), str(out_key)]
             track_uri, report_uri, video_uri = [out.upload(file, name) for file, name in
                                                 zip((done.track, done.report, done.video), names)]
-            delivered = [(out.uri(name), out.info(name), out.content_hash(name)) for name in names]
+            written = [out.info(name) for name in names]
+            delivered = [(out.uri(name), found, out.digest(found)) for name, found in zip(names, written)]
         except Exception as e:
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
@@ -703,7 +705,8 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[s
                     get_run_logger().warning(f"{key}: {source} is gone; the next run scores the video again")
                     continue
                 out.upload(fetch_copy(store, file, Path(work) / local_name(source)), name)
-                repo.record_delivery(session, out.uri(name), output, out.info(name), out.content_hash(name))
+                found = out.info(name)
+                repo.record_delivery(session, out.uri(name), output, found, out.digest(found))
                 if key not in copied:
                     copied.append(key)
             if key in copied:
@@ -928,7 +931,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     close_run(run_id, owners, rows, "failed" if failed else "completed")
     _publish(run_id, rows)
     ordered = sorted(rows, key=lambda r: r["video"])
-    summary = {"run": run_id, **counts,
+    summary = {"run": run_id, **counts, "copied": sum(r["status"] == "copied" for r in rows),  # of the skipped
                "failures": [{"video": r["video"], "status": r["status"], "cause": r["cause"]}
                             for r in ordered if r["status"] in ("failed", "failed earlier")],
                "notes": [{"video": r["video"], "note": r["note"]} for r in ordered if r.get("note")]}

@@ -104,6 +104,10 @@ class LocalStore:
         except PermissionError as e:
             raise ObjectUnreadable(f"{self.uri(key)}: not readable ({e.strerror})") from None
 
+    def digest(self, found: ObjectInfo) -> str:
+        """The content hash of an object as listed (a local file is read)."""
+        return self.content_hash(found.key)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -190,6 +194,10 @@ class S3Store:
     def content_hash(self, key: str) -> str:
         head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         return "etag:" + head["ETag"].strip('"')
+
+    def digest(self, found: ObjectInfo) -> str:
+        """The content hash of an object as listed: its ETag, no request made."""
+        return f"etag:{found.etag}"
 
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
