@@ -409,6 +409,38 @@ def scored_files(key: str, output: Output) -> list[tuple[str, str]]:
     return [(uri, str(name)) for uri, name in files if uri]
 
 
+def name_clashes(keys: list[str]) -> dict[str, str]:
+    """Videos whose track and report would land on those of another (`a.mov` beside `a.mp4`: both
+    `a.flac`, `a.report.png`), each with the one that keeps those names: the first in `keys`, which come
+    oldest first, so that a video added later never takes the names of one scored before."""
+    first: dict[str, str] = {}
+    clashes = {}
+    for key in keys:
+        stem = str(PurePosixPath(key).with_suffix(""))
+        if stem in first:
+            clashes[key] = first[stem]
+        else:
+            first[stem] = key
+    return clashes
+
+
+@task(**RETRY)
+def refuse_clashes(ctx: RunContext, clashes: dict[int, str]) -> dict[int, dict]:
+    """Fail (this run, each run until one is renamed) the videos whose output names another video holds:
+    failed rows by video id, and their errors recorded. Their jobs are left as they are."""
+    with sessions() as session:
+        run, rows = session.get(Run, ctx.run_id), {}
+        for video_id, other in clashes.items():
+            video = session.get(Video, video_id)
+            stem = PurePosixPath(video.key).with_suffix("")
+            track = f"{stem}.{ctx.score_settings.delivery.track_format}"
+            cause = (f"{video.source_uri}: its track and report would overwrite those of {other} ({track}, "
+                     f"{stem}.report.png in the output): rename one of the two")
+            repo.record_error(session, video, run, "output", cause)
+            rows[video_id] = result_row(video.key, "failed", cause=cause)
+        return rows
+
+
 class Outputs:
     """An output store as a run judges it: which of its files are gvmgen's deliveries (see
     `repo.holding`), and of which job. `listed`: from one listing and one query for a whole catalog;
@@ -434,7 +466,7 @@ class Outputs:
         uri = self.store.uri(name)
         here = self.delivered.get(uri) if self.delivered is not None else repo.delivery(self.session, uri)
         found = self.found(name)
-        held = repo.holding(self.session, here, uri, found, lambda: self.store.digest(found))
+        held = repo.holding(self.session, here, uri, found, lambda: self.store.digest(found), output)
         return held if held is not None and (output is None or repo.of_job(held, output)) else None
 
     def whole(self, key: str, output: Output) -> bool:
@@ -445,9 +477,9 @@ class Outputs:
     def foreign(self, names: list[str], key: str) -> str | None:
         """The URI of the first of these files (those of the video at `key`) that is there and that gvmgen
         did not write, if any: it is kept, and the video fails with it named, unless --overwrite."""
-        if repo.destined(self.session, self.store.uri(key)):  # an upload a crash cut off: ours
-            return None
-        return next((self.store.uri(n) for n in names if self.found(n) is not None and self.held(n) is None), None)
+        cut_off = repo.destined(self.session, self.store.uri(key))  # a scored video's upload a crash cut off
+        return next((self.store.uri(n) for n in names if self.found(n) is not None and self.held(n) is None
+                     and not (n == key and cut_off)), None)
 
 
 def recorded_copy_kept(session, output: Output, video: Video) -> bool:
@@ -628,12 +660,13 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
             stage = "upload"
             out = open_store(ctx.output)
             repo.set_destination(session, job, out.uri(str(out_key)))
-            # the video last: its presence means "scored"
-            names = [str(out_key.with_suffix(done.track.suffix)), str(out_key.with_suffix(".report.png")), str(out_key)]
-            track_uri, report_uri, video_uri = [out.upload(file, name) for file, name in
-                                                zip((done.track, done.report, done.video), names)]
-            written = [out.info(name) for name in names]
-            delivered = [(out.uri(name), found, out.digest(found)) for name, found in zip(names, written)]
+            # The track and report are recorded as gvmgen's as soon as they are written; the video, written
+            # last (its presence means "scored"), with the output (a crash before: its job's destination).
+            track_uri, report_uri = (delivered_file(session, out, job, file, str(out_key.with_suffix(suffix)))
+                                     for file, suffix in ((done.track, done.track.suffix), (done.report, ".report.png")))
+            video_uri = out.upload(done.video, str(out_key))
+            found = out.info(str(out_key))
+            delivered = [(video_uri, found, out.digest(found))]
         except Exception as e:
             return as_state(fail(session, ctx, claimed.owner, video, job, stage, e, claimed.started, claimed))
         recorded = repo.complete(session, job, claimed.owner, video, session.get(ModelVersion, ctx.model_version_id),
@@ -647,6 +680,14 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
         return as_state(result_row(claimed.key, "pending", claimed.started, claimed, cause="the run was interrupted"))
     return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs,
                       note=done.loudness.miss(settings.target_lufs))
+
+
+def delivered_file(session, out: Store, job: Job | Output, file: Path, name: str) -> str:
+    """Upload `file` to `name` in `out` and record it as a delivery of `job`; returns its URI."""
+    uri = out.upload(file, name)
+    found = out.info(name)
+    repo.record_delivery(session, uri, job, found, out.digest(found))
+    return uri
 
 
 @task(**RETRY)
@@ -704,9 +745,7 @@ def copy_duplicates(ctx: RunContext, keys: list[str]) -> tuple[list[str], dict[s
                 if source == out.uri(name) or not store.exists(file):  # lost since prepare_video looked
                     get_run_logger().warning(f"{key}: {source} is gone; the next run scores the video again")
                     continue
-                out.upload(fetch_copy(store, file, Path(work) / local_name(source)), name)
-                found = out.info(name)
-                repo.record_delivery(session, out.uri(name), output, found, out.digest(found))
+                delivered_file(session, out, output, fetch_copy(store, file, Path(work) / local_name(source)), name)
                 if key not in copied:
                     copied.append(key)
             if key in copied:
@@ -806,7 +845,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     interrupt(False)
 
     catalog_name = catalog_name or source
-    video_ids = register_videos(source, catalog_name, list_library(source, output))
+    objects = list_library(source, output)
+    video_ids = register_videos(source, catalog_name, objects)
     parameters = {"source": source, "output": output, "model": model, "settings": settings}
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
@@ -844,6 +884,10 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
 
     try:
         settled = settled_videos(ctx, video_ids)  # done, or failed earlier: no task run each
+        clashes = name_clashes([key for _, key in sorted(zip(video_ids, (o.key for o in objects)))])
+        if clashes:
+            by_key = {o.key: v for o, v in zip(objects, video_ids)}
+            settled.update(refuse_clashes(ctx, {by_key[key]: other for key, other in clashes.items()}))
         if settled:
             handled(*settled.values())
         with leases_kept(owners, lease_s), graphs_captured_meanwhile(ctx, batch_videos):

@@ -312,13 +312,15 @@ def delivery(session: Session, uri: str) -> Delivery | None:
 
 
 def holding(session: Session, here: Delivery | None, uri: str, found: ObjectInfo | None,
-            digest_of: Callable[[], str]) -> Delivery | None:
+            digest_of: Callable[[], str], job: Job | Output | None = None) -> Delivery | None:
     """What the file `found` at `uri` (None: nothing there) is: the delivery recorded there (`here`) while
     the file is as written, or None when gvmgen did not write it. `digest_of()` reads the file's digest
-    (its store's `content_hash`), asked only when the cheap checks cannot tell:
+    (its store's `digest`), asked only when the cheap checks cannot tell:
     - a delivery carried over from before they were recorded (no size) is taken as found;
     - a file gvmgen wrote that was copied, moved or touched since has the digest of a delivery of its
-      size: it is that delivery's scored video, recorded here now.
+      size: it is that delivery's file, recorded here now. Where several jobs wrote the same bytes (the
+      same video muxed for two track formats), `job`'s is taken first (the file is its as much as any
+      other's), then the one recorded here, then the newest.
     """
     if found is None:
         return None
@@ -331,7 +333,8 @@ def holding(session: Session, here: Delivery | None, uri: str, found: ObjectInfo
     if not alike:
         return None
     digest = digest_of()
-    match = next((d for d in sorted(alike, key=lambda d: d is not here) if d.digest == digest), None)
+    preferred = sorted(alike, key=lambda d: (job is None or not of_job(d, job), d is not here))
+    match = next((d for d in preferred if d.digest == digest), None)
     return record_delivery(session, uri, match, found, digest) if match else None
 
 
@@ -366,7 +369,7 @@ def _put_delivery(session: Session, uri: str, job: Job | Output | Delivery, foun
 
 def destined(session: Session, uri: str) -> bool:
     """Whether a job is uploading its scored video to `uri`, or a crash cut that upload off before its
-    record: the files there and beside it are gvmgen's."""
+    record: the file there is gvmgen's (its track and report are recorded as they are written)."""
     return session.scalar(select(Job.id).where(Job.destination == uri).limit(1)) is not None
 
 

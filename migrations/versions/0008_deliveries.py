@@ -55,13 +55,15 @@ def _delivered(connection) -> dict[str, tuple]:
     """uri -> (content, model, settings) of every file of a scored video delivered so far (the video, its
     track, its report)."""
     outputs = sa.table('outputs', sa.column('video_uri'), sa.column('track_uri'), sa.column('report_uri'),
-                       *map(sa.column, JOB))
+                       *map(sa.column, JOB), sa.column('created_at'))
     runs = sa.table('runs', sa.column('catalog_id'), sa.column('model_version_id'), sa.column('settings_hash'),
                     sa.column('parameters', sa.JSON))
     videos = sa.table('videos', sa.column('catalog_id'), sa.column('key'), sa.column('content_hash'))
     jobs = sa.table('jobs', sa.column('status'), *map(sa.column, JOB))
     delivered, beside = {}, {}   # beside: job -> the suffixes of its track and report
-    for video_uri, track_uri, report_uri, *job in connection.execute(sa.select(outputs)):
+    # oldest first: where a source changed and its new content was scored to the same place, the newest stands
+    for video_uri, track_uri, report_uri, *job in connection.execute(
+            sa.select(*outputs.c[('video_uri', 'track_uri', 'report_uri', *JOB)]).order_by(outputs.c.created_at)):
         job = tuple(job)
         delivered.update((uri, job) for uri in (video_uri, track_uri, report_uri) if uri)
         beside[job] = [PurePosixPath(track_uri).suffix] + (['.report.png'] if report_uri else [])

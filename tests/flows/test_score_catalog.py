@@ -304,6 +304,33 @@ def test_a_copy_of_a_file_that_fails_fails_with_it(prefect_engine, tmp_path):
     assert len({f["cause"] for f in summary["failures"]}) == 1 and "not a readable media file" in summary["failures"][0]["cause"]
 
 
+@pytest.mark.slow
+def test_two_videos_whose_tracks_would_share_a_name_are_told_apart(prefect_engine, fixtures, tmp_path):
+    """`a.mp4` beside `a.mov` would both write `a.flac` and `a.report.png`: the one scored first keeps
+    them, and the other fails with the reason, in every run, until renamed (before, each run rescored
+    one of them over the other's track)."""
+    import subprocess
+
+    from flows.score_catalog import VideosFailed, score_catalog
+
+    library, out = tmp_path / "library", tmp_path / "out"
+    library.mkdir()
+    shutil.copy(fixtures / "video" / "counter.mp4", library / "a.mp4")
+    assert score_catalog(str(library), str(out), model="tiny")["scored"] == 1
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(fixtures / "video" / "delayed_start.mp4"), "-c", "copy",
+                    str(library / "a.mov")], check=True)                      # added later, sorts first
+    for _ in range(2):
+        with pytest.raises(VideosFailed) as failed:
+            score_catalog(str(library), str(out), model="tiny")
+        summary = failed.value.summary
+        assert (summary["scored"], summary["skipped"], summary["failed"]) == (0, 1, 1)
+        assert summary["failures"] == [{"video": "a.mov", "status": "failed", "cause": (
+            f"{(library / 'a.mov').as_uri()}: its track and report would overwrite those of a.mp4 (a.flac, "
+            "a.report.png in the output): rename one of the two")}]
+    (library / "a.mov").rename(library / "a-master.mov")
+    assert score_catalog(str(library), str(out), model="tiny")["scored"] == 1
+
+
 def test_a_nightly_run_reads_only_the_files_written_since(database_url, tmp_path, monkeypatch):
     """A local library's files are hashed when first seen and when their size or modification time
     changed, not every night: a file rewritten in place with its old time and size keeps its hash, a

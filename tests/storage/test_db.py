@@ -173,7 +173,12 @@ def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
     moved = holding("file:///p/v0.mp4", ObjectInfo("v0.mp4", 100, None, later))            # copied elsewhere
     assert moved is not None and repo.of_job(moved, job) and moved.digest == "sha256:w"
     assert holding("file:///q/v0.mp4", ObjectInfo("v0.mp4", 100, None, later), digest="sha256:x") is None
-    assert repo.of_job(moved, job) and not repo.of_job(moved, repo.claim(session, other, model, "k", owner="w1"))
+    other_job = repo.claim(session, other, model, "k", owner="w1")   # the same bytes written for another job
+    repo.record_delivery(session, "file:///o/v1.mp4", other_job, ObjectInfo("v1.mp4", 100, None, later), "sha256:w")
+    for wanted in (job, other_job):                              # a copy found is the wanted job's, if either
+        found = ObjectInfo("v0.mp4", 100, None, later + timedelta(seconds=5))
+        assert repo.of_job(repo.holding(session, None, "file:///r/v0.mp4", found, lambda: "sha256:w", wanted), wanted)
+    assert repo.of_job(moved, job) and not repo.of_job(moved, other_job)
     assert holding("file:///o/v0.mp4", ObjectInfo("v0.mp4", 7, None, later), digest="sha256:x") is None
 
     s3 = ObjectInfo("v0.mp4", 100, "etag-1", later)
