@@ -667,6 +667,7 @@ class VideoStatus(str, Enum):
     pending = "pending"
     done = "done"
     failed = "failed"
+    removed = "removed"   # gone from its library since it was recorded
 
 
 @videos_app.command("list")

@@ -42,6 +42,7 @@ class Video(Base):
     rotation: Mapped[int | None] = mapped_column(Integer)
     audio_streams: Mapped[int | None] = mapped_column(Integer)
     probed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime)   # missing from its library's last listing
     catalog: Mapped[Catalog] = relationship(back_populates="videos")
     shots: Mapped[list[Shot]] = relationship(cascade="all, delete-orphan", order_by="Shot.index")
 

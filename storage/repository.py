@@ -81,6 +81,9 @@ def register_video(session: Session, cat: Catalog, obj: ObjectInfo, uri: str, co
     """Insert a new video or refresh a changed one; returns (video, whether it is new or changed)."""
     video = session.scalar(select(Video).where(Video.catalog_id == cat.id, Video.key == obj.key))
     modified = _naive_utc(obj.modified)
+    if video is not None and video.removed_at is not None:  # back in the library
+        video.removed_at = None
+        session.commit()
     if video is None:
         video = Video(catalog_id=cat.id, key=obj.key, source_uri=uri, content_hash=content_hash,
                       size=obj.size, modified_at=modified)
@@ -94,6 +97,16 @@ def register_video(session: Session, cat: Catalog, obj: ObjectInfo, uri: str, co
         video.content_hash, video.size, video.modified_at = content_hash, obj.size, modified
         session.commit()
     return video, changed
+
+
+def mark_removed(session: Session, cat: Catalog, listed: set[str]) -> int:
+    """The catalog's videos missing from its library's listing (`listed`: the keys found) are marked
+    removed, from now; they keep their record and outputs. Returns how many were newly marked."""
+    gone = [v for v in catalog_videos(session, cat).values() if v.key not in listed and v.removed_at is None]
+    for video in gone:
+        video.removed_at = utcnow()
+    session.commit()
+    return len(gone)
 
 
 def video_by_key(session: Session, catalog_id: int, key: str) -> Video:
@@ -403,19 +416,20 @@ def runs(session: Session, limit: int = 20) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)))
 
 
-VIDEO_STATUSES = ("new", "pending", "done", "failed")
+VIDEO_STATUSES = ("new", "pending", "done", "failed", "removed")
 
 
 def videos(session: Session, status: str | None = None) -> list[tuple[Video, str, VideoError | None]]:
     """Every video with the status of its content's latest job ('new' when never tried: a copy of a
-    scored file is done with it) and, when it failed, its content's latest error; optionally only one
-    status."""
+    scored file is done with it; 'removed' once gone from its library) and, when it failed, its
+    content's latest error; optionally only one status."""
     if status is not None and status not in VIDEO_STATUSES:
         raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
     status_of: dict[str, str] = {}
     for content, job_status in session.execute(select(Job.content_hash, Job.status).order_by(Job.id.desc())):
         status_of.setdefault(content, job_status)
-    found = [(v, status_of.get(v.content_hash, "new")) for v in session.scalars(select(Video).order_by(Video.id))]
+    found = [(v, "removed" if v.removed_at else status_of.get(v.content_hash, "new"))
+             for v in session.scalars(select(Video).order_by(Video.id))]
     found = [(v, s) for v, s in found if status is None or s == status]
     failed = {v.content_hash for v, s in found if s == "failed"}
     newest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_(failed))

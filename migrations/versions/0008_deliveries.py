@@ -1,8 +1,8 @@
 """deliveries: each file of a scored video gvmgen put in an output (a recorded output or a duplicate's
 copy: the video, its track, its report), with its size, ETag or modification time and digest, so that
 a file changed or replaced there since is told apart.
-videos.size: a 64-bit integer (a 3 GB master overflowed PostgreSQL's integer). jobs.destination: kept
-only until the job is done.
+videos.size: a 64-bit integer (a 3 GB master overflowed PostgreSQL's integer); videos.removed_at: when
+a video was first missing from its library's listing. jobs.destination: kept only until the job is done.
 
 The files already delivered are carried over with their identity unknown (size NULL): each is taken as
 it is when a run next finds it. Those are the recorded outputs, and the copies runs made of them: a done
@@ -29,6 +29,7 @@ JOB = ('content_hash', 'model_version_id', 'settings_hash')
 def upgrade() -> None:
     with op.batch_alter_table('videos') as batch:
         batch.alter_column('size', type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
+        batch.add_column(sa.Column('removed_at', sa.DateTime(), nullable=True))
     deliveries = op.create_table(
         'deliveries',
         sa.Column('id', sa.Integer(), primary_key=True),
@@ -104,4 +105,5 @@ def downgrade() -> None:
     op.drop_index('ix_deliveries_size', 'deliveries')
     op.drop_table('deliveries')
     with op.batch_alter_table('videos') as batch:
+        batch.drop_column('removed_at')
         batch.alter_column('size', type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)

@@ -241,6 +241,18 @@ def test_the_deliveries_made_before_they_were_recorded_are_carried_over(database
     assert session.scalars(select(Output.video_uri)).all() == ["file:///out/a.mp4"]
 
 
+def test_a_video_gone_from_its_library_is_listed_as_removed_until_it_is_back(database_url):
+    session = _session(database_url)
+    a, b = _videos(session, 2)
+    cat = repo.catalog(session, "library", "file:///library")
+    assert repo.mark_removed(session, cat, {"v0.mp4"}) == 1 and repo.mark_removed(session, cat, {"v0.mp4"}) == 0
+    assert [(v.key, s) for v, s, _ in repo.videos(session)] == [("v0.mp4", "new"), ("v1.mp4", "removed")]
+    assert [v.key for v, _, _ in repo.videos(session, "removed")] == ["v1.mp4"]
+    repo.register_video(session, cat, ObjectInfo("v1.mp4", 11, None, datetime.now(timezone.utc)),
+                        "file:///library/v1.mp4", b.content_hash)                  # back in the library
+    assert [s for _, s, _ in repo.videos(session)] == ["new", "new"]
+
+
 def test_failed_work_waits_for_an_explicit_retry(database_url):
     session = _session(database_url)
     (video,) = _videos(session, 1)
