@@ -336,7 +336,7 @@ def register_videos(source: str, catalog_name: str, objects: list[ObjectInfo]) -
                 digest = f"unreadable:{obj.size}:{obj.modified.timestamp()}"
             video, _ = repo.register_video(session, cat, obj, store.uri(obj.key), digest)
             ids.append(video.id)
-        repo.mark_removed(session, cat, {obj.key for obj in objects})
+        repo.mark_removed(session, list(known.values()), {obj.key for obj in objects})
         return ids
 
 

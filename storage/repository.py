@@ -99,10 +99,11 @@ def register_video(session: Session, cat: Catalog, obj: ObjectInfo, uri: str, co
     return video, changed
 
 
-def mark_removed(session: Session, cat: Catalog, listed: set[str]) -> int:
-    """The catalog's videos missing from its library's listing (`listed`: the keys found) are marked
-    removed, from now; they keep their record and outputs. Returns how many were newly marked."""
-    gone = [v for v in catalog_videos(session, cat).values() if v.key not in listed and v.removed_at is None]
+def mark_removed(session: Session, known: list[Video], listed: set[str]) -> int:
+    """Of a catalog's videos (`known`, as `catalog_videos` gave them), those missing from its library's
+    listing (`listed`: the keys found) are marked removed, from now; they keep their record and outputs.
+    Returns how many were newly marked."""
+    gone = [v for v in known if v.key not in listed and v.removed_at is None]
     for video in gone:
         video.removed_at = utcnow()
     session.commit()
