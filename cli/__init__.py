@@ -419,24 +419,29 @@ def finetune(
 @app.command("eval")
 def evaluate(
     target: str = typer.Argument(..., help="A run id, or the source (or name) of a scored catalog."),
+    model: str = typer.Option(None, "--model", help="For a catalog: whose outputs (a model name as runs list shows "
+                                                     "it); by default the model of its newest output."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ):
     """Evaluate scored videos with every metric available here, and store the results in SQL.
 
-    Cut-to-onset hit rate (against shuffled cuts), seam smoothness and loudness range always; FAD
-    (CLAP) and KL (AST) when their weights are in GVMGEN_HOME/metrics, else reported as not available.
+    A catalog is evaluated by one model at a time: each video still in its library, by its newest
+    output for its current content. Cut-to-onset hit rate (against shuffled cuts), seam smoothness and
+    loudness range always; FAD (CLAP) and KL (AST) when their weights are in GVMGEN_HOME/metrics, else
+    reported as not available.
     """
     from storage import repository as repo
     from storage.db import connect
 
     with connect()() as session:  # an unknown target costs nothing: checked before Prefect starts
-        repo.outputs_to_evaluate(session, target)
+        scope = repo.outputs_to_evaluate(session, target, model)
+        what = f"run {target}" if scope.run else f"{scope.catalog.name} by {scope.model.name}"
     _prefect_environment()
     from flows.evaluate import evaluate as evaluate_flow
 
     _prefect_ready()
-    with console.status(f"evaluating {target}"):
-        result = evaluate_flow(target)
+    with console.status(f"evaluating {what}"):
+        result = evaluate_flow(target, model)
     if as_json:  # a metric that could not be measured is null, never a bare NaN (not JSON)
         print(json.dumps(_nan_as_null(result), default=str))
         return
@@ -444,6 +449,7 @@ def evaluate(
     _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
     for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
         out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
+    out.print(f"{what}: {result['videos']} video(s), stored in SQL (evaluations)", markup=False, highlight=False)
 
 
 def _nan_as_null(value):
@@ -595,10 +601,10 @@ def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Op
         rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
                  "took": _took(r.started_at, r.finished_at), "scored": r.scored, "skipped": r.skipped,
                  "failed": r.failed, "failed_earlier": r.failed_earlier, "source": r.parameters.get("source"),
-                 "cause": r.cause}
+                 "output": r.parameters.get("output"), "model": r.parameters.get("model"), "cause": r.cause}
                 for r in repo.runs(session, limit)]
-    _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "failed", "failed_earlier", "source", "cause"],
-          fold=("source", "cause"))
+    _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "failed", "failed_earlier", "model", "source",
+                          "output", "cause"], fold=("source", "output", "cause"))
 
 
 def _took(started: datetime, finished: datetime | None) -> str | None:

@@ -21,7 +21,7 @@ from gvmgen.metrics import MetricUnavailable
 from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean_kl
 from gvmgen.metrics.weightfree import cut_onset_alignment, loudness_range, seam_smoothness
 from storage import repository as repo
-from storage.models import Output, Run, Video
+from storage.models import Output, Video
 from storage.objects import locate
 
 from .score_catalog import RETRY, sessions
@@ -68,7 +68,7 @@ def _load_or_why(load):
 
 
 @task
-def distribution_metrics(run_id: int | None, output_ids: list[int]) -> dict:
+def distribution_metrics(target: str, model: str | None, output_ids: list[int]) -> dict:
     """FAD and KL of the generated tracks against the videos' own audio, where weights and audio exist.
     The models are looked for first: without them nothing is downloaded."""
     models = {"fad_clap": _load_or_why(clap_embedder), "kl_ast": _load_or_why(ast_classifier)}
@@ -85,29 +85,30 @@ def distribution_metrics(run_id: int | None, output_ids: list[int]) -> dict:
         reference, generated = [r for r, _ in pairs], [g for _, g in pairs]
         compute = {"fad_clap": lambda embed: fad(reference, generated, RATE, embed),
                    "kl_ast": lambda classify: mean_kl(reference, generated, RATE, classify)}
-        run = session.get(Run, run_id) if run_id else None
+        scope = repo.outputs_to_evaluate(session, target, model)
         results = {}
         for metric, (model, why) in models.items():
             if model is not None and not pairs:
                 why = "not available: no scored video has an audio track to compare with"
             value = compute[metric](model) if why is None else None
-            repo.record_evaluation(session, metric, value, run=run, details={"why": why} if why else {})
+            repo.record_evaluation(session, metric, value, scope=scope, details={"why": why} if why else {})
             results[metric] = value if why is None else why
     return results
 
 
 @flow(name="evaluate")
-def evaluate(target: str) -> dict:
-    """`target`: a run id, or the source URI (or name) of a scored catalog."""
+def evaluate(target: str, model: str | None = None) -> dict:
+    """`target`: a run id, or the source URI (or name) of a scored catalog, evaluated by one model's
+    outputs (`model`; by default the one of its newest output)."""
     with sessions() as session:
-        run, found = repo.outputs_to_evaluate(session, str(target))
-        output_ids = [o.id for o, _ in found]
+        scope = repo.outputs_to_evaluate(session, str(target), model)
+        output_ids, model = [o.id for o, _ in scope.found], scope.model.name
     rows = [f.result() for f in [evaluate_output.submit(i) for i in output_ids]]
-    overall = distribution_metrics(run.id if run else None, output_ids)
-    summary = {"videos": len(rows)}
+    overall = distribution_metrics(str(target), model, output_ids)
+    summary = {"videos": len(rows), "model": model}
     for key in ("cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"):
         values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
         summary[key] = round(float(np.mean(values)), 3) if values else None
-    create_table_artifact(rows + [{"video": "(mean)", **{k: v for k, v in summary.items() if k != "videos"}}],
-                          key="evaluation", description=f"{target}: {overall}")
+    means = {k: v for k, v in summary.items() if k not in ("videos", "model")}
+    create_table_artifact(rows + [{"video": "(mean)", **means}], key="evaluation", description=f"{target} by {model}: {overall}")
     return {**summary, **overall, "rows": rows}

@@ -195,12 +195,15 @@ class TrainingMetric(Base):
 
 
 class Evaluation(Base):
-    """One metric of one output (or of a whole run when output_id is empty)."""
+    """One metric of one output, or of a set of outputs: a run's (run_id), or a catalog's by one model
+    (catalog_id and model_version_id)."""
     __tablename__ = "evaluations"
     __table_args__ = (UniqueConstraint("output_id", "run_id", "metric"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id", ondelete="CASCADE"), index=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    catalog_id: Mapped[int | None] = mapped_column(ForeignKey("catalogs.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     metric: Mapped[str] = mapped_column(String(64))
     value: Mapped[float | None] = mapped_column(Float)          # None: not available (see details)
     baseline: Mapped[float | None] = mapped_column(Float)       # what chance gives, where there is one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -503,19 +504,51 @@ def training_metrics(session: Session, model_name: str) -> list[TrainingMetric]:
 
 
 # ---- evaluation ------------------------------------------------------------------------------------
-def outputs_to_evaluate(session: Session, target: str) -> tuple[Run | None, list[tuple[Output, Video]]]:
-    """A run's outputs (target: its id), or every output of the catalog whose source is `target`."""
+@dataclass
+class EvaluationScope:
+    """What one evaluation covers: a run's outputs, or a catalog's by one model (each video still in
+    its library, by its newest output for the content it has now)."""
+    run: Run | None
+    catalog: Catalog | None
+    model: ModelVersion
+    found: list[tuple[Output, Video]]
+
+
+def outputs_to_evaluate(session: Session, target: str, model: str | None = None) -> EvaluationScope:
+    """`target`: a run id, or a catalog's source (or name); `model`: for a catalog, whose outputs (by
+    default the model of its newest output). A catalog scored by two models is never averaged across them."""
     query = select(Output, Video).join(Video, Output.video_id == Video.id)
     if target.isdigit():
         run = session.get(Run, int(target))
         if run is None:
-            raise ValueError(f"no run {target}")
-        return run, list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
+            raise ValueError(f"no run {target} (gvmgen runs list shows them)")
+        ran = session.get(ModelVersion, run.model_version_id)
+        if model is not None and model != ran.name:
+            raise ValueError(f"--model {model}: run {target} scored with {ran.name}; give a catalog to choose a model")
+        return EvaluationScope(run, None, ran, list(session.execute(query.where(Output.run_id == run.id)
+                                                                        .order_by(Video.key)).tuples()))
     named = (target, canonical(target))  # a folder as given, or as runs record it
-    catalogs = list(session.scalars(select(Catalog.id).where(or_(Catalog.source_uri.in_(named), Catalog.name.in_(named)))))
-    if not catalogs:
+    cat = next(iter(session.scalars(select(Catalog).where(or_(Catalog.name.in_(named), Catalog.source_uri.in_(named)))
+                                    .order_by(Catalog.name.in_(named).desc(), Catalog.id))), None)
+    if cat is None:
         raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
-    return None, list(session.execute(query.where(Video.catalog_id.in_(catalogs)).order_by(Video.key)).tuples())
+    current = query.where(Video.catalog_id == cat.id, Video.removed_at.is_(None), Output.content_hash == Video.content_hash)
+    if model is None:
+        newest = session.execute(current.order_by(Output.created_at.desc(), Output.id.desc()).limit(1)).first()
+        if newest is None:
+            raise ValueError(f"{target}: no video of it has been scored")
+        chosen = session.get(ModelVersion, newest[0].model_version_id)
+    else:
+        chosen = session.scalar(select(ModelVersion).where(ModelVersion.name == model))
+        if chosen is None:
+            raise ValueError(f"--model {model}: no such model has scored anything (gvmgen models list shows them)")
+    newest_per_video = {}
+    for output, video in session.execute(current.where(Output.model_version_id == chosen.id)
+                                         .order_by(Output.created_at, Output.id)).tuples():
+        newest_per_video[video.key] = (output, video)
+    if not newest_per_video:
+        raise ValueError(f"--model {model}: no video of {target} has been scored with it")
+    return EvaluationScope(None, cat, chosen, [newest_per_video[key] for key in sorted(newest_per_video)])
 
 
 def shots_of(session: Session, video: Video) -> list[Shot]:
@@ -524,12 +557,17 @@ def shots_of(session: Session, video: Video) -> list[Shot]:
 
 
 def record_evaluation(session: Session, metric: str, value: float | None, *, output: Output | None = None,
-                      run: Run | None = None, baseline: float | None = None, details: dict | None = None) -> None:
-    """One metric value, replacing an earlier evaluation of the same thing."""
-    where = [Evaluation.metric == metric,
-             Evaluation.output_id == output.id if output else Evaluation.output_id.is_(None),
-             Evaluation.run_id == run.id if run else Evaluation.run_id.is_(None)]
-    session.execute(delete(Evaluation).where(*where))
-    session.add(Evaluation(output_id=output.id if output else None, run_id=run.id if run else None, metric=metric,
-                           value=value, baseline=baseline, details=details or {}, created_at=utcnow()))
+                      scope: EvaluationScope | None = None, baseline: float | None = None,
+                      details: dict | None = None) -> None:
+    """One metric value of an output, or of a scope's outputs together; it replaces an earlier
+    evaluation of the same thing."""
+    whose = {"output_id": output.id if output else None,
+             "run_id": scope.run.id if scope and scope.run else None,
+             "catalog_id": scope.catalog.id if scope and scope.catalog else None,
+             "model_version_id": scope.model.id if scope and scope.catalog else None}
+    session.execute(delete(Evaluation).where(Evaluation.metric == metric, *(
+        getattr(Evaluation, column) == row_id if row_id is not None else getattr(Evaluation, column).is_(None)
+        for column, row_id in whose.items())))
+    session.add(Evaluation(**whose, metric=metric, value=value, baseline=baseline, details=details or {},
+                           created_at=utcnow()))
     session.commit()

@@ -20,6 +20,7 @@ CASES = {
     "generate on cuda without CUDA": (["generate", VIDEO, "-o", "out.mp4", "--device", "cuda"], "CUDA is not available"),
     "weights fetch without network": (["weights", "fetch", "small"], "cannot download openai/clip-vit-large-patch14-336"),
     "eval of a run that does not exist": (["eval", "999"], "no run 999"),
+    "eval of a library never scored": (["eval", "library"], "library: neither a run id nor a catalog that has been scored"),
     "runs show of a run that does not exist": (["runs", "show", "999"], "no run 999"),
     "a seed beyond 64 bits": (["score", "library", "--out", "out", "--seed", "9223372036854775808"], "seed"),
     "a batch of no videos": (["score", "library", "--out", "out", "--batch-videos", "0"], "batch_videos"),

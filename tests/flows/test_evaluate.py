@@ -72,3 +72,9 @@ def test_a_scored_run_is_evaluated_into_sql_and_an_artifact(prefect_engine, fixt
     assert again["rows"] == result["rows"]
     with connect()() as session:
         assert len(session.scalars(select(Evaluation)).all()) == len(rows_first) == 7  # 2 + 3 per video, FAD, KL
+
+    catalog = evaluate(str(library))                # the catalog: the same outputs, its FAD and KL its own
+    assert catalog["rows"] == result["rows"] and catalog["model"] == result["model"] == "tiny"
+    with connect()() as session:
+        whole = session.scalars(select(Evaluation).where(Evaluation.catalog_id.is_not(None))).all()
+        assert sorted(e.metric for e in whole) == ["fad_clap", "kl_ast"] and len(session.scalars(select(Evaluation)).all()) == 9

@@ -254,6 +254,48 @@ def test_a_video_gone_from_its_library_is_listed_as_removed_until_it_is_back(dat
     assert [s for _, s, _ in repo.videos(session)] == ["new", "new"]
 
 
+def test_a_catalog_is_evaluated_by_one_model_over_the_videos_it_has_now(database_url):
+    """A catalog scored by `tiny`, then by a fine-tuned model, is never averaged across the two: by
+    default the newest model's outputs, else the one asked for; a video removed from the library or
+    changed since it was scored is left out. A catalog's FAD stays apart from another catalog's."""
+    import pytest
+
+    session = _session(database_url)
+    videos = _videos(session, 4)
+    cat = repo.catalog(session, "library", "file:///library")
+    tiny, tuned = repo.model_version(session, "tiny", "preset:tiny"), repo.model_version(session, "tuned", "file:///m/")
+    key = repo.settings_hash({})
+
+    def score(model, video):
+        job = repo.claim(session, video, model, key, owner="w")
+        return repo.complete(session, job, "w", video, model, None, {}, video_uri=f"file:///o/{model.name}/{video.key}",
+                             track_uri=f"file:///o/{model.name}/{video.key}.flac")
+
+    by_tiny = {v.key: score(tiny, v) for v in videos}
+    by_tuned = {v.key: score(tuned, v) for v in videos[:2]}
+    repo.register_video(session, cat, ObjectInfo("v1.mp4", 99, None, datetime.now(timezone.utc)),
+                        "file:///library/v1.mp4", "sha256:changed")                 # v1 is another video now
+    repo.mark_removed(session, list(repo.catalog_videos(session, cat).values()), {"v0.mp4", "v1.mp4", "v2.mp4"})
+
+    newest = repo.outputs_to_evaluate(session, "library")
+    assert (newest.catalog.id, newest.run, newest.model.name) == (cat.id, None, "tuned")
+    assert [(o.id, v.key) for o, v in newest.found] == [(by_tuned["v0.mp4"].id, "v0.mp4")]
+    asked = repo.outputs_to_evaluate(session, "file:///library", model="tiny")
+    assert [(o.id, v.key) for o, v in asked.found] == [(by_tiny["v0.mp4"].id, "v0.mp4"), (by_tiny["v2.mp4"].id, "v2.mp4")]
+    with pytest.raises(ValueError, match="--model nobody: no such model"):
+        repo.outputs_to_evaluate(session, "library", model="nobody")
+
+    other = repo.catalog(session, "other", "file:///other")
+    (elsewhere,) = [repo.register_video(session, other, ObjectInfo("x.mp4", 1, None, datetime.now(timezone.utc)),
+                                        "file:///other/x.mp4", "sha256:other")[0]]
+    score(tiny, elsewhere)
+    for scope, value in ((newest, 1.0), (asked, 2.0), (repo.outputs_to_evaluate(session, "other"), 3.0), (asked, 4.0)):
+        repo.record_evaluation(session, "fad_clap", value, scope=scope)
+    stored = session.execute(select(Evaluation.catalog_id, Evaluation.model_version_id, Evaluation.value)
+                             .where(Evaluation.metric == "fad_clap")).all()
+    assert sorted(stored) == sorted([(cat.id, tuned.id, 1.0), (cat.id, tiny.id, 4.0), (other.id, tiny.id, 3.0)])
+
+
 def test_failed_work_waits_for_an_explicit_retry(database_url):
     session = _session(database_url)
     (video,) = _videos(session, 1)
