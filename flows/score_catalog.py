@@ -77,6 +77,10 @@ VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is t
 SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
 BATCH_RANGE = (1, 64)
 LEASE_RANGE = (1, 7 * 24 * 3600)
+# The flow's threads: one composes for the whole run, the rest prepare and finish (ffmpeg, scene
+# detection, loudness, uploads). A core each: a fixed four left three videos at a time to prepare and
+# finish on any host, with 2 x batch_videos waiting; four at the least, so a small machine overlaps too.
+MEDIA_THREADS = max(4, os.cpu_count() or 1)
 _STOP = threading.Event()    # set when the run is interrupted: tasks take no new work
 _LOCAL_GPU = threading.Lock()
 
@@ -823,7 +827,7 @@ def _outcome(future_or_state, key: str) -> object:
     return value
 
 
-@flow(name="score-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="score-catalog", task_runner=ThreadPoolTaskRunner(max_workers=MEDIA_THREADS))
 def score_catalog(source: str, output: str, model: str = "tiny", settings: dict | None = None,
                   catalog_name: str | None = None, retry_failed: bool = False, overwrite: bool = False,
                   lease_s: float = 900, batch_videos: int = 4, gpu_slots: int = 1) -> dict:
