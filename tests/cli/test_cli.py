@@ -124,9 +124,9 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     assert "  settings  generation.seed=7, target_lufs=-23.0\n" in text and "  source    /lib\n" in text, text
     assert "  bad.mp4 (score): MediaError: bad.mp4: not a readable media file" in text and "{" not in text
     (header, _, row) = _gvmgen("runs", "list").stdout.strip().splitlines()
-    assert header.split() == ["id", "status", "started", "scored", "skipped", "failed", "failed", "earlier", "source",
-                              "cause"]
-    assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "0", "1", "0", "/lib"]
+    assert header.split() == ["id", "status", "started", "scored", "skipped", "failed", "failed", "earlier", "model",
+                              "source", "output", "cause"]
+    assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "0", "1", "0", "tiny", "/lib", "/out"]
 
 
 @pytest.mark.slow
