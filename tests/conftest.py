@@ -56,15 +56,14 @@ def free_port():
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(free_port):
+def s3_endpoint():
     from moto.server import ThreadedMotoServer
 
     os.environ.update(AWS_ACCESS_KEY_ID="testing-key-id", AWS_SECRET_ACCESS_KEY="testing-secret-key",
                       AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the port it binds, never taken meanwhile
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    yield "http://127.0.0.1:%d" % server.get_host_and_port()[1]
     server.stop()
 
 

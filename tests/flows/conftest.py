@@ -11,7 +11,7 @@ def prefect_engine(tmp_path_factory):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # the CLI's limit: 30 s is not enough on a busy machine
         yield
 
 

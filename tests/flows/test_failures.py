@@ -39,7 +39,7 @@ def _failed_jobs_and_errors():
                 session.scalar(select(func.count()).select_from(VideoError)))
 
 
-def _wait_for(condition, seconds=300, what="the condition"):
+def _wait_for(condition, seconds=900, what="the condition"):  # a bound for a hang, not a speed
     deadline = time.time() + seconds
     while time.time() < deadline:
         if condition():

@@ -93,7 +93,12 @@ def test_a_failed_video_fails_its_task_run_and_the_flow_run(prefect_server, gvmg
     client, settings = _client(prefect_server)
     with settings, client:
         flow_run = client.read_flow_run(flow_run_id)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        deadline = time.time() + 60   # the server records task states from events, a moment after the run
+        while True:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+            if time.time() > deadline or all(t.state and t.state.is_final() for t in tasks):
+                break
+            time.sleep(0.2)
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     assert flow_run.state.is_failed() and flow_run.state.message.startswith("1 of 3 videos failed")

@@ -24,11 +24,18 @@ def _clip(path: Path, source: str, seconds: float) -> Path:
 
 
 def _task_runs(flow_run_id: str) -> list:
+    """The flow run's task runs, once the server has recorded each one's end (it records task states
+    from events, a moment after the flow has returned)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.time() + 60
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if time.time() > deadline or all(t.state and t.state.is_final() and t.end_time for t in tasks):
+                return tasks
+            time.sleep(0.2)
 
 
 def _seconds(moment) -> float:
@@ -181,17 +188,18 @@ def test_two_flow_runs_on_one_catalog_score_each_video_once(prefect_engine, tmp_
     watcher.start()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[2])}
     records = [tmp_path / f"compose-{i}.jsonl" for i in range(2)]
+    logs = [(tmp_path / f"child-{i}.out", tmp_path / f"child-{i}.err") for i in range(2)]   # files: a pipe can fill
     children = [subprocess.Popen([sys.executable, "-c", CHILD, str(library), str(out), str(r)], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in records]
+                                 stdout=o.open("w"), stderr=e.open("w")) for r, (o, e) in zip(records, logs)]
     try:
-        results = [(c.communicate(timeout=600), c.returncode) for c in children]
+        codes = [c.wait(timeout=900) for c in children]
     finally:
         stop.set()
         watcher.join()
     summaries = []
-    for (stdout, stderr), code in results:
-        assert code == 0, stderr[-3000:]
-        summaries.append(json.loads(stdout.split("SUMMARY ", 1)[1]))
+    for code, (o, e) in zip(codes, logs):
+        assert code == 0, e.read_text()[-3000:]
+        summaries.append(json.loads(o.read_text().split("SUMMARY ", 1)[1]))
 
     assert summaries[0]["run"] != summaries[1]["run"]
     assert summaries[0]["scored"] + summaries[1]["scored"] == len(names)

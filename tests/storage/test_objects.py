@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tracemalloc
 
 import pytest
@@ -63,14 +62,25 @@ def test_a_symlink_out_of_a_local_store_is_refused(tmp_path):
 
 
 _UPLOADER = """
-import sys, time
+import shutil, sys, threading
 from storage.objects import LocalStore, S3Store
 kind, where, source = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def midway(*_, **__):   # part of the file is written: the parent kills the upload here, never by luck
+    print("midway", flush=True)
+    threading.Event().wait()
+
 if kind == "local":
     store = LocalStore(where)
+    def one_chunk(src, dst, length):
+        dst.write(src.read(length))
+        dst.flush()
+        midway()
+    shutil.copyfileobj = one_chunk
 else:
     endpoint, bucket = where.split("|")
     store = S3Store(bucket, "catalog/one", endpoint_url=endpoint, multipart_mb=5)
+    store.client.meta.events.register("after-call.s3.UploadPart", midway)
 store.upload(source, "big.mp4")
 """
 
@@ -83,11 +93,8 @@ def test_an_upload_killed_midway_leaves_no_visible_object(store, tmp_path):
         where, kind = str(store.root), "local"
     else:
         where, kind = f"{store.client.meta.endpoint_url}|{store.bucket}", "s3"
-    proc = subprocess.Popen([sys.executable, "-c", _UPLOADER, kind, where, str(big)])
-    deadline = time.time() + 60
-    while time.time() < deadline and not _upload_started(store):
-        time.sleep(0.01)
-    assert _upload_started(store), "the upload never started"
+    proc = subprocess.Popen([sys.executable, "-c", _UPLOADER, kind, where, str(big)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "midway\n" and _upload_started(store), "the upload never started"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not store.exists("big.mp4")
