@@ -117,12 +117,17 @@ def postgres_server(free_port):
         pw = pwd.getpwnam("postgres")
         os.chown(data, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
     subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "gvmgen", "--no-sync"],
                    check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
+    for _ in range(3):  # a port free when picked may be taken before the server binds it: another one
+        port = free_port()
+        started = subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                                  f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                                 capture_output=True, text=True)
+        if started.returncode == 0:
+            break
+    else:
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}{(data / 'log').read_text()[-2000:]}")
     try:
         yield f"postgresql+psycopg://gvmgen@127.0.0.1:{port}"
     finally:

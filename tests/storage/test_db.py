@@ -294,6 +294,7 @@ def test_a_catalog_is_evaluated_by_one_model_over_the_videos_it_has_now(database
     stored = session.execute(select(Evaluation.catalog_id, Evaluation.model_version_id, Evaluation.value)
                              .where(Evaluation.metric == "fad_clap")).all()
     assert sorted(stored) == sorted([(cat.id, tuned.id, 1.0), (cat.id, tiny.id, 4.0), (other.id, tiny.id, 3.0)])
+    session.close()
 
 
 def test_failed_work_waits_for_an_explicit_retry(database_url):
