@@ -25,16 +25,17 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-weights_app = typer.Typer(help="Pretrained weights.", no_args_is_help=True)
+# Plain help (click's): paragraphs rewrapped to the terminal, flags shown without a value
+PLAIN = dict(no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(help="Score videos with GVMGen: music composed for the picture.", pretty_exceptions_enable=False,
+                  **PLAIN)
+weights_app = typer.Typer(help="Pretrained weights.", **PLAIN)
 app.add_typer(weights_app, name="weights")
-runs_app = typer.Typer(help="Catalog runs recorded in the database.", no_args_is_help=True)
+runs_app = typer.Typer(help="Catalog runs recorded in the database.", **PLAIN)
 app.add_typer(runs_app, name="runs")
-videos_app = typer.Typer(help="Videos recorded in the database.", no_args_is_help=True)
+videos_app = typer.Typer(help="Videos recorded in the database.", **PLAIN)
 app.add_typer(videos_app, name="videos")
-db_app = typer.Typer(help="The metadata database (SQLite under GVMGEN_HOME, or GVMGEN_DATABASE_URL).",
-                     no_args_is_help=True)
+db_app = typer.Typer(help="The metadata database (SQLite under GVMGEN_HOME, or GVMGEN_DATABASE_URL).", **PLAIN)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True, soft_wrap=True)   # progress, status and errors
 out = Console(soft_wrap=True)                    # what a command reports: tables and summaries
@@ -145,7 +146,8 @@ def generate(
     video: Path = typer.Argument(..., help="The video to score."),
     output: Path = typer.Option(..., "-o", "--out", help="The scored video; the track (.flac) and report "
                              "(.report.png) are written beside it."),
-    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, or a checkpoint directory."),
+    model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
+                              "model's name, or a checkpoint directory."),
     device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output (and its track and report) if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -158,6 +160,7 @@ def generate(
     from gvmgen.media.probe import probe
     from gvmgen.model.checkpoints import load_for_scoring
     from gvmgen.pipeline import score_video
+    from storage.registry import resolve
 
     info = probe(video)  # a bad video, or an output that cannot be written, costs nothing
     check_container(output, info.codec)
@@ -171,7 +174,7 @@ def generate(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     with console.status(f"loading model {model}"):
-        loaded = load_for_scoring(model, device=device)
+        loaded = load_for_scoring(resolve(None, model), device=device)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeRemainingColumn(), console=console,
                   disable=as_json or OPTIONS["quiet"] or not console.is_terminal) as bar:
@@ -356,14 +359,16 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
         earlier = [f for f in summary["failures"] if f["status"] == "failed earlier"]
         out.print(f"run {summary['run']}: {summary['scored']} scored, {summary['skipped'] - summary['copied']} skipped "
                   f"(done before), {summary['copied']} copied (the same content, scored before), "
-                  f"{summary['failed']} failed, failed earlier, not retried: {len(earlier)}"
+                  f"{summary['failed']} failed, {len(earlier)} failed earlier (not retried)"
                   + (f", {summary['pending']} pending (being scored elsewhere, or left for the next run)"
                      if summary["pending"] else "")
                   + f"; videos, tracks and reports (.report.png) in {out_uri}")
         for failure in summary["failures"]:
             out.print(f"  {failure['video']} ({failure['status']}): {failure['cause']}", markup=False, highlight=False)
-        if earlier:
-            out.print("  (--retry-failed takes the videos that failed earlier again)")
+        if summary["failures"]:
+            out.print("  (a video that failed is taken again once its file changes: replace or fix it; "
+                      + ("--retry-failed takes the earlier ones again as they are)" if earlier else "gvmgen runs show "
+                         f"{summary['run']} lists them again)"), markup=False, highlight=False)
     for note in summary.get("notes", []):
         console.print(f"warning: {note['video']}: {note['note']}", markup=False, highlight=False)
     raise typer.Exit(1 if summary["failures"] else 0)
@@ -381,11 +386,11 @@ def finetune(
                                  "beside each with the same name (a.mp4 + a.wav/.flac/.mp3)."),
     base: str = typer.Option("tiny", "--base", help="tiny, small, medium, or a model version's name."),
     name: str = typer.Option(..., "--name", help="The new model version's name (gvmgen score --model NAME)."),
-    steps: int = typer.Option(1000, "--steps"),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps (at least 1)."),
     lm: LMMode = typer.Option(LMMode.cross, "--lm", help="cross: the LM's cross-attention only; full: all the "
                               "LM; lora: LoRA adapters on its self-attention."),
-    batch_size: int = typer.Option(4, "--batch-size"),
-    lr: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(4, "--batch-size", help="Clips a step (at least 1)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (after a linear warm-up, then cosine decay)."),
     store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
                               "default GVMGEN_HOME/store)."),
     variant: str = typer.Option(None, "--variant", help="The feature transformation: official, residual, "
@@ -394,7 +399,9 @@ def finetune(
 ):
     """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
 
-    A rerun reuses the cached clips and resumes training from its last checkpoint.
+    A rerun reuses the cached clips and resumes the same training from its last checkpoint. The same
+    NAME with other videos or settings trains afresh and publishes a new version of NAME (the earlier
+    one stays, as NAME@TIME).
     """
     _prefect_environment()
     from flows.finetune import finetune as finetune_flow
@@ -408,7 +415,7 @@ def finetune(
     elif not OPTIONS["quiet"]:
         out.print(f"model {result['model']}: {result['videos']} videos ({result['left_out']} left out), "
                   f"{result['train_clips']} training clips; loss {result.get('train_loss')}, validation loss "
-                  f"{result.get('validation_loss')}; saved to {result['checkpoint']}; score with "
+                  f"{result.get('validation_loss')}; saved to {_location(result['checkpoint'])}; score with "
                   f"`gvmgen score SOURCE --out DEST --model {result['model']}`")
         for left in result["left_out_videos"]:
             out.print(f"  left out: {left['video']}: {left['cause']}", markup=False, highlight=False)
@@ -446,10 +453,19 @@ def evaluate(
         print(json.dumps(_nan_as_null(result), default=str))
         return
     columns = ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"]
+    out.print(f"{what}: {result['videos']} video(s)", markup=False, highlight=False)
     _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
     for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
         out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
-    out.print(f"{what}: {result['videos']} video(s), stored in SQL (evaluations)", markup=False, highlight=False)
+    out.print(EVAL_LEGEND, markup=False, highlight=False)
+
+
+EVAL_LEGEND = """cut onset hit rate: the share of shot cuts with a musical onset within 0.25 s; above "shuffled cuts" (the
+  same for cuts at random times), the music follows the picture's cuts. Blank: the video has no cut.
+seam flux ratio: the spectral change at the seams between windows over that elsewhere; near 1, the seams
+  are not heard. Blank: a single window.
+loudness range lu: EBU R128 loudness range of the track. Blank: too short to measure (under 3 s).
+Stored in SQL (the evaluations table)."""
 
 
 def _nan_as_null(value):
@@ -521,10 +537,12 @@ def _training_progress(name: str, steps: int, disable: bool):
     """Training steps of model `name`, from its metrics as they are recorded."""
     from storage import repository as repo
 
+    since = repo.utcnow()
+
     def poll(session):
-        done = [m for m in repo.training_metrics(session, name) if m.split == "train"]
-        if done:
-            return done[-1].step, steps, f"training {name}: loss {done[-1].loss:.3f}"
+        last = repo.latest_training_step(session, name, since)
+        if last:
+            return last.step, steps, f"training {name}: loss {last.loss:.3f}"
 
     return _progress_from_sql(poll, disable, "building the training clips")
 
@@ -564,7 +582,7 @@ def weights_fetch(name: Preset = typer.Argument(..., help="Which pretrained pres
 
 
 def _cell(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):   # not measured: blank, as in JSON
         return ""
     if isinstance(value, datetime):  # stored in UTC, to the second
         return value.strftime("%Y-%m-%d %H:%M:%S")
@@ -592,7 +610,8 @@ def _emit(rows: list[dict], as_json: bool, columns: list[str], fold: tuple[str, 
 
 
 @runs_app.command("list")
-def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Option(False, "--json")):
+def runs_list(limit: int = typer.Option(20, "--limit", help="How many of the latest runs."),
+              as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON.")):
     """The latest catalog runs (times in UTC)."""
     from storage import repository as repo
     from storage.db import connect
@@ -601,10 +620,17 @@ def runs_list(limit: int = typer.Option(20, "--limit"), as_json: bool = typer.Op
         rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
                  "took": _took(r.started_at, r.finished_at), "scored": r.scored, "skipped": r.skipped,
                  "failed": r.failed, "failed_earlier": r.failed_earlier, "source": r.parameters.get("source"),
-                 "output": r.parameters.get("output"), "model": r.parameters.get("model"), "cause": r.cause}
+                 "output": r.parameters.get("output"), "model": _model_of(session, r), "cause": r.cause}
                 for r in repo.runs(session, limit)]
     _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "failed", "failed_earlier", "model", "source",
                           "output", "cause"], fold=("source", "output", "cause"))
+
+
+def _model_of(session, run) -> str:
+    """The model version a run scored with, by its name now: NAME@TIME once NAME was published again."""
+    from storage.models import ModelVersion
+
+    return session.get(ModelVersion, run.model_version_id).name
 
 
 def _took(started: datetime, finished: datetime | None) -> str | None:
@@ -629,6 +655,7 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
         if run is None:
             raise ValueError(f"no run {run_id} (gvmgen runs list shows them)")
         report = {"id": run.id, "status": run.status, "cause": run.cause, "worker": run.worker,
+                  "model": _model_of(session, run),
                   "started": run.started_at, "finished": run.finished_at, "parameters": run.parameters,
                   "scored": run.scored, "skipped": run.skipped, "failed": run.failed,
                   "failed_earlier": run.failed_earlier,
@@ -644,7 +671,7 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
              ("finished", f"{_cell(report['finished'])} UTC, after {_took(report['started'], report['finished'])}"
                           if report["finished"] else "not yet"),
              ("source", parameters.get("source")), ("output", parameters.get("output")),
-             ("model", parameters.get("model")),
+             ("model", report["model"]),
              ("settings", ", ".join(f"{k}={v}" for k, v in changed.items()) or "the defaults"),
              ("videos", f"{report['scored']} scored, {report['skipped']} skipped, {report['failed']} failed, "
                         f"{report['failed_earlier']} failed earlier")]
@@ -678,17 +705,55 @@ class VideoStatus(str, Enum):
 
 @videos_app.command("list")
 def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only videos whose latest job has this status."),
-                as_json: bool = typer.Option(False, "--json")):
-    """Videos of every catalog, with the status of their latest job and, for failed ones, the stage
-    and cause of the failure."""
+                catalog: str = typer.Option(None, "--catalog", help="Only the videos of this catalog (its source "
+                                            "or name, as runs list shows it)."),
+                as_json: bool = typer.Option(False, "--json", help="Print the videos as JSON.")):
+    """Videos of every catalog (a fine-tuning's too), with the status of their latest job and, for
+    failed ones, the stage and cause of the failure."""
+    from sqlalchemy import select
+
+    from storage import repository as repo
+    from storage.db import connect
+    from storage.models import Catalog
+
+    with connect()() as session:
+        only = repo.find_catalog(session, catalog) if catalog else None
+        if catalog and only is None:
+            raise ValueError(f"--catalog {catalog}: no such catalog (gvmgen runs list shows the sources)")
+        names = dict(session.execute(select(Catalog.id, Catalog.name)).all())
+        rows = [{"id": v.id, "catalog": names[v.catalog_id], "key": v.key, "status": s, "duration": v.duration,
+                 "source": v.source_uri, "stage": e.stage if e else None, "cause": e.cause if e else None}
+                for v, s, e in repo.videos(session, status.value if status else None, only)]
+    columns = ["id", "key", "status", "duration", "stage", "cause"]
+    _emit(rows, as_json, columns if only else ["id", "catalog", *columns[1:]], fold=("catalog", "key", "cause"))
+
+
+models_app = typer.Typer(help="Model versions: presets, checkpoint folders and fine-tuned models.", **PLAIN)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print the models as JSON.")):
+    """Every model that scored or was published, newest first. A fine-tuned model published again
+    under its name keeps its earlier version as NAME@TIME (its outputs and folder stay)."""
     from storage import repository as repo
     from storage.db import connect
 
     with connect()() as session:
-        rows = [{"id": v.id, "key": v.key, "status": s, "duration": v.duration, "source": v.source_uri,
-                 "stage": e.stage if e else None, "cause": e.cause if e else None}
-                for v, s, e in repo.videos(session, status.value if status else None)]
-    _emit(rows, as_json, ["id", "key", "status", "duration", "source", "stage", "cause"], fold=("key", "source", "cause"))
+        rows = [{"name": m.name, "kind": "preset" if m.checkpoint_uri.startswith("preset:") else
+                 "published" if "fingerprint" in m.metrics else "folder", "base": m.base, "created": m.created_at,
+                 "steps": m.metrics.get("steps"), "train_loss": m.metrics.get("train_loss"),
+                 "validation_loss": m.metrics.get("validation_loss"), "checkpoint": _location(m.checkpoint_uri)}
+                for m in repo.model_versions(session)]
+    _emit(rows, as_json, ["name", "kind", "base", "created", "steps", "train_loss", "validation_loss", "checkpoint"],
+          fold=("checkpoint",))
+
+
+def _location(uri: str) -> str:
+    """A URI as people type it: a local file:// URI as its plain path, others as they are."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(uri).path) if uri.startswith("file://") else uri
 
 
 @app.command("retry-failed")

@@ -11,6 +11,8 @@ or, failing that, its own audio track. `score_catalog(model=NAME)` then scores w
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -94,31 +96,38 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
         if len(videos) > 1 and all(c.split == "train" for c in clips):  # a small catalog: hold one video out
             repo.move_to_validation(session, encoders, min(videos, key=lambda h: hashlib.sha256(h.encode()).digest()))
             clips = repo.training_set(session, encoders, video_ids)
+        train_settings = TrainSettings(**settings)
+        training = training_of(name, registry.identity(session, base), model.config.feature_transformation,
+                               train_settings, clips)
     local = {uri: _cached_shard(open_store(store), f"datasets/{encoders}/{uri.rsplit('/', 1)[-1]}")
              for uri in {c.shard_uri for c in clips}}
     train = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "train"]
     validation = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "validation"]
 
-    train_settings = TrainSettings(**settings)
     progress = create_progress_artifact(0.0, key="finetune-progress", description=f"training {name}")
     history: list[dict] = []
 
     def on_metrics(m: dict) -> None:
         history.append(m)
         with sessions() as session:
-            repo.record_metric(session, name, m["step"], m["split"], m["loss"], m["accuracy"], m.get("lr"),
+            repo.record_metric(session, training, m["step"], m["split"], m["loss"], m["accuracy"], m.get("lr"),
                                m.get("spread"), m.get("conditioning_gain"))
         if m["split"] == "train" and (m["step"] % 10 == 0 or m["step"] == train_settings.steps):
             update_progress_artifact(progress, 100.0 * m["step"] / train_settings.steps)
 
-    trainer = Trainer(model, train, validation, train_settings, home() / "training" / name, on_metrics=on_metrics)
+    checkpoints = home() / "training" / training
+    for other in (checkpoints.parent.iterdir() if checkpoints.parent.is_dir() else []):  # superseded under this name
+        if other != checkpoints:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+    trainer = Trainer(model, train, validation, train_settings, checkpoints, on_metrics=on_metrics)
     with gpu_slot():
         merge_adapters(trainer.run())
     with sessions() as session:  # the whole curve, a resumed run's earlier steps included
         history = [{"step": m.step, "split": m.split, "loss": m.loss, "accuracy": m.accuracy, "spread": m.spread,
-                    "conditioning_gain": m.conditioning_gain} for m in repo.training_metrics(session, name)]
+                    "conditioning_gain": m.conditioning_gain} for m in repo.training_metrics(session, training)]
     final = {s: next((m for m in reversed(history) if m["split"] == s), None) for s in ("train", "validation")}
     metrics = {"steps": train_settings.steps, "train_clips": len(train), "validation_clips": len(validation),
+               "training": training,
                "variant": model.config.feature_transformation,
                **{f"{s}_{k}": round(m[k], 4) for s, m in final.items() if m for k in ("loss", "accuracy")},
                **{f"validation_{k}": round(final["validation"][k], 4) for k in ("spread", "conditioning_gain")
@@ -139,6 +148,16 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
                           "at each evaluation, the frame tokens' spread across frames and the conditioning gain")
     return {"model": name, "checkpoint": row.checkpoint_uri, "loss_curve": curve_uri, **metrics,
             **({"warning": warning} if warning else {})}
+
+
+def training_of(name: str, base: str, variant: str, settings: TrainSettings, clips: list) -> str:
+    """The training that makes model `name` (its checkpoint folder under GVMGEN_HOME/training, and its
+    curve's key in SQL): `name`/ a digest of what the weights depend on: the base, the layout, the
+    settings and the clips with their split. A rerun of the same training resumes it (and, finished,
+    publishes the same version again); the same name given other data or settings trains afresh."""
+    made_of = {"base": base, "variant": variant, "settings": settings.weights_key(),
+               "clips": sorted((c.content_hash, c.index, c.start, c.end, c.split) for c in clips)}
+    return f"{name}/{hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 def _cached_shard(store, key: str) -> Path:
@@ -167,8 +186,10 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
     settings = dict(steps=steps, batch_size=batch_size, accumulation=accumulation, lr=lr, lm=lm,
                     lora_rank=lora_rank, checkpoint_every=checkpoint_every, eval_every=eval_every, seed=seed)
     TrainSettings(**settings)  # bad settings fail here, before any work
+    registry.check_name(name)
     if variant is not None and variant not in FEATURE_TRANSFORMATIONS:
         raise ValueError(f"variant must be one of {FEATURE_TRANSFORMATIONS}, got {variant!r}")
+    open_store(store).check_writable()
     video_ids = register_videos(source, catalog_name or source, list_library(source))
     music = list_music(source)
     rows = [f.result() for f in [build_shard.submit(v, source, store, base, music, clip_s) for v in video_ids]]
@@ -179,7 +200,8 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
             f"- `{r['video']}` ({r['status']}): {r['cause']}" for r in failed), key="finetune-left-out")
     usable = [v for v, r in zip(video_ids, rows) if r["clips"]]
     if not usable:
-        raise ValueError(f"{source}: no video gave a training clip (see the finetune-left-out artifact)")
+        why = "; ".join(f"{r['video']}: {r['cause']}" for r in failed[:3]) + (f"; {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise ValueError(f"{source}: no video gave a training clip ({why or 'no videos'})")
     ensure_gpu_limit(1)
     result = train_model(name, base, store, usable, settings, variant)
     return {**result, "videos": len(usable), "left_out": len(failed), "seconds": round(time.perf_counter() - started, 1),

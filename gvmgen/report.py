@@ -94,7 +94,8 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
     spread.set_ylim(bottom=0)
     for ax in (loss, accuracy, spread):
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:   # a curve to name (a resumed run's may be recorded elsewhere)
+            ax.legend(fontsize=8)
     return _save(fig, path)
 
 

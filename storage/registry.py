@@ -3,9 +3,11 @@ SQL, and any worker turns the name back into a local folder it can load."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import re
+import shutil
 from pathlib import Path
-from urllib.parse import unquote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,32 +22,51 @@ from .objects import fetch_copy, open_store
 EVERY_FILE = ("",)  # list() keeps keys ending in one of these
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> None:
+    """A new model's name: letters, digits, '.', '_', '-' (a '/' would make it a path, and '@' marks
+    the versions a name held before); never a preset's."""
+    if not MODEL_NAME.fullmatch(name) or name in PRESETS:
+        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' and '-' (up to 100), "
+                         f"not a preset's name ({', '.join(PRESETS)})")
+
+
 def publish(session: Session, name: str, base: str, directory: Path, store_uri: str, metrics: dict) -> ModelVersion:
-    """Upload the checkpoint folder to `store_uri`/models/`name`/ and register it under `name`.
+    """Upload the checkpoint folder to `store_uri`/models/`name`/<UTC time, to the microsecond>/ and
+    register it under `name`.
 
     Results are keyed by model version, so other weights under a name published before make a new
-    version: the old one keeps its files and its outputs under `name@<its time>`, and a catalog scored
+    version: the old one keeps its folder and its outputs under `name@<its time>`, and a catalog scored
     with `name` is scored again, never given the old weights' music. The same weights again (a rerun
-    that resumed at its end) stay the same version."""
+    that resumed at its end) stay the same version. A version's folder is never written again."""
     fingerprint = _fingerprint(Path(directory))
     row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if row is not None and row.metrics.get("fingerprint") == fingerprint:
         row.base, row.metrics = base, {**metrics, "fingerprint": fingerprint}
         session.commit()
         return row
-    folder = f"models/{name}"
     if row is not None:
         row.name = f"{name}@{row.created_at:%Y%m%dT%H%M%S}"
-        folder = f"models/{name}@{repo.utcnow():%Y%m%dT%H%M%S}"
         session.flush()
+    created = repo.utcnow()
+    folder = f"models/{name}/{created:%Y%m%dT%H%M%S.%f}"
     store = open_store(store_uri)
     for path in sorted(Path(directory).iterdir()):
         store.upload(path, f"{folder}/{path.name}")
-    row = ModelVersion(name=name, base=base, checkpoint_uri=store.uri(folder), created_at=repo.utcnow(),
+    row = ModelVersion(name=name, base=base, checkpoint_uri=store.uri(folder), created_at=created,
                        metrics={**metrics, "fingerprint": fingerprint})
     session.add(row)
     session.commit()
     return row
+
+
+def identity(session: Session, spec: str) -> str:
+    """What a base model is, for telling trainings apart: a published version's fingerprint (its
+    weights), else the preset's name or the folder as given."""
+    row = session.scalar(select(ModelVersion).where(ModelVersion.name == spec))
+    return row.metrics.get("fingerprint") or row.checkpoint_uri if row is not None else spec
 
 
 def _fingerprint(directory: Path) -> str:
@@ -59,21 +80,47 @@ def _fingerprint(directory: Path) -> str:
 
 
 def local_checkpoint(session: Session, name: str) -> Path | None:
-    """A registered model's folder on this machine (downloaded once into GVMGEN_HOME/models, a folder
-    per published version), or None when `name` is not a published model version."""
+    """A registered model's folder on this machine, or None when `name` is not a published model
+    version. Downloaded once into GVMGEN_HOME/models/<its fingerprint>: versions never share a folder,
+    whatever their names, stores or databases, and a download that does not hash to the fingerprint
+    recorded at publishing is refused (a damaged or replaced copy in the store)."""
     row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if row is None or row.checkpoint_uri.startswith("preset:"):
         return None
-    target = home() / "models" / unquote(row.checkpoint_uri.rstrip("/").rsplit("/", 1)[-1])
+    fingerprint = row.metrics.get("fingerprint")
+    made = fingerprint or "uri:" + hashlib.sha256(row.checkpoint_uri.encode()).hexdigest()  # one published before fingerprints
+    target = home() / "models" / made.replace(":", "-")
     store = open_store(row.checkpoint_uri)
-    objects = list(store.list(EVERY_FILE))
-    for o in objects:
+    fetched = False
+    for o in store.list(EVERY_FILE):
         if not ((target / o.key).is_file() and (target / o.key).stat().st_size == o.size):
             fetch_copy(store, o.key, target / o.key)
+            fetched = True
+    if fetched and fingerprint and _fingerprint(target) != fingerprint:
+        shutil.rmtree(target, ignore_errors=True)
+        raise ValueError(f"model {name}: {row.checkpoint_uri} no longer holds the weights published as {name} "
+                         "(damaged or replaced since): publish it again")
     return target
 
 
-def resolve(session: Session, spec: str) -> str:
-    """What load_model takes: a published model's local folder, else `spec` unchanged (a preset or path)."""
-    local = local_checkpoint(session, spec) if "/" not in spec and spec not in PRESETS else None
-    return str(local) if local else spec
+def resolve(session: Session | None, spec: str) -> str:
+    """What load_model takes for a model as users name it: a preset or a path unchanged, a published
+    model version's local folder (its name wins over a folder of that name here). With no session, the
+    database is opened only for a name that is neither a preset nor a path."""
+    if spec in PRESETS or "/" in spec:
+        return spec
+    if session is None:
+        from .db import connect
+
+        with connect()() as session:
+            return resolve(session, spec)
+    local = local_checkpoint(session, spec)
+    if local:
+        return str(local)
+    if Path(spec).is_dir():
+        return spec
+    names = list(session.scalars(select(ModelVersion.name).where(~ModelVersion.checkpoint_uri.startswith("preset:"))))
+    close = difflib.get_close_matches(spec, [*names, *PRESETS], n=1)
+    raise ValueError(f"model {spec!r}: neither a preset ({', '.join(PRESETS)}), a published model version, nor a "
+                     f"checkpoint folder" + (f"; did you mean {close[0]}?" if close else "")
+                     + " (gvmgen models list shows the published ones)")

@@ -414,6 +414,11 @@ def output_locations(session: Session) -> set[str]:
     return {canonical(o) for o in recorded if "://" in o or os.path.isabs(o)}
 
 
+def model_versions(session: Session) -> list[ModelVersion]:
+    """Every model that scored or was published, newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())))
+
+
 def runs(session: Session, limit: int = 20) -> list[Run]:
     return list(session.scalars(select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)))
 
@@ -421,17 +426,26 @@ def runs(session: Session, limit: int = 20) -> list[Run]:
 VIDEO_STATUSES = ("new", "pending", "done", "failed", "removed")
 
 
-def videos(session: Session, status: str | None = None) -> list[tuple[Video, str, VideoError | None]]:
-    """Every video with the status of its content's latest job ('new' when never tried: a copy of a
-    scored file is done with it; 'removed' once gone from its library) and, when it failed, its
-    content's latest error; optionally only one status."""
+def find_catalog(session: Session, named: str) -> Catalog | None:
+    """The catalog of this name, else of this source (a folder as given, or as runs record it)."""
+    names = (named, canonical(named))
+    return next(iter(session.scalars(select(Catalog).where(or_(Catalog.name.in_(names), Catalog.source_uri.in_(names)))
+                                     .order_by(Catalog.name.in_(names).desc(), Catalog.id))), None)
+
+
+def videos(session: Session, status: str | None = None,
+           catalog: Catalog | None = None) -> list[tuple[Video, str, VideoError | None]]:
+    """Every video (of one catalog, or of all) with the status of its content's latest job ('new' when
+    never tried: a copy of a scored file is done with it; 'removed' once gone from its library) and,
+    when it failed, its content's latest error; optionally only one status."""
     if status is not None and status not in VIDEO_STATUSES:
         raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
     status_of: dict[str, str] = {}
     for content, job_status in session.execute(select(Job.content_hash, Job.status).order_by(Job.id.desc())):
         status_of.setdefault(content, job_status)
+    listed = select(Video).order_by(Video.id)
     found = [(v, "removed" if v.removed_at else status_of.get(v.content_hash, "new"))
-             for v in session.scalars(select(Video).order_by(Video.id))]
+             for v in session.scalars(listed.where(Video.catalog_id == catalog.id) if catalog else listed)]
     found = [(v, s) for v, s in found if status is None or s == status]
     failed = {v.content_hash for v, s in found if s == "failed"}
     newest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_(failed))
@@ -477,9 +491,12 @@ def record_training_clips(session: Session, encoders: str, video: Video, spans: 
 
 
 def training_set(session: Session, encoders: str, video_ids: list[int]) -> list[TrainingClip]:
+    """The clips of these videos' content, whichever catalog they were first cut for (a copy of a
+    catalog trains on the clips cached for the original)."""
+    contents = select(Video.content_hash).where(Video.id.in_(video_ids))
     return list(session.scalars(select(TrainingClip).where(TrainingClip.encoders == encoders,
-                                                           TrainingClip.video_id.in_(video_ids))
-                                .order_by(TrainingClip.video_id, TrainingClip.index)))
+                                                           TrainingClip.content_hash.in_(contents))
+                                .order_by(TrainingClip.content_hash, TrainingClip.index)))
 
 
 def move_to_validation(session: Session, encoders: str, content_hash: str) -> None:
@@ -498,9 +515,17 @@ def record_metric(session: Session, model_name: str, step: int, split: str, loss
     session.commit()
 
 
-def training_metrics(session: Session, model_name: str) -> list[TrainingMetric]:
-    return list(session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == model_name)
+def training_metrics(session: Session, training: str) -> list[TrainingMetric]:
+    """A training's curve (`training`: flows.finetune.training_of, `name`/digest)."""
+    return list(session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == training)
                                 .order_by(TrainingMetric.step, TrainingMetric.split)))
+
+
+def latest_training_step(session: Session, name: str, since: datetime) -> TrainingMetric | None:
+    """The last training step recorded since `since` by a training of model `name`."""
+    return session.scalar(select(TrainingMetric).where(TrainingMetric.model_name.startswith(f"{name}/", autoescape=True),
+                                                       TrainingMetric.split == "train", TrainingMetric.created_at >= since)
+                          .order_by(TrainingMetric.created_at.desc(), TrainingMetric.id.desc()).limit(1))
 
 
 # ---- evaluation ------------------------------------------------------------------------------------
@@ -525,11 +550,12 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
         ran = session.get(ModelVersion, run.model_version_id)
         if model is not None and model != ran.name:
             raise ValueError(f"--model {model}: run {target} scored with {ran.name}; give a catalog to choose a model")
-        return EvaluationScope(run, None, ran, list(session.execute(query.where(Output.run_id == run.id)
-                                                                        .order_by(Video.key)).tuples()))
-    named = (target, canonical(target))  # a folder as given, or as runs record it
-    cat = next(iter(session.scalars(select(Catalog).where(or_(Catalog.name.in_(named), Catalog.source_uri.in_(named)))
-                                    .order_by(Catalog.name.in_(named).desc(), Catalog.id))), None)
+        found = list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
+        if not found:
+            raise ValueError(f"run {target} scored no video (each was skipped, failed or left pending): evaluate "
+                             f"its catalog instead, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
+        return EvaluationScope(run, None, ran, found)
+    cat = find_catalog(session, target)
     if cat is None:
         raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
     current = query.where(Video.catalog_id == cat.id, Video.removed_at.is_(None), Output.content_hash == Video.content_hash)

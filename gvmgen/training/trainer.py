@@ -52,7 +52,16 @@ class TrainSettings:
     def __post_init__(self):
         if self.lm not in LM_MODES:
             raise ValueError(f"lm must be one of {LM_MODES}, got {self.lm!r}")
+        for name in ("steps", "batch_size", "accumulation", "lora_rank", "checkpoint_every", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be above 0, got {self.lr}")
         self.betas = tuple(self.betas)
+
+    def weights_key(self) -> dict:
+        """The settings the trained weights depend on (how often it checkpoints and evaluates aside)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("checkpoint_every", "eval_every")}
 
 
 class ClipSource(Protocol):

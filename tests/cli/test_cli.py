@@ -128,6 +128,20 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
                               "source", "output", "cause"]
     assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "0", "1", "0", "tiny", "/lib", "/out"]
 
+    with connect()() as session:   # a fine-tuning's catalog beside it, and a model published again since the run
+        clips = repo.catalog(session, "clips", "file:///clips")
+        repo.register_video(session, clips, ObjectInfo("music.mp4", 1, None, now), "file:///clips/music.mp4", "sha256:3")
+        session.get(type(model), model.id).name = "tiny@20260101T000000"
+        session.commit()
+    everything = json.loads(_gvmgen("videos", "list", "--json").stdout)
+    assert sorted((v["catalog"], v["key"]) for v in everything) == [("clips", "music.mp4"), ("lib", "bad.mp4"),
+                                                                    ("lib", "good.mp4")]
+    assert [v["key"] for v in json.loads(_gvmgen("videos", "list", "--catalog", "file:///lib", "--json").stdout)] == \
+        ["good.mp4", "bad.mp4"]
+    assert json.loads(_gvmgen("runs", "list", "--json").stdout)[0]["model"] == "tiny@20260101T000000"
+    models = json.loads(_gvmgen("models", "list", "--json").stdout)
+    assert [(m["name"], m["kind"]) for m in models] == [("tiny@20260101T000000", "preset")]
+
 
 @pytest.mark.slow
 def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):

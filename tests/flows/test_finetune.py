@@ -1,6 +1,7 @@
 """The finetune flow on the shared fixtures: music muxed onto the videos (and one paired by name),
 a model version registered, and score_catalog scoring with it by name."""
 
+import shutil
 import subprocess
 
 import pytest
@@ -46,8 +47,8 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
     assert steps == {(s, "train") for s in range(1, 7)} | {(0, "validation"), (3, "validation"), (6, "validation")}
     assert spreads["train"] is None and spreads["validation"] > 0   # the collapse monitor's reading
     assert version.base == "tiny" and version.metrics["steps"] == 6
-    published = sorted(p.name for p in (store / "models" / "studio-v1").iterdir())
-    assert published == ["gvmgen_config.json", "loss.png", "model.safetensors"]
+    (folder,) = (store / "models" / "studio-v1").iterdir()      # a version's folder: models/NAME/TIME
+    assert sorted(p.name for p in folder.iterdir()) == ["gvmgen_config.json", "loss.png", "model.safetensors"]
     assert len(list((store / "datasets").rglob("*.safetensors"))) == 2
 
     again = finetune(str(library), "studio-v1", base="tiny", steps=6, batch_size=2, store=str(store),
@@ -65,3 +66,17 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
     with connect()() as session:
         used = {o.model_version_id for o in session.scalars(select(Output))}
     assert used == {version.id}
+
+    # The same name on a copy of the catalog with other settings: the copy trains on the clips cached for
+    # the original (by content), and other settings train afresh: a new version, never the old weights.
+    copy = tmp_path / "copy"
+    shutil.copytree(library, copy)
+    other = finetune(str(copy), "studio-v1", base="tiny", steps=4, batch_size=2, store=str(store), variant="residual")
+    assert (other["videos"], other["train_clips"] + other["validation_clips"]) == (2, 2)
+    assert other["training"] != result["training"] and other["train_loss"] != result["train_loss"]
+    with connect()() as session:
+        versions = {v.name: v for v in session.scalars(select(ModelVersion).where(ModelVersion.name.startswith("studio-v1")))}
+        curve = {m.step for m in session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == other["training"]))}
+    assert len(versions) == 2 and versions["studio-v1"].id != version.id and curve == {0, 1, 2, 3, 4}
+    assert sorted(len(list(f.iterdir())) for f in (store / "models" / "studio-v1").iterdir()) == [3, 3]
+    assert [p.name for p in (tmp_path / "home" / "training" / "studio-v1").iterdir()] == [other["training"].split("/")[1]]

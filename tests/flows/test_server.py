@@ -118,7 +118,7 @@ def test_a_failed_video_fails_its_task_run_and_the_flow_run(prefect_server, gvmg
     second = gvmgen("score", library, "--out", tmp_path / "scored", env=prefect_server)
     assert second.returncode == 1, second.stderr[-3000:]
     assert ("0 scored, 2 skipped (done before), 0 copied (the same content, scored before), 0 failed, "
-            "failed earlier, not retried: 1") in second.stdout
+            "1 failed earlier (not retried)") in second.stdout
     assert "broken.mp4 (failed earlier): " in second.stdout and "not a readable media file" in second.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "scored").iterdir()} == written
 

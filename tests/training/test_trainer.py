@@ -204,3 +204,15 @@ def test_the_loss_is_the_cross_entropy_of_the_real_frames_only(tmp_path):
                     count += 1
     assert count == 4 * (9 + 25)
     assert loss.item() == pytest.approx(total / count, rel=1e-4)
+
+
+@pytest.mark.parametrize("bad, cause", [({"steps": 0}, "steps must be at least 1, got 0"),
+                                        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+                                        ({"lr": -1.0}, "lr must be above 0, got -1.0"),
+                                        ({"lm": "half"}, "lm must be one of")])
+def test_settings_that_cannot_train_are_refused_before_any_work(bad, cause):
+    with pytest.raises(ValueError, match=cause):
+        TrainSettings(**bad)
+    # how often it checkpoints and evaluates does not change the weights: the same training
+    assert TrainSettings(checkpoint_every=3).weights_key() == TrainSettings(eval_every=7).weights_key() != \
+        TrainSettings(steps=9).weights_key()
