@@ -160,6 +160,7 @@ def generate(
     from gvmgen.media.probe import probe
     from gvmgen.model.checkpoints import load_for_scoring
     from gvmgen.pipeline import score_video
+    from storage.objects import LocalStore
     from storage.registry import resolve
 
     info = probe(video)  # a bad video, or an output that cannot be written, costs nothing
@@ -170,6 +171,7 @@ def generate(
     existing = [str(path) for path in written if path.exists()]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]}: exists (--overwrite replaces it)")
+    LocalStore(output.absolute().parent).check_writable()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
@@ -464,7 +466,7 @@ EVAL_LEGEND = """cut onset hit rate: the share of shot cuts with a musical onset
   same for cuts at random times), the music follows the picture's cuts. Blank: the video has no cut.
 seam flux ratio: the spectral change at the seams between windows over that elsewhere; near 1, the seams
   are not heard. Blank: a single window.
-loudness range lu: EBU R128 loudness range of the track. Blank: too short to measure (under 3 s).
+loudness range lu: EBU R128 loudness range of the track. Blank: too short to measure (3 s or less).
 Stored in SQL (the evaluations table)."""
 
 
