@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import tempfile
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gvmgen.home import home
@@ -25,9 +28,26 @@ def database_url() -> str:
 
 
 def make_engine(url: str | None = None) -> Engine:
+    """An engine for `url`; ValueError, naming it, for a URL that no installed driver can open and for
+    an SQLite file whose folder does not exist (SQLite itself says only "unable to open database file")."""
     url = url or database_url()
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{_named(url, _hidden(url))} is not a database URL "
+                         "(dialect+driver://user:password@host/database)") from None
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        _check_sqlite_folder(url, parsed.database)
+    try:
+        engine = create_engine(url, **({"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}))
+    except NoSuchModuleError:
+        raise ValueError(f"{_named(url, _hidden(url))} is not a database URL gvmgen can use "
+                         f"(no driver for {parsed.drivername!r})") from None
+    except ImportError as e:  # a dialect SQLAlchemy knows, whose DBAPI module is not installed
+        raise ValueError(f"{_named(url, _hidden(url))} is not a database URL gvmgen can use "
+                         f"(the driver of {parsed.drivername!r} is not installed: {e})") from None
+    if sqlite:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record):
@@ -37,8 +57,39 @@ def make_engine(url: str | None = None) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def _hidden(url: str) -> str:
+    """The URL without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # unparsable, so SQLAlchemy cannot hide it: whatever lies between `user:` and `@` goes
+        return re.sub(r"(//[^/:@]*):[^@]*@", r"\1:***@", url)
+
+
+def _named(url: str, what: str) -> str:
+    """`what` (the URL, or the file it names) as an error says it: after the variable it came from."""
+    return f"GVMGEN_DATABASE_URL: {what}" if url == os.environ.get("GVMGEN_DATABASE_URL") else what
+
+
+def _check_sqlite_folder(url: str, database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in memory, or an SQLite URI filename: SQLite's own checks are all there are
+    if not Path(database).absolute().parent.is_dir():
+        raise ValueError(f"{_named(url, database)}: its folder does not exist")
+
+
+def _sqlite_trouble(url: str, error: OperationalError) -> str:
+    """What went wrong with an SQLite file, the file named: a folder that refuses a new file, found by
+    trying (os.access says yes to root even where the filesystem says no), or else SQLite's own words."""
+    database = make_url(url).database or ":memory:"
+    if database != ":memory:" and not Path(database).exists():
+        try:
+            tempfile.TemporaryFile(dir=Path(database).absolute().parent).close()
+        except OSError as e:
+            return f"{_named(url, database)}: its folder is not writable ({e.strerror})"
+    return f"{_named(url, database)}: SQLite cannot open it ({str(error.orig).strip()})"
 
 
 def alembic_config(url: str):
@@ -78,10 +129,22 @@ def connect(url: str | None = None) -> sessionmaker[Session]:
     """A session factory; a fresh embedded database is created and migrated on first use."""
     url = url or database_url()
     engine = make_engine(url)
-    if url.startswith("sqlite") and not _at_head(engine, url):
-        with first_use_lock("database"):
-            if not _at_head(engine, url):
-                upgrade(url)
+    if not url.startswith("sqlite"):
+        try:  # a server's first contact, so that a refusal names the URL; the pool keeps the connection
+            engine.connect().close()
+        except DBAPIError as e:
+            cause = str(e.orig or e).strip().splitlines()[0]
+            raise ConnectionError(f"{_named(url, _hidden(url))}: the database is unreachable or refused: "
+                                  f"{cause}") from None
+    else:
+        try:
+            migrated = _at_head(engine, url)
+        except OperationalError as e:  # SQLite names no file ("unable to open database file")
+            raise ValueError(_sqlite_trouble(url, e)) from None
+        if not migrated:
+            with first_use_lock("database"):
+                if not _at_head(engine, url):
+                    upgrade(url)
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -135,7 +135,12 @@ class LocalStore:
         existing = next(folder for folder in (self.root, *self.root.parents) if folder.exists())
         if not existing.is_dir():
             raise NotADirectoryError(f"{existing}: exists and is not a folder")
-        tempfile.TemporaryFile(dir=existing).close()
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as e:  # its message names the temporary file, which the user never chose
+            why = ("the output folder is not writable" if existing == self.root
+                   else f"the output folder cannot be made: {existing} is not writable")
+            raise PermissionError(f"{self.root}: {why} ({e.strerror})") from None
 
     def upload(self, source: Path, key: str) -> str:
         target = self.path(key)

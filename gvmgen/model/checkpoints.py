@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..home import weights_dir
@@ -46,6 +46,11 @@ class WeightsNotFound(FileNotFoundError):
 
 class UnsafeCheckpoint(ValueError):
     pass
+
+
+class BrokenCheckpoint(ValueError):
+    """A checkpoint file that cannot be read as what it should be: malformed JSON, a configuration of
+    unknown fields, a cut-off safetensors file."""
 
 
 class UnhonouredConfig(UserWarning):
@@ -139,8 +144,15 @@ def save_model(model: GVMGen, directory: Path) -> None:
 
 def load_ours(directory: Path) -> GVMGen:
     directory = Path(directory)
-    model = GVMGen(GVMGenConfig.load(directory / OUR_CONFIG))
-    _load_part(model, read_safetensors(directory), "", str(directory / OUR_WEIGHTS))
+    path = directory / OUR_CONFIG
+    data = _read_json(path)
+    try:
+        config = GVMGenConfig.from_dict(data)
+    except (TypeError, ValueError) as e:  # not an object, or unknown fields: name the file they are in
+        raise BrokenCheckpoint(f"{path}: not a GVMGen configuration ({e})") from None
+    model = GVMGen(config)
+    _load_part(model, read_safetensors(directory), "", str(directory / OUR_WEIGHTS),
+               fits=f"its configuration ({OUR_CONFIG})")
     return model
 
 
@@ -444,23 +456,33 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = sorted(set(_read_json(index)["weight_map"].values()))
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
         raise WeightsNotFound(f"no model.safetensors (or its index) in {directory}")
     state = {}
     for name in files:
-        with safe_open(str(directory / name), framework="pt") as f:
-            state.update({k: f.get_tensor(k) for k in f.keys()})
+        try:
+            with safe_open(str(directory / name), framework="pt") as f:
+                state.update({k: f.get_tensor(k) for k in f.keys()})
+        except SafetensorError as e:  # a cut-off copy or another kind of file; the library names neither
+            raise BrokenCheckpoint(f"{directory / name}: not a complete safetensors file ({e})") from None
     return state
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:  # its own message names no file
+        raise BrokenCheckpoint(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
 def _read_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise WeightsNotFound(f"{path} not found")
-    return json.loads(path.read_text())
+    return _read_json(path)
 
 
 def _pick(defaults: dict, found: dict) -> dict:
@@ -500,13 +522,25 @@ def _encodec_names(state: dict) -> dict:
                    re.sub(r"\.weight_v$", ".parametrizations.weight.original1", k)): v for k, v in state.items()}
 
 
-def _load_part(module: torch.nn.Module, state: dict, part: str, source: str, only: tuple[str, ...] = ()) -> None:
-    expected = {k for k in module.state_dict() if not only or k.startswith(only)}
+def _load_part(module: torch.nn.Module, state: dict, part: str, source: str, only: tuple[str, ...] = (),
+               fits: str = "this architecture") -> None:
+    own = {k: v for k, v in module.state_dict().items() if not only or k.startswith(only)}
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}  # old HF files kept this buffer
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise WeightsNotFound(f"{source}: the {part or 'model'} weights do not fit this architecture; "
+        raise WeightsNotFound(f"{source}: the {part or 'model'} weights do not fit {fits}; "
                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    # torch would list every mismatch on lines of their own, under a first line that names none
+    mismatched = [f"size mismatch for {k}: checkpoint {_shape(state[k])}, model {_shape(v)}"
+                  for k, v in own.items() if state[k].shape != v.shape]
+    if mismatched:
+        more = f"; ... ({len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise WeightsNotFound(f"{source}: the {part or 'model'} weights do not fit {fits}: "
+                              f"{'; '.join(mismatched[:3])}{more}")
     module.load_state_dict(state, strict=not only)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return f"({', '.join(map(str, tensor.shape))})"

@@ -2,6 +2,7 @@
 no traceback; --debug brings the traceback back. Nothing is recorded for a usage error. The cases run
 the command line's entry point in this process (cheap); one runs it in a new process, as a shell does."""
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,42 @@ def _gvmgen(*args, env=None, cwd=None):
                           env={**os.environ, **(env or {})}, cwd=cwd)
 
 
+def _truncated(folder):
+    """truncated.mp4: a faststart MP4 cut to its first 30%: the container still says 4 s."""
+    path, whole = folder / "truncated.mp4", folder / "whole.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=4", "-c:v", "libx264",
+                    "-movflags", "+faststart", str(whole)], check=True)
+    path.write_bytes(whole.read_bytes()[:whole.stat().st_size * 30 // 100])
+
+
+def _checkpoint(folder):
+    """broken/: the tiny model as save_model writes it, for a case to break."""
+    from gvmgen.model.checkpoints import load_model, save_model
+
+    save_model(load_model("tiny"), folder / "broken")
+    return folder / "broken"
+
+
+def _config_not_json(folder):
+    (_checkpoint(folder) / "gvmgen_config.json").write_text("{\n")
+
+
+def _weights_cut_off(folder):
+    weights = _checkpoint(folder) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+
+
+def _weights_of_other_shapes(folder):
+    config = _checkpoint(folder) / "gvmgen_config.json"
+    settings = json.loads(config.read_text())
+    settings["lm"]["hidden_size"] //= 2
+    config.write_text(json.dumps(settings))
+
+
+POSTGRES = "postgresql+psycopg://gvmgen:secret-password@127.0.0.1:1/gvmgen"
+
+# name: (arguments, what the line must say[, {"env": variables set for the command, "setup": a function
+# that makes the inputs the command needs in its working folder}])
 CASES = {
     "generate on cuda without CUDA": (["generate", VIDEO, "-o", "out.mp4", "--device", "cuda"], "CUDA is not available"),
     "weights fetch without network": (["weights", "fetch", "small"], "cannot download openai/clip-vit-large-patch14-336"),
@@ -30,7 +67,30 @@ CASES = {
     "a library that does not exist": (["score", "nowhere", "--out", "out"], "nowhere: no such folder"),
     "an output that is a file": (["score", "library", "--out", VIDEO], "counter.mp4: exists and is not a folder"),
     "a model that does not exist": (["score", "library", "--out", "out", "--model", "nosuch"], "model 'nosuch'"),
-    "an unreachable PostgreSQL": (["runs", "list"], "database is unreachable"),
+    "an unreachable PostgreSQL": (["runs", "list"], f"GVMGEN_DATABASE_URL: {POSTGRES.replace('secret-password', '***')}: "
+                                  "the database is unreachable or refused", {"env": {"GVMGEN_DATABASE_URL": POSTGRES}}),
+    "a database URL of no driver": (["runs", "list"], "GVMGEN_DATABASE_URL: foo://gvmgen:***@db/gvmgen is not a "
+                                    "database URL gvmgen can use (no driver for 'foo')",
+                                    {"env": {"GVMGEN_DATABASE_URL": "foo://gvmgen:secret-password@db/gvmgen"}}),
+    "an SQLite database in no folder": (["runs", "list"], "GVMGEN_DATABASE_URL: nowhere/gvmgen.db: its folder does not exist",
+                                        {"env": {"GVMGEN_DATABASE_URL": "sqlite:///nowhere/gvmgen.db"}}),
+    "an SQLite database in a folder no one may write": (  # /proc refuses new files even to root
+        ["runs", "list"], "GVMGEN_DATABASE_URL: /proc/gvmgen.db: its folder is not writable (",
+        {"env": {"GVMGEN_DATABASE_URL": "sqlite:////proc/gvmgen.db"}}),
+    "an output folder no one may write": (["score", "library", "--out", "/proc"],
+                                          "/proc: the output folder is not writable ("),
+    "an output folder that cannot be made": (["score", "library", "--out", "/proc/scored"],
+                                             "/proc/scored: the output folder cannot be made: /proc is not writable ("),
+    "a checkpoint whose configuration is not JSON": (
+        ["generate", VIDEO, "-o", "out.mp4", "--model", "broken"],
+        "broken/gvmgen_config.json: not valid JSON (line 2, column 1", {"setup": _config_not_json}),
+    "a checkpoint whose weights are cut off": (
+        ["generate", VIDEO, "-o", "out.mp4", "--model", "broken"],
+        "broken/model.safetensors: not a complete safetensors file (", {"setup": _weights_cut_off}),
+    "a checkpoint whose weights do not fit its configuration": (
+        ["score", "library", "--out", "out", "--model", "broken"],
+        "broken/model.safetensors: the model weights do not fit its configuration (gvmgen_config.json): size mismatch "
+        "for ", {"setup": _weights_of_other_shapes}),
     "a loudness target out of range": (["score", "library", "--out", "out", "--loudness", "+10"],
                                        "the loudness target must lie between -40 and -5 LUFS, got 10"),
     "an output that is the library": (["score", "library", "--out", "library"], "library: is the library itself"),
@@ -38,15 +98,9 @@ CASES = {
     "a WebM output for H.264 video": (["generate", VIDEO, "-o", "out.webm"], "WebM cannot hold h264 video"),
     "an output that exists": (["generate", VIDEO, "-o", VIDEO.replace("video/counter", "video/fades")],
                               "fades.mp4: exists (--overwrite replaces it)"),
-    "a truncated video": (["generate", "truncated.mp4", "-o", "out.mp4"], "truncated.mp4: truncated: 0.2 s of 4.0 s decodable"),
+    "a truncated video": (["generate", "truncated.mp4", "-o", "out.mp4"], "truncated.mp4: truncated: 0.2 s of 4.0 s decodable",
+                          {"setup": _truncated}),
 }
-
-
-def _truncated(path):
-    whole = path.with_name("whole.mp4")
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=320x240:r=25:d=4", "-c:v", "libx264",
-                    "-movflags", "+faststart", str(whole)], check=True)
-    path.write_bytes(whole.read_bytes()[:whole.stat().st_size * 30 // 100])
 
 
 def test_outputs_never_replace_their_inputs(fixtures, tmp_path, run_cli):
@@ -65,14 +119,15 @@ def test_outputs_never_replace_their_inputs(fixtures, tmp_path, run_cli):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_expected_error_is_one_line_and_exit_2(case, fixtures, tmp_path, run_cli, monkeypatch):
-    args, cause = CASES[case]
+    args, cause, *how = CASES[case]
+    how = how[0] if how else {}
     (tmp_path / "library").mkdir()
     (tmp_path / "library" / "counter.mp4").write_bytes((fixtures / "video" / "counter.mp4").read_bytes())
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    if case == "a truncated video":  # a faststart MP4 cut to its first 30%: the container still says 4 s
-        _truncated(tmp_path / "truncated.mp4")
-    if case == "an unreachable PostgreSQL":
-        monkeypatch.setenv("GVMGEN_DATABASE_URL", "postgresql+psycopg://gvmgen:secret-password@127.0.0.1:1/gvmgen")
+    if "setup" in how:
+        how["setup"](tmp_path)
+    for name, value in how.get("env", {}).items():
+        monkeypatch.setenv(name, value)
     code, out, err = run_cli(*[a.format(fixtures=fixtures) for a in args], cwd=tmp_path)
     assert code == 2, out + err
     lines = err.strip().splitlines()

@@ -1,5 +1,6 @@
 """Every supported checkpoint format loads into a model with identical outputs; pickles are refused."""
 
+import json
 import os
 import pickle
 import re
@@ -10,9 +11,10 @@ import yaml
 from transformers import (CLIPVisionModelWithProjection, MusicgenConfig, MusicgenForConditionalGeneration,
                           T5Config)
 
-from gvmgen.model.checkpoints import (UnhonouredConfig, UnsafeCheckpoint, WeightsNotFound, fresh_model,
-                                      load_audiocraft, load_hf, load_model, save_model)
-from gvmgen.model.config import preset
+from gvmgen.model.checkpoints import (BrokenCheckpoint, UnhonouredConfig, UnsafeCheckpoint, WeightsNotFound,
+                                      fresh_model, load_audiocraft, load_hf, load_model, save_model)
+from gvmgen.model.config import GVMGenConfig, preset
+from gvmgen.model.gvmgen import GVMGen
 
 
 def _randomised(parts=None, seed=123, config=None):
@@ -263,6 +265,61 @@ def test_missing_pretrained_weights_name_the_file_the_place_and_the_fix():
 def test_a_directory_that_is_no_checkpoint_is_named(tmp_path):
     with pytest.raises(WeightsNotFound, match=str(tmp_path)):
         load_model(tmp_path)
+
+
+# -- a checkpoint of ours, broken as a copy of one can be: each error is one line naming the file ---------------
+@pytest.fixture
+def saved(tmp_path, tiny_model):
+    save_model(tiny_model, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_a_configuration_that_is_not_json_is_named_with_where_it_breaks(saved):
+    config = saved / "gvmgen_config.json"
+    config.write_text("{\n")
+    with pytest.raises(BrokenCheckpoint) as err:
+        load_model(saved)
+    assert str(err.value) == f"{config}: not valid JSON (line 2, column 1: Expecting property name enclosed in double quotes)"
+
+
+def test_a_configuration_of_unknown_fields_is_named(saved):
+    config = saved / "gvmgen_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "bogus": 1}))
+    with pytest.raises(BrokenCheckpoint) as err:
+        load_model(saved)
+    assert str(err.value) == f"{config}: not a GVMGen configuration (unknown GVMGen config fields: ['bogus'])"
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.5, 0.99])
+def test_cut_off_weights_are_named(saved, kept):
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:int(weights.stat().st_size * kept)])
+    with pytest.raises(BrokenCheckpoint) as err:
+        load_model(saved)
+    assert str(err.value).startswith(f"{weights}: not a complete safetensors file (") and "\n" not in str(err.value)
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in text.split(", "))
+
+
+@pytest.mark.parametrize("section, field", [("lm", "hidden_size"), (None, "num_queries")])
+def test_weights_that_do_not_fit_their_configuration_name_the_first_mismatches(saved, tiny_model, section, field):
+    """One line: the file, then the first three mismatched weights with both shapes, then how many more."""
+    config, weights = saved / "gvmgen_config.json", saved / "model.safetensors"
+    settings = json.loads(config.read_text())
+    (settings[section] if section else settings)[field] //= 2
+    config.write_text(json.dumps(settings))
+    with pytest.raises(WeightsNotFound) as err:
+        load_model(saved)
+    message = str(err.value)
+    assert message.startswith(f"{weights}: the model weights do not fit its configuration (gvmgen_config.json): ")
+    theirs, ours = tiny_model.state_dict(), GVMGen(GVMGenConfig.from_dict(settings)).state_dict()
+    expected = {k: (tuple(v.shape), tuple(ours[k].shape)) for k, v in theirs.items() if v.shape != ours[k].shape}
+    named = re.findall(r"size mismatch for ([\w.]+): checkpoint \(([\d, ]*)\), model \(([\d, ]*)\)", message)
+    assert named and {k: (_dims(a), _dims(b)) for k, a, b in named} == {k: expected[k] for k, _, _ in named}
+    assert len(named) == min(3, len(expected)) and "\n" not in message
+    assert message.endswith(f"; ... ({len(expected) - 3} more)") == (len(expected) > 3)
 
 
 # -- the official names, written down from the official code (official_gvmgen_keys.txt) --------------------
