@@ -67,6 +67,10 @@ CASES = {
     "a library that does not exist": (["score", "nowhere", "--out", "out"], "nowhere: no such folder"),
     "an output that is a file": (["score", "library", "--out", VIDEO], "counter.mp4: exists and is not a folder"),
     "a model that does not exist": (["score", "library", "--out", "out", "--model", "nosuch"], "model 'nosuch'"),
+    "a model misspelt": (["generate", VIDEO, "-o", "out.mp4", "--model", "tinny"], "model 'tinny': neither a preset "
+                         "(tiny, small, medium), a published model version, nor a checkpoint folder; did you mean tiny?"),
+    "a training of no steps": (["finetune", "library", "--name", "studio", "--steps", "0"], "steps must be at least 1, got 0"),
+    "a model name that is a path": (["finetune", "library", "--name", "studio/v2"], "model name 'studio/v2': use letters"),
     "an unreachable PostgreSQL": (["runs", "list"], f"GVMGEN_DATABASE_URL: {POSTGRES.replace('secret-password', '***')}: "
                                   "the database is unreachable or refused", {"env": {"GVMGEN_DATABASE_URL": POSTGRES}}),
     "a database URL of no driver": (["runs", "list"], "GVMGEN_DATABASE_URL: foo://gvmgen:***@db/gvmgen is not a "
