@@ -368,9 +368,8 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
         for failure in summary["failures"]:
             out.print(f"  {failure['video']} ({failure['status']}): {failure['cause']}", markup=False, highlight=False)
         if summary["failures"]:
-            out.print("  (a video that failed is taken again once its file changes: replace or fix it; "
-                      + ("--retry-failed takes the earlier ones again as they are)" if earlier else "gvmgen runs show "
-                         f"{summary['run']} lists them again)"), markup=False, highlight=False)
+            out.print("  (a video that failed for its file is taken again once the file changes; --retry-failed "
+                      "takes the failed videos again as they are)", markup=False, highlight=False)
     for note in summary.get("notes", []):
         console.print(f"warning: {note['video']}: {note['note']}", markup=False, highlight=False)
     raise typer.Exit(1 if summary["failures"] else 0)
@@ -444,7 +443,7 @@ def evaluate(
 
     with connect()() as session:  # an unknown target costs nothing: checked before Prefect starts
         scope = repo.outputs_to_evaluate(session, target, model)
-        what = f"run {target}" if scope.run else f"{scope.catalog.name} by {scope.model.name}"
+        what = f"run {target}" if scope.run else scope.catalog.name
     _prefect_environment()
     from flows.evaluate import evaluate as evaluate_flow
 
@@ -455,7 +454,7 @@ def evaluate(
         print(json.dumps(_nan_as_null(result), default=str))
         return
     columns = ["video", "cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"]
-    out.print(f"{what}: {result['videos']} video(s)", markup=False, highlight=False)
+    out.print(f"{what} by {result['model']}: {result['videos']} video(s)", markup=False, highlight=False)
     _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
     for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
         out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
@@ -466,7 +465,7 @@ EVAL_LEGEND = """cut onset hit rate: the share of shot cuts with a musical onset
   same for cuts at random times), the music follows the picture's cuts. Blank: the video has no cut.
 seam flux ratio: the spectral change at the seams between windows over that elsewhere; near 1, the seams
   are not heard. Blank: a single window.
-loudness range lu: EBU R128 loudness range of the track. Blank: too short to measure (3 s or less).
+loudness range lu: EBU R128 loudness range of the track. Blank: 3 s or less, or silent.
 Stored in SQL (the evaluations table)."""
 
 
@@ -743,7 +742,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print the mo
 
     with connect()() as session:
         rows = [{"name": m.name, "kind": "preset" if m.checkpoint_uri.startswith("preset:") else
-                 "published" if "fingerprint" in m.metrics else "folder", "base": m.base, "created": m.created_at,
+                 "published" if m.base else "folder", "base": m.base, "created": m.created_at,
                  "steps": m.metrics.get("steps"), "train_loss": m.metrics.get("train_loss"),
                  "validation_loss": m.metrics.get("validation_loss"), "checkpoint": _location(m.checkpoint_uri)}
                 for m in repo.model_versions(session)]

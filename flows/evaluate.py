@@ -21,7 +21,7 @@ from gvmgen.metrics import MetricUnavailable
 from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean_kl
 from gvmgen.metrics.weightfree import cut_onset_alignment, loudness_range, seam_smoothness
 from storage import repository as repo
-from storage.models import Output, Video
+from storage.models import Catalog, ModelVersion, Output, Run, Video
 from storage.objects import locate
 
 from .score_catalog import RETRY, sessions
@@ -35,7 +35,8 @@ def _download(uri: str, work: Path) -> Path:
 
 
 @task(**RETRY)
-def evaluate_output(output_id: int) -> dict:
+def evaluate_output(output_id: int, key: str) -> dict:
+    """One output's metrics, in a row named `key` (the video evaluated: a copy is named for itself)."""
     with sessions() as session:
         output = session.get(Output, output_id)
         video = session.get(Video, output.video_id)
@@ -43,7 +44,7 @@ def evaluate_output(output_id: int) -> dict:
         seams = [(a[1] + b[0]) / 2 for a, b in zip(output.windows or [], (output.windows or [])[1:])]
         with tempfile.TemporaryDirectory(dir=scratch()) as work:
             audio = decode_audio(_download(output.track_uri, Path(work)), RATE)
-        row = {"video": video.key}
+        row = {"video": key}
         if cuts:
             hits = cut_onset_alignment(audio, RATE, cuts)
             repo.record_evaluation(session, "cut_onset_hit_rate", hits.hit_rate, output=output, baseline=hits.baseline,
@@ -68,7 +69,7 @@ def _load_or_why(load):
 
 
 @task
-def distribution_metrics(target: str, model: str | None, output_ids: list[int]) -> dict:
+def distribution_metrics(whose: dict, output_ids: list[int]) -> dict:
     """FAD and KL of the generated tracks against the videos' own audio, where weights and audio exist.
     The models are looked for first: without them nothing is downloaded."""
     models = {"fad_clap": _load_or_why(clap_embedder), "kl_ast": _load_or_why(ast_classifier)}
@@ -85,7 +86,9 @@ def distribution_metrics(target: str, model: str | None, output_ids: list[int]) 
         reference, generated = [r for r, _ in pairs], [g for _, g in pairs]
         compute = {"fad_clap": lambda embed: fad(reference, generated, RATE, embed),
                    "kl_ast": lambda classify: mean_kl(reference, generated, RATE, classify)}
-        scope = repo.outputs_to_evaluate(session, target, model)
+        scope = repo.EvaluationScope(session.get(Run, whose["run"]) if whose["run"] else None,
+                                     session.get(Catalog, whose["catalog"]) if whose["catalog"] else None,
+                                     session.get(ModelVersion, whose["model"]), [])
         results = {}
         for metric, (model, why) in models.items():
             if model is not None and not pairs:
@@ -100,11 +103,13 @@ def distribution_metrics(target: str, model: str | None, output_ids: list[int]) 
 def evaluate(target: str, model: str | None = None) -> dict:
     """`target`: a run id, or the source URI (or name) of a scored catalog, evaluated by one model's
     outputs (`model`; by default the one of its newest output)."""
-    with sessions() as session:
+    with sessions() as session:  # decided once: what later tasks record against is this, by id
         scope = repo.outputs_to_evaluate(session, str(target), model)
-        output_ids, model = [o.id for o, _ in scope.found], scope.model.name
-    rows = [f.result() for f in [evaluate_output.submit(i) for i in output_ids]]
-    overall = distribution_metrics(str(target), model, output_ids)
+        found, model = [(o.id, v.key) for o, v in scope.found], scope.model.name
+        whose = {"run": scope.run.id if scope.run else None, "catalog": scope.catalog.id if scope.catalog else None,
+                 "model": scope.model.id}
+    rows = [f.result() for f in [evaluate_output.submit(output_id, key) for output_id, key in found]]
+    overall = distribution_metrics(whose, sorted({output_id for output_id, _ in found}))
     summary = {"videos": len(rows), "model": model}
     for key in ("cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"):
         values = [r[key] for r in rows if key in r and np.isfinite(r[key])]

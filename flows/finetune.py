@@ -116,9 +116,6 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
             update_progress_artifact(progress, 100.0 * m["step"] / train_settings.steps)
 
     checkpoints = home() / "training" / training
-    for other in (checkpoints.parent.iterdir() if checkpoints.parent.is_dir() else []):  # superseded under this name
-        if other != checkpoints:
-            shutil.rmtree(other) if other.is_dir() else other.unlink()
     trainer = Trainer(model, train, validation, train_settings, checkpoints, on_metrics=on_metrics)
     with gpu_slot():
         merge_adapters(trainer.run())
@@ -143,6 +140,7 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
         with sessions() as session:
             row = registry.publish(session, name, base, folder, store, metrics)
         curve_uri = f"{row.checkpoint_uri}/loss.png"
+    drop_superseded(checkpoints)
     create_link_artifact(curve_uri, link_text=f"loss curve of {name}", key="finetune-loss-curve")
     create_table_artifact(history, key="finetune-metrics", description=f"{name}: loss and token accuracy per step; "
                           "at each evaluation, the frame tokens' spread across frames and the conditioning gain")
@@ -158,6 +156,17 @@ def training_of(name: str, base: str, variant: str, settings: TrainSettings, cli
     made_of = {"base": base, "variant": variant, "settings": settings.weights_key(),
                "clips": sorted((c.content_hash, c.index, c.start, c.end, c.split) for c in clips)}
     return f"{name}/{hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def drop_superseded(checkpoints: Path, idle_s: float = 3600) -> None:
+    """Once a training of a name is published, the other trainings' checkpoints of that name (other data
+    or settings, or one kept as before trainings had digests) are dropped: the name stands for this one
+    now, and the disk is not filled with optimizer states. Not one written to within the last hour,
+    which may still be running in another process."""
+    for other in checkpoints.parent.iterdir():
+        newest = max((p.stat().st_mtime for p in [other, *other.rglob("*")]), default=0)
+        if other != checkpoints and time.time() - newest > idle_s:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
 
 
 def _cached_shard(store, key: str) -> Path:

@@ -78,9 +78,11 @@ SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
 BATCH_RANGE = (1, 64)
 LEASE_RANGE = (1, 7 * 24 * 3600)
 # The flow's threads: one composes for the whole run, the rest prepare and finish (ffmpeg, scene
-# detection, loudness, uploads). A core each: a fixed four left three videos at a time to prepare and
-# finish on any host, with 2 x batch_videos waiting; four at the least, so a small machine overlaps too.
-MEDIA_THREADS = max(4, os.cpu_count() or 1)
+# detection, loudness, uploads). A core each (those this process may use): a fixed four left three videos
+# at a time to prepare and finish on any host, with 2 x batch_videos waiting. Four at the least, so a small
+# machine overlaps too; eight at the most, as each holds a database connection (SQLAlchemy's pool: 15)
+# beside the lease keeper's and the flow's, and ffmpeg runs threads of its own.
+MEDIA_THREADS = min(8, max(4, len(os.sched_getaffinity(0))))
 _STOP = threading.Event()    # set when the run is interrupted: tasks take no new work
 _LOCAL_GPU = threading.Lock()
 
@@ -787,13 +789,16 @@ def leases_kept(owners: list[str], lease_s: float):
     """While the block runs, renew every lease held by `owners` (the run's processes; the list may grow)
     every quarter lease, from a thread of its own: a video prepared and waiting for the model, or one
     being composed, can wait longer than a lease, and must not be taken by another worker meanwhile."""
-    stop = threading.Event()
+    stop, logger = threading.Event(), get_run_logger()   # the flow's logger: this thread has no run context
 
     def keep() -> None:
         while not stop.wait(lease_s / 4):
-            with sessions() as session:
-                for owner in list(owners):
-                    repo.renew_owner(session, owner, lease_s)
+            try:
+                with sessions() as session:
+                    for owner in list(owners):
+                        repo.renew_owner(session, owner, lease_s)
+            except Exception as e:  # the database away for a moment: the next quarter lease tries again
+                logger.warning("could not renew the run's leases: %s", e)
 
     keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
     keeper.start()

@@ -66,7 +66,7 @@ def identity(session: Session, spec: str) -> str:
     """What a base model is, for telling trainings apart: a published version's fingerprint (its
     weights), else the preset's name or the folder as given."""
     row = session.scalar(select(ModelVersion).where(ModelVersion.name == spec))
-    return row.metrics.get("fingerprint") or row.checkpoint_uri if row is not None else spec
+    return row.metrics["fingerprint"] if row is not None and "fingerprint" in row.metrics else spec
 
 
 def _fingerprint(directory: Path) -> str:
@@ -92,7 +92,7 @@ def local_checkpoint(session: Session, name: str) -> Path | None:
     target = home() / "models" / made.replace(":", "-")
     store = open_store(row.checkpoint_uri)
     fetched = False
-    for o in store.list(EVERY_FILE):
+    for o in (o for o in store.list(EVERY_FILE) if "/" not in o.key):   # a version's own files, not a folder within
         if not ((target / o.key).is_file() and (target / o.key).stat().st_size == o.size):
             fetch_copy(store, o.key, target / o.key)
             fetched = True
@@ -112,7 +112,13 @@ def resolve(session: Session | None, spec: str) -> str:
     if session is None:
         from .db import connect
 
-        with connect()() as session:
+        try:
+            factory = connect()
+        except (ConnectionError, ValueError):
+            if Path(spec).is_dir():   # no database to ask (generate needs none): the folder here
+                return spec
+            raise
+        with factory() as session:
             return resolve(session, spec)
     local = local_checkpoint(session, spec)
     if local:

@@ -550,15 +550,17 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
         ran = session.get(ModelVersion, run.model_version_id)
         if model is not None and model != ran.name:
             raise ValueError(f"--model {model}: run {target} scored with {ran.name}; give a catalog to choose a model")
-        found = list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).tuples())
+        found = list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).all())
         if not found:
-            raise ValueError(f"run {target} scored no video (each was skipped, failed or left pending): evaluate "
-                             f"its catalog instead, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
+            raise ValueError(f"run {target} holds no output now (its videos were done before, copied, failed or "
+                             f"scored again since): evaluate its catalog, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
         return EvaluationScope(run, None, ran, found)
     cat = find_catalog(session, target)
     if cat is None:
         raise ValueError(f"{target}: neither a run id nor a catalog that has been scored")
-    current = query.where(Video.catalog_id == cat.id, Video.removed_at.is_(None), Output.content_hash == Video.content_hash)
+    # by content: a copy, or a video renamed, has its music in the output scored for that content first
+    current = (select(Output, Video).join(Video, Output.content_hash == Video.content_hash)
+               .where(Video.catalog_id == cat.id, Video.removed_at.is_(None)))
     if model is None:
         newest = session.execute(current.order_by(Output.created_at.desc(), Output.id.desc()).limit(1)).first()
         if newest is None:
@@ -570,10 +572,10 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
             raise ValueError(f"--model {model}: no such model has scored anything (gvmgen models list shows them)")
     newest_per_video = {}
     for output, video in session.execute(current.where(Output.model_version_id == chosen.id)
-                                         .order_by(Output.created_at, Output.id)).tuples():
+                                         .order_by(Output.created_at, Output.id)).all():
         newest_per_video[video.key] = (output, video)
     if not newest_per_video:
-        raise ValueError(f"--model {model}: no video of {target} has been scored with it")
+        raise ValueError(f"--model {model}: no video {target} holds now has been scored with it")
     return EvaluationScope(None, cat, chosen, [newest_per_video[key] for key in sorted(newest_per_video)])
 
 

@@ -17,7 +17,7 @@ def _mux(video, music, out, seconds):
 
 @pytest.mark.slow
 def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefect_engine, fixtures, tmp_path):
-    from flows.finetune import finetune
+    from flows.finetune import drop_superseded, finetune
     from flows.score_catalog import cached_model, score_catalog
     from gvmgen.model.checkpoints import load_model
     from storage.db import connect
@@ -79,4 +79,8 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
         curve = {m.step for m in session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == other["training"]))}
     assert len(versions) == 2 and versions["studio-v1"].id != version.id and curve == {0, 1, 2, 3, 4}
     assert sorted(len(list(f.iterdir())) for f in (store / "models" / "studio-v1").iterdir()) == [3, 3]
-    assert [p.name for p in (tmp_path / "home" / "training" / "studio-v1").iterdir()] == [other["training"].split("/")[1]]
+    trainings = tmp_path / "home" / "training"
+    assert sorted(p.name for p in (trainings / "studio-v1").iterdir()) == sorted(
+        r["training"].split("/")[1] for r in (result, other))                # the first written to just now: kept
+    drop_superseded(trainings / other["training"], idle_s=0)
+    assert [p.name for p in (trainings / "studio-v1").iterdir()] == [other["training"].split("/")[1]]

@@ -275,13 +275,16 @@ def test_a_catalog_is_evaluated_by_one_model_over_the_videos_it_has_now(database
     by_tuned = {v.key: score(tuned, v) for v in videos[:2]}
     repo.register_video(session, cat, ObjectInfo("v1.mp4", 99, None, datetime.now(timezone.utc)),
                         "file:///library/v1.mp4", "sha256:changed")                 # v1 is another video now
-    repo.mark_removed(session, list(repo.catalog_videos(session, cat).values()), {"v0.mp4", "v1.mp4", "v2.mp4"})
+    repo.register_video(session, cat, ObjectInfo("copy.mp4", 12, None, datetime.now(timezone.utc)),
+                        "file:///library/copy.mp4", videos[2].content_hash)        # a copy of v2, given v2's music
+    repo.mark_removed(session, list(repo.catalog_videos(session, cat).values()), {"v0.mp4", "v1.mp4", "v2.mp4", "copy.mp4"})
 
     newest = repo.outputs_to_evaluate(session, "library")
     assert (newest.catalog.id, newest.run, newest.model.name) == (cat.id, None, "tuned")
     assert [(o.id, v.key) for o, v in newest.found] == [(by_tuned["v0.mp4"].id, "v0.mp4")]
     asked = repo.outputs_to_evaluate(session, "file:///library", model="tiny")
-    assert [(o.id, v.key) for o, v in asked.found] == [(by_tiny["v0.mp4"].id, "v0.mp4"), (by_tiny["v2.mp4"].id, "v2.mp4")]
+    assert [(o.id, v.key) for o, v in asked.found] == [(by_tiny["v2.mp4"].id, "copy.mp4"), (by_tiny["v0.mp4"].id, "v0.mp4"),
+                                                       (by_tiny["v2.mp4"].id, "v2.mp4")]
     with pytest.raises(ValueError, match="--model nobody: no such model"):
         repo.outputs_to_evaluate(session, "library", model="nobody")
 
