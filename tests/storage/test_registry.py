@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.orm import sessionmaker
 
 from storage import registry
+from storage import repository as repo
 from storage.db import make_engine, upgrade
 
 
@@ -80,4 +81,8 @@ def test_a_model_is_named_by_a_preset_a_published_name_or_a_folder(tmp_path, mon
     for bad in ("bad/name", "tiny", "a@b", ""):
         with pytest.raises(ValueError, match="model name"):
             registry.check_name(bad)
+    # what a base is, for a training's digest: a preset stays its name once something scored with it
+    assert registry.identity(session, "tiny") == "tiny"
+    repo.model_version(session, "tiny", "preset:tiny")
+    assert registry.identity(session, "tiny") == "tiny" and registry.identity(session, "promo").startswith("sha256:")
     session.close()
