@@ -33,4 +33,5 @@ def test_score_evaluate_and_finetune_each_run_once(prefect_engine, tmp_path):
     tuned = finetune(str(library), "quick", base="tiny", steps=2, batch_size=1, checkpoint_every=2, eval_every=2,
                      store=str(tmp_path / "store"))
     assert (tuned["videos"], tuned["left_out"]) == (2, 0) and tuned["train_loss"] > 0
-    assert (tmp_path / "store" / "models" / "quick" / "model.safetensors").is_file()
+    (version,) = (tmp_path / "store" / "models" / "quick").iterdir()     # models/NAME/TIME
+    assert (version / "model.safetensors").is_file()
