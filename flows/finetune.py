@@ -33,7 +33,7 @@ from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_
 from storage import registry
 from storage import repository as repo
 from storage.models import Video
-from storage.objects import canonical, fetch_copy, open_store
+from storage.objects import canonical, fetch_copy, locate, open_store
 
 from .score_catalog import RETRY, ensure_gpu_limit, gpu_slot, list_library, register_videos, sessions
 
@@ -99,10 +99,11 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
         train_settings = TrainSettings(**settings)
         training = training_of(name, registry.identity(session, base), model.config.feature_transformation,
                                train_settings, clips)
-    local = {uri: _cached_shard(open_store(store), f"datasets/{encoders}/{uri.rsplit('/', 1)[-1]}")
-             for uri in {c.shard_uri for c in clips}}
+    local = {uri: _cached_shard(uri, f"datasets/{encoders}/{uri.rsplit('/', 1)[-1]}") for uri in {c.shard_uri for c in clips}}
     train = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "train"]
     validation = [ShardClip(local[c.shard_uri], c.index) for c in clips if c.split == "validation"]
+    if not train:   # every video held out (the split is by content, decided once): nothing left to validate on
+        train, validation = validation, []
 
     progress = create_progress_artifact(0.0, key="finetune-progress", description=f"training {name}")
     history: list[dict] = []
@@ -169,10 +170,14 @@ def drop_superseded(checkpoints: Path, idle_s: float = 3600) -> None:
             shutil.rmtree(other) if other.is_dir() else other.unlink()
 
 
-def _cached_shard(store, key: str) -> Path:
-    """A shard in this machine's cache (GVMGEN_HOME/datasets), fetched the first time."""
+def _cached_shard(uri: str, key: str) -> Path:
+    """A shard in this machine's cache (GVMGEN_HOME/`key`), fetched the first time from where the
+    manifest says it was written (the store of the run that cut it, which may not be this run's)."""
     target = home() / key
-    return target if target.is_file() else fetch_copy(store, key, target)
+    if target.is_file():
+        return target
+    store, shard = locate(uri)
+    return fetch_copy(store, shard, target)
 
 
 @flow(name="finetune", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -8,7 +8,10 @@ from pathlib import Path
 
 def home() -> Path:
     path = Path(os.environ.get("GVMGEN_HOME", ".gvmgen")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"GVMGEN_HOME: {path}: cannot be made ({e.strerror})") from None
     return path
 
 

@@ -40,16 +40,22 @@ def publish(session: Session, name: str, base: str, directory: Path, store_uri: 
     Results are keyed by model version, so other weights under a name published before make a new
     version: the old one keeps its folder and its outputs under `name@<its time>`, and a catalog scored
     with `name` is scored again, never given the old weights' music. The same weights again (a rerun
-    that resumed at its end) stay the same version. A version's folder is never written again."""
+    that resumed at its end, or a training of an earlier version repeated) are that version again, its
+    outputs kept. A version's folder is never written again."""
     fingerprint = _fingerprint(Path(directory))
     row = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
-    if row is not None and row.metrics.get("fingerprint") == fingerprint:
-        row.base, row.metrics = base, {**metrics, "fingerprint": fingerprint}
-        session.commit()
-        return row
-    if row is not None:
-        row.name = f"{name}@{row.created_at:%Y%m%dT%H%M%S}"
+    earlier = [v for v in session.scalars(select(ModelVersion).where(ModelVersion.name.startswith(f"{name}@", autoescape=True)))
+               if v.metrics.get("fingerprint") == fingerprint]
+    same = row if row is not None and row.metrics.get("fingerprint") == fingerprint else next(iter(earlier), None)
+    if row is not None and row is not same:  # NAME@TIME, to the second unless two versions share one
+        taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.startswith(f"{name}@", autoescape=True))))
+        row.name = next(n for n in (f"{name}@{row.created_at:%Y%m%dT%H%M%S}", f"{name}@{row.created_at:%Y%m%dT%H%M%S.%f}")
+                        if n not in taken)
         session.flush()
+    if same is not None:
+        same.name, same.base, same.metrics = name, base, {**metrics, "fingerprint": fingerprint}
+        session.commit()
+        return same
     created = repo.utcnow()
     folder = f"models/{name}/{created:%Y%m%dT%H%M%S.%f}"
     store = open_store(store_uri)

@@ -550,10 +550,11 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
         ran = session.get(ModelVersion, run.model_version_id)
         if model is not None and model != ran.name:
             raise ValueError(f"--model {model}: run {target} scored with {ran.name}; give a catalog to choose a model")
-        found = list(session.execute(query.where(Output.run_id == run.id).order_by(Video.key)).all())
+        found = _still_delivered(session, list(session.execute(query.where(Output.run_id == run.id)
+                                                               .order_by(Video.key)).all()))
         if not found:
-            raise ValueError(f"run {target} holds no output now (its videos were done before, copied, failed or "
-                             f"scored again since): evaluate its catalog, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
+            raise ValueError(f"run {target} holds no output now (its videos were done before, copied or failed, or "
+                             f"scored again or written over since): evaluate its catalog, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
         return EvaluationScope(run, None, ran, found)
     cat = find_catalog(session, target)
     if cat is None:
@@ -570,13 +571,23 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
         chosen = session.scalar(select(ModelVersion).where(ModelVersion.name == model))
         if chosen is None:
             raise ValueError(f"--model {model}: no such model has scored anything (gvmgen models list shows them)")
-    newest_per_video = {}
-    for output, video in session.execute(current.where(Output.model_version_id == chosen.id)
-                                         .order_by(Output.created_at, Output.id)).all():
-        newest_per_video[video.key] = (output, video)
+    scored = list(session.execute(current.where(Output.model_version_id == chosen.id).order_by(Output.created_at, Output.id)))
+    newest_per_video = {video.key: (output, video) for output, video in _still_delivered(session, scored)}
     if not newest_per_video:
-        raise ValueError(f"--model {model}: no video {target} holds now has been scored with it")
+        raise ValueError(f"{chosen.name}: no video {target} holds now has its music from it" + (
+            " any more: later runs wrote over its tracks in the same output (score with it into another --out "
+            "to compare)" if scored else ""))
     return EvaluationScope(None, cat, chosen, [newest_per_video[key] for key in sorted(newest_per_video)])
+
+
+def _still_delivered(session: Session, scored: list) -> list:
+    """The (output, video) pairs whose track is still the output's own: a later run into the same
+    output folder (another model or settings) writes over it, and its delivery then says so. A track
+    from before deliveries were recorded counts as the output's."""
+    tracks = {output.track_uri for output, _ in scored}
+    now = {d.uri: d for d in session.scalars(select(Delivery).where(Delivery.uri.in_(tracks)))} if tracks else {}
+    return [(output, video) for output, video in scored
+            if output.track_uri not in now or of_job(now[output.track_uri], output)]
 
 
 def shots_of(session: Session, video: Video) -> list[Shot]:

@@ -55,8 +55,8 @@ class TrainSettings:
         for name in ("steps", "batch_size", "accumulation", "lora_rank", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be above 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be above 0 and finite, got {self.lr}")
         self.betas = tuple(self.betas)
 
     def weights_key(self) -> dict:
@@ -231,6 +231,9 @@ class Trainer:
                 clips = [self.train[i].load() for i in self._indices(self.step, micro)]
                 drop = torch.rand(len(clips), generator=_generator(self.s.seed, self.step, micro, 1)) < self.dropout
                 loss, accuracy = self._loss(clips, drop)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the training diverged: the loss is {loss.item()} at step {self.step + 1} "
+                                     f"(learning rate {self.scheduler.get_last_lr()[0]:.3g}); lower lr")
                 (loss / self.s.accumulation).backward()
                 total += loss.item() / self.s.accumulation
                 correct += accuracy.item() / self.s.accumulation

@@ -67,18 +67,21 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
         used = {o.model_version_id for o in session.scalars(select(Output))}
     assert used == {version.id}
 
-    # The same name on a copy of the catalog with other settings: the copy trains on the clips cached for
-    # the original (by content), and other settings train afresh: a new version, never the old weights.
+    # The same name on a copy of the catalog with other settings, into another store, on a machine without
+    # the shards: the copy trains on the clips cut for the original (by content, fetched from where they
+    # were written), and other settings train afresh: a new version, never the old weights.
     copy = tmp_path / "copy"
     shutil.copytree(library, copy)
-    other = finetune(str(copy), "studio-v1", base="tiny", steps=4, batch_size=2, store=str(store), variant="residual")
+    shutil.rmtree(tmp_path / "home" / "datasets")
+    other = finetune(str(copy), "studio-v1", base="tiny", steps=4, batch_size=2, store=str(tmp_path / "store2"),
+                     variant="residual")
     assert (other["videos"], other["train_clips"] + other["validation_clips"]) == (2, 2)
     assert other["training"] != result["training"] and other["train_loss"] != result["train_loss"]
     with connect()() as session:
         versions = {v.name: v for v in session.scalars(select(ModelVersion).where(ModelVersion.name.startswith("studio-v1")))}
         curve = {m.step for m in session.scalars(select(TrainingMetric).where(TrainingMetric.model_name == other["training"]))}
     assert len(versions) == 2 and versions["studio-v1"].id != version.id and curve == {0, 1, 2, 3, 4}
-    assert sorted(len(list(f.iterdir())) for f in (store / "models" / "studio-v1").iterdir()) == [3, 3]
+    assert [len(list(f.iterdir())) for s in (store, tmp_path / "store2") for f in (s / "models" / "studio-v1").iterdir()] == [3, 3]
     trainings = tmp_path / "home" / "training"
     assert sorted(p.name for p in (trainings / "studio-v1").iterdir()) == sorted(
         r["training"].split("/")[1] for r in (result, other))                # the first written to just now: kept

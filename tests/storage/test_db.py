@@ -297,6 +297,11 @@ def test_a_catalog_is_evaluated_by_one_model_over_the_videos_it_has_now(database
     stored = session.execute(select(Evaluation.catalog_id, Evaluation.model_version_id, Evaluation.value)
                              .where(Evaluation.metric == "fad_clap")).all()
     assert sorted(stored) == sorted([(cat.id, tuned.id, 1.0), (cat.id, tiny.id, 4.0), (other.id, tiny.id, 3.0)])
+
+    # a later run into the same output wrote the tuned model's track over tiny's of v0: tiny's is not there to evaluate
+    repo.record_delivery(session, by_tiny["v0.mp4"].track_uri, by_tuned["v0.mp4"],
+                         ObjectInfo("tiny/v0.mp4.flac", 5, None, datetime.now(timezone.utc)), "sha256:tuned")
+    assert [v.key for _, v in repo.outputs_to_evaluate(session, "library", model="tiny").found] == ["copy.mp4", "v2.mp4"]
     session.close()
 
 

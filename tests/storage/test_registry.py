@@ -39,6 +39,10 @@ def test_other_weights_under_a_published_name_are_a_new_version_and_the_old_one_
     # each version in a folder of its own under the name, never written again
     folders = sorted((tmp_path / "store" / "models" / "studio").iterdir())
     assert [(f / "model.safetensors").read_bytes() for f in folders] == [b"first weights", b"other weights"]
+
+    again = registry.publish(session, "studio", "tiny", tmp_path / "a", store, {"steps": 3})   # the first weights again
+    assert (again.id, again.name, second.name[:7]) == (first.id, "studio", "studio@")     # that version, its outputs kept
+    assert len(list((tmp_path / "store" / "models" / "studio").iterdir())) == 2             # nothing uploaded
     session.close()
 
 

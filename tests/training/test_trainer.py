@@ -208,7 +208,8 @@ def test_the_loss_is_the_cross_entropy_of_the_real_frames_only(tmp_path):
 
 @pytest.mark.parametrize("bad, cause", [({"steps": 0}, "steps must be at least 1, got 0"),
                                         ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
-                                        ({"lr": -1.0}, "lr must be above 0, got -1.0"),
+                                        ({"lr": -1.0}, "lr must be above 0 and finite, got -1.0"),
+                                        ({"lr": float("inf")}, "lr must be above 0 and finite, got inf"),
                                         ({"lm": "half"}, "lm must be one of")])
 def test_settings_that_cannot_train_are_refused_before_any_work(bad, cause):
     with pytest.raises(ValueError, match=cause):
@@ -216,3 +217,12 @@ def test_settings_that_cannot_train_are_refused_before_any_work(bad, cause):
     # how often it checkpoints and evaluates does not change the weights: the same training
     assert TrainSettings(checkpoint_every=3).weights_key() == TrainSettings(eval_every=7).weights_key() != \
         TrainSettings(steps=9).weights_key()
+
+
+def test_a_diverging_training_stops_with_the_step_and_the_learning_rate(tmp_path):
+    """A learning rate far too high: the loss turns NaN or infinite after a few steps; the trainer says so,
+    where it once handed the NaN on to SQL, which refused it as a database error."""
+    clips = _random_clips(load_model("tiny"), [40, 40])
+    settings = TrainSettings(steps=20, batch_size=2, lr=1e30, warmup_steps=1, lm="full", grad_clip=1e9)
+    with pytest.raises(ValueError, match=r"the training diverged: the loss is (nan|inf) at step \d+ \(learning rate 1e\+30\)"):
+        Trainer(fresh_model(_dropout_free_tiny()), clips, [], settings, tmp_path / "diverged").run()
