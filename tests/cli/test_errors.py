@@ -81,6 +81,8 @@ CASES = {
     "an SQLite database in a folder no one may write": (  # /proc refuses new files even to root
         ["runs", "list"], "GVMGEN_DATABASE_URL: /proc/gvmgen.db: its folder is not writable (",
         {"env": {"GVMGEN_DATABASE_URL": "sqlite:////proc/gvmgen.db"}}),
+    "a GVMGEN_HOME that cannot be made": (["runs", "list"], "GVMGEN_HOME: /proc/gvmgen: cannot be made (",
+                                           {"env": {"GVMGEN_HOME": "/proc/gvmgen"}}),
     "an output folder no one may write": (["score", "library", "--out", "/proc"],
                                           "/proc: the output folder is not writable ("),
     "an output folder that cannot be made": (["score", "library", "--out", "/proc/scored"],
