@@ -553,8 +553,9 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
         found = _still_delivered(session, list(session.execute(query.where(Output.run_id == run.id)
                                                                .order_by(Video.key)).all()))
         if not found:
+            source = run.parameters.get("source", "SOURCE")
             raise ValueError(f"run {target} holds no output now (its videos were done before, copied or failed, or "
-                             f"scored again or written over since): evaluate its catalog, gvmgen eval {run.parameters.get('source', 'SOURCE')}")
+                             f"scored again or written over since): evaluate its catalog, gvmgen eval {source}")
         return EvaluationScope(run, None, ran, found)
     cat = find_catalog(session, target)
     if cat is None:
