@@ -147,7 +147,8 @@ class Delivery(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)         # None: carried over from before deliveries were
     etag: Mapped[str | None] = mapped_column(String(160))        # recorded, taken as it is when next seen
     modified_at: Mapped[datetime | None] = mapped_column(DateTime)
-    # the store's content hash of the file (SHA-256 local, ETag S3): the same file copied, moved or touched
+    # the file's SHA-256 (on S3 stored with the object when gvmgen wrote it; ETag for objects written
+    # before): the same file copied, moved or touched, in any store
     digest: Mapped[str | None] = mapped_column(String(160))
     created_at: Mapped[datetime] = mapped_column(DateTime)
 

@@ -19,6 +19,10 @@ from typing import Iterator
 from urllib.parse import unquote, urlparse
 from gvmgen.files import atomic_path
 
+# The sha256 that gvmgen stores with each object it writes to S3. An ETag depends on how the object was
+# uploaded or copied (multipart part size), so a scored output copied elsewhere would have another one;
+# this digest travels with the object's metadata through copies and names the content alone.
+DIGEST_METADATA = "gvmgen-sha256"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
 
 
@@ -99,8 +103,7 @@ class LocalStore:
 
     def content_hash(self, key: str) -> str:
         try:
-            with open(self.path(key), "rb") as f:
-                return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            return file_sha256(self.path(key))
         except PermissionError as e:
             raise ObjectUnreadable(f"{self.uri(key)}: not readable ({e.strerror})") from None
 
@@ -147,6 +150,11 @@ class LocalStore:
         with atomic_path(target) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
         return self.uri(key)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _local_info(key: str, st: os.stat_result) -> ObjectInfo:
@@ -201,8 +209,11 @@ class S3Store:
         return "etag:" + head["ETag"].strip('"')
 
     def digest(self, found: ObjectInfo) -> str:
-        """The content hash of an object as listed: its ETag, no request made."""
-        return f"etag:{found.etag}"
+        """The content hash of an object as listed: the sha256 gvmgen stored with it when it wrote it (the
+        local store's digest of the same bytes), else its ETag."""
+        head = self.client.head_object(Bucket=self.bucket, Key=self._key(found.key))
+        stored = head.get("Metadata", {}).get(DIGEST_METADATA)
+        return stored if stored and stored.startswith("sha256:") else "etag:" + head["ETag"].strip('"')
 
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
@@ -243,7 +254,8 @@ class S3Store:
         self.client.delete_object(Bucket=self.bucket, Key=marker)
 
     def upload(self, source: Path, key: str) -> str:
-        self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer)
+        self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer,
+                                ExtraArgs={"Metadata": {DIGEST_METADATA: file_sha256(source)}})
         return self.uri(key)
 
 

@@ -43,6 +43,24 @@ def test_info_says_what_a_listing_says_of_one_object(store, tmp_path):
     assert store.info("deep/a.mp4").size == 3 and store.info("missing.mp4") is None
 
 
+def test_what_gvmgen_wrote_keeps_its_digest_when_copied_with_another_part_size(s3_endpoint, bucket, tmp_path):
+    """A scored output copied elsewhere in S3 (a copy re-parts the object, so its ETag changes) still has
+    the digest it was recorded with, the one a local copy of the same bytes has; an object gvmgen did not
+    write is known by its ETag."""
+    data = os.urandom(11 << 20)                      # three parts of 5 MiB as uploaded, one part as copied
+    source = _file(tmp_path, "scored.mp4", data)
+    store = S3Store(bucket, "scored", endpoint_url=s3_endpoint, multipart_mb=5)
+    store.upload(source, "a.mp4")
+    store.client.copy_object(Bucket=bucket, Key="moved/a.mp4", CopySource={"Bucket": bucket, "Key": "scored/a.mp4"})
+    moved = S3Store(bucket, "moved", endpoint_url=s3_endpoint)
+    assert moved.info("a.mp4").etag != store.info("a.mp4").etag
+    local = LocalStore(tmp_path)
+    assert moved.digest(moved.info("a.mp4")) == store.digest(store.info("a.mp4")) == local.digest(local.info("scored.mp4"))
+    store.client.put_object(Bucket=bucket, Key="scored/theirs.mp4", Body=data)
+    theirs = store.info("theirs.mp4")
+    assert store.digest(theirs) == f"etag:{theirs.etag}"
+
+
 @pytest.mark.parametrize("key", ["../escape.mp4", "/etc/passwd", "a/../../b.mp4", "a\\..\\b.mp4", ""])
 def test_a_key_that_leaves_the_store_is_refused(store, tmp_path, key):
     with pytest.raises(UnsafeKey):
