@@ -163,6 +163,55 @@ def profile(model, batch, position=1400, steps=5):
                                     row_limit=20, max_name_column_width=60))
 
 
+def attention_calls(model, batch, position):
+    """One layer's self-attention late in a window for `batch` guided windows, per kernel that could run
+    it: the decoder's own call (on CUDA the memory-efficient kernel over the step's span, with its mask),
+    plain products with a softmax, and on CUDA flash attention over exactly the positions written so
+    far (a lower bound: its shapes change every step); beside them a reduction that reads the same keys
+    and values once, the memory roof. Returns (name -> call, bytes of keys and values, layers, span)."""
+    decoder, _ = late_decoder(model, position, batch, 1)
+    rows, span = 2 * batch, decoder._span(position)
+    keys, values = decoder.cache[0, 0, :rows, :, :span], decoder.cache[0, 1, :rows, :, :span]   # (R, H, span, hd)
+    query = torch.randn_like(keys[:, :, :1])                                                     # (R, H, 1, hd)
+    mask = torch.zeros(1, span, dtype=keys.dtype, device=keys.device)
+    mask[:, position + 1:] = -float("inf")
+    scale = model.lm.model.decoder.layers[0].self_attn.scaling
+
+    def products():
+        scores = (query @ keys.transpose(-1, -2)).float() * scale + mask
+        return torch.softmax(scores, -1).to(values.dtype) @ values
+
+    calls = {"decoder": lambda: decoder._attention(query, keys, values, mask, scale), "products": products}
+    if keys.is_cuda:
+        used = slice(0, position + 1)
+        calls["flash, exact length"] = lambda: torch.ops.aten._scaled_dot_product_flash_attention(
+            query, keys[:, :, used], values[:, :, used], scale=scale)[0]
+    calls["read k+v once (roof)"] = lambda: (keys.sum(), values.sum())
+    return calls, 2 * keys.numel() * keys.element_size(), decoder.num_layers, span
+
+
+def attention_kernels(model, batch, position=1400, repeats=50):
+    """`attention_calls` timed: microseconds a call, keys and values read per second, and that time for
+    all the layers of a step."""
+    calls, read, layers, span = attention_calls(model, batch, position)
+    print(f"attention: one layer's self-attention at token {position} (span {span}), batch {batch} guided "
+          f"({2 * batch} rows), {read / 1e6:.0f} MB of keys and values")
+    for name, call in calls.items():
+        try:
+            for _ in range(3):
+                call()
+            t = clock(model)
+            for _ in range(repeats):
+                call()
+            seconds = (clock(model) - t) / repeats
+        except RuntimeError as e:   # a kernel this device or dtype lacks
+            print(f"  {name:22} not run: {str(e).splitlines()[0]}")
+            continue
+        print(f"  {name:22} {seconds * 1e6:9.1f} us a call, {read / seconds / 1e9:7.1f} GB/s, "
+              f"{seconds * layers * 1e3:6.2f} ms for {layers} layers")
+        print(f"RESULT attention_us_b{batch}_{name.split(',')[0].split(' ')[0]}={seconds * 1e6:.1f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=["small", "tiny"])
@@ -172,7 +221,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--parts", default="anchor,eager,graphs,steps", help="what to measure (a CUDA error in "
                         "one part poisons the process, so a GPU run takes the anchor in a separate process); "
-                        "`profile`: the operators of a late eager step at the largest batch, by device time")
+                        "`profile`: the operators of a late eager step at the largest batch, by device time; "
+                        "`attention`: a late self-attention at the largest batch, kernel by kernel")
     parser.add_argument("--anchor-call", default="fixed", choices=["fixed", "default"])
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -206,6 +256,8 @@ def main():
             print(f"RESULT graph_vs_eager_b{b}={rates['graph', b] / rates['eager', b]:.2f}")
     if "profile" in parts:
         profile(model, max(batches))
+    if "attention" in parts:
+        attention_kernels(model, max(batches))
     for b in (1, 8) if "steps" in parts else ():
         for name, graphs in paths:
             early, late = step_time(model, 100, b, graphs), step_time(model, 1400, b, graphs)

@@ -5,8 +5,9 @@
 #  1. the CUDA tests: graph replays sample the eager step's tokens, a step never waits for the host;
 #  2. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
 #     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the step
-#     time at token 100 vs. 1400, and the kernels of a late step at batch 32 by device time (and
-#     how many kernels a step runs);
+#     time at token 100 vs. 1400, the kernels of a late step at batch 32 by device time (and
+#     how many kernels a step runs), and that step's self-attention alone per kernel that could run it,
+#     against a read of its keys and values (the memory roof: where batch 32's time goes);
 #  3. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
 #     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split;
@@ -29,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 'transformers', transformers.__version__)" | tee -a "$log"
 "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_decoding.py 2>&1 | tail -n 15 | tee -a "$log" \
   || echo "CUDA tests failed (above)" | tee -a "$log"
-run bench/generation.py "${common[@]}" --parts eager,graphs,steps,profile \
+run bench/generation.py "${common[@]}" --parts eager,graphs,steps,profile,attention \
   || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
 run bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
   || echo "catalog bench failed" | tee -a "$log"
@@ -71,6 +72,7 @@ rows = [
 ]
 rows += [(f"{k.replace('_', ' ')} (late eager step)", v) for k, v in r.items()
          if k.startswith(("operators_per", "kernels_per"))]
+rows += [(f"{k.replace('_', ' ')} (one layer, token 1400)", v) for k, v in r.items() if k.startswith("attention_us")]
 for name, value in rows:
     print(f"{name:66} {value:10.3f}")
 SUMMARY

@@ -38,3 +38,14 @@ def test_the_operator_count_counts_what_runs_kernels_and_no_views():
         torch.mm(x, x.t()).add_(1).softmax(-1)
         torch.matmul(batched, x[:, :5])            # one product, reshaped around it
     assert ops.count == 4
+
+
+def test_the_attention_kernels_compared_compute_the_decoders_attention(tiny_model):
+    """bench/generation.py --parts attention times other kernels for the decoder's self-attention: they
+    must compute the same thing (here on CPU: the plain products), over a span with masked positions."""
+    calls, read, layers, span = _bench().attention_calls(tiny_model, batch=2, position=150)
+    ours = calls.pop("decoder")()
+    assert span == 256 and layers == len(tiny_model.lm.model.decoder.layers)
+    assert read == 2 * 4 * span * tiny_model.config.lm["hidden_size"] * 4   # keys and values, 4 rows, float32
+    torch.testing.assert_close(calls.pop("products")(), ours, rtol=1e-4, atol=1e-5)
+    assert set(calls) == {"read k+v once (roof)"}                           # flash attention: CUDA only
