@@ -307,7 +307,7 @@ def server(port: int = typer.Option(4200, "--port", help="Port of the UI and API
 @settings_options
 def score(
     source: str = typer.Argument(..., help="The library: a folder, one video, file:///path or s3://bucket/prefix."),
-    out_uri: str = typer.Option(..., "--out", help="Where the scored videos, tracks and reports go (folder or "
+    out_uri: str = typer.Option(..., "-o", "--out", help="Where the scored videos, tracks and reports go (folder or "
                                 "s3://...; not the library, but it may lie inside it)."),
     model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
                               "model's name, or a checkpoint directory."),

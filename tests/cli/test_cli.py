@@ -84,7 +84,7 @@ def test_score_delivers_at_the_loudness_asked_and_rescores_when_a_setting_change
     assert (latest["scored"], latest["skipped"], latest["failed"]) == (0, 2, 1)
     assert (scored / "counter.mp4").stat().st_mtime_ns == first
 
-    louder = run("score", library, "--out", scored, "--loudness", "-14", "--json")  # another setting: scored again
+    louder = run("score", library, "-o", scored, "--loudness", "-14", "--json")  # another setting: scored again
     assert json.loads(louder.stdout.strip().splitlines()[-1])["scored"] == 2, louder.stderr
     assert abs(_ebur128(scored / "counter.mp4")[0] + 14) <= 0.5
 
