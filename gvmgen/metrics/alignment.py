@@ -117,12 +117,3 @@ def train_evaluator(model: nn.Module, video: torch.Tensor, music: torch.Tensor, 
     model.eval()
     return losses
 
-
-def music_latents(codec_model, audio: torch.Tensor, sample_rate: int, seconds: int) -> torch.Tensor:
-    """(samples,) mono audio -> (seconds, D) EnCodec encoder latents averaged per second."""
-    with torch.no_grad():
-        latents = codec_model.codec.encoder(audio[None, None].float())[0].T       # (T, D) at the frame rate
-    rate = codec_model.config.frame_rate
-    latents = latents[: seconds * rate]
-    latents = F.pad(latents, (0, 0, 0, seconds * rate - len(latents)))
-    return latents.reshape(seconds, rate, -1).mean(1)

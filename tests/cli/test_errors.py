@@ -119,7 +119,7 @@ def test_outputs_never_replace_their_inputs(fixtures, tmp_path, run_cli):
     for args in (["generate", video, "-o", video], ["generate", video, "-o", video, "--overwrite"],
                  ["score", library, "--out", library], ["score", video, "--out", library]):
         code, _, err = run_cli(*args, cwd=tmp_path)
-        assert code == 2 and "would replace" in err or "would overwrite" in err, (args, err)
+        assert code == 2 and ("would replace" in err or "would overwrite" in err), (args, err)
     assert {p.name: p.read_bytes() for p in library.iterdir()} == before  # byte for byte, and nothing added
 
 
