@@ -550,7 +550,7 @@ def prepare_video(video_id: int, ctx: RunContext):
                 shutil.rmtree(work, ignore_errors=True)
                 cause = f"{taken} exists and gvmgen did not write it (--overwrite replaces it)"
                 repo.record_error(session, video, session.get(Run, ctx.run_id), stage, cause)
-                repo.release(session, job, owner, "pending")
+                repo.release_owner(session, owner, job)  # the attempt not counted: it is no fault to retry
                 return as_state(result_row(video.key, "failed", started, cause=cause))
             stage = "download"
             local = open_store(ctx.source, single=True).download(video.key, work / "in")

@@ -437,14 +437,22 @@ def videos(session: Session, status: str | None = None,
            catalog: Catalog | None = None) -> list[tuple[Video, str, VideoError | None]]:
     """Every video (of one catalog, or of all) with the status of its content's latest job ('new' when
     never tried: a copy of a scored file is done with it; 'removed' once gone from its library) and,
-    when it failed, its content's latest error; optionally only one status."""
+    when it failed, its latest error; optionally only one status.
+
+    A video that its catalog's latest run refused for what stands in the output (a file gvmgen did not
+    write, another video's names) is failed too, whatever its content's job says: that job stays as it
+    was, for the refusal is no fault of the content, and every run checks the output again."""
     if status is not None and status not in VIDEO_STATUSES:
         raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
     status_of: dict[str, str] = {}
     for content, job_status in session.execute(select(Job.content_hash, Job.status).order_by(Job.id.desc())):
         status_of.setdefault(content, job_status)
+    latest_run = select(func.max(Run.id)).where(Run.catalog_id == Video.catalog_id).scalar_subquery()
+    refused = {error.video_id: error for error in session.scalars(
+        select(VideoError).join(Video).where(VideoError.stage == "output", VideoError.run_id == latest_run)
+        .order_by(VideoError.id))}
     listed = select(Video).order_by(Video.id)
-    found = [(v, "removed" if v.removed_at else status_of.get(v.content_hash, "new"))
+    found = [(v, "removed" if v.removed_at else "failed" if v.id in refused else status_of.get(v.content_hash, "new"))
              for v in session.scalars(listed.where(Video.catalog_id == catalog.id) if catalog else listed)]
     found = [(v, s) for v, s in found if status is None or s == status]
     failed = {v.content_hash for v, s in found if s == "failed"}
@@ -452,7 +460,7 @@ def videos(session: Session, status: str | None = None,
               .group_by(Video.content_hash))
     errors = {video.content_hash: error for error, video in
               session.execute(select(VideoError, Video).join(Video).where(VideoError.id.in_(newest))).tuples()}
-    return [(v, s, errors.get(v.content_hash) if s == "failed" else None) for v, s in found]
+    return [(v, s, refused.get(v.id) or errors.get(v.content_hash) if s == "failed" else None) for v, s in found]
 
 
 def content_error(session: Session, content_hash: str) -> VideoError | None:

@@ -202,8 +202,9 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
     from sqlalchemy import select
 
     from flows.score_catalog import VideosFailed, score_catalog
+    from storage import repository as repo
     from storage.db import connect
-    from storage.models import Output
+    from storage.models import Job, Output, Video
 
     library, out = tmp_path / "library", tmp_path / "scored"
     (library / "copies").mkdir(parents=True)
@@ -232,10 +233,12 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
     assert set(statuses().values()) == {"skipped"}
 
     (out / "b.mp4").write_bytes(b"an editor's file, saved over the scored video")
+    refused = f"{(out / 'b.mp4').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)"
     with pytest.raises(VideosFailed) as failed:
         score_catalog(str(library), str(out), model="tiny")
-    assert failed.value.summary["failures"] == [{"video": "b.mp4", "status": "failed", "cause": (
-        f"{(out / 'b.mp4').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)")}]
+    assert failed.value.summary["failures"] == [{"video": "b.mp4", "status": "failed", "cause": refused}]
+    with connect()() as session:   # failed in the listing too, though its content is done (under a's key)
+        assert [(v.key, e.cause) for v, _, e in repo.videos(session, "failed")] == [("b.mp4", refused)]
     assert (out / "b.mp4").read_bytes().startswith(b"an editor's file")
     assert counts(score_catalog(str(library), str(out), model="tiny", overwrite=True)) == (0, 3, 0)
     assert statuses()["b.mp4"] == "copied" and (out / "b.mp4").read_bytes() == (out / "a.mp4").read_bytes()
@@ -279,11 +282,20 @@ def test_a_scored_copy_is_trusted_only_while_it_is_the_file_gvmgen_wrote(prefect
 
     (library / "c.mp4").write_bytes((fixtures / "video" / "testvideo.mp4").read_bytes())   # new, and an editor's
     (out / "c.report.png").write_bytes(b"an editor's picture")                             # file beside its key
-    with pytest.raises(VideosFailed) as failed:
-        score_catalog(str(library), str(out), model="tiny")
-    assert failed.value.summary["failures"][0]["cause"] == (
-        f"{(out / 'c.report.png').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)")
+    refused = f"{(out / 'c.report.png').as_uri()} exists and gvmgen did not write it (--overwrite replaces it)"
+    for night in range(2):   # failed everywhere, each night, and never counted as a try of the video
+        with pytest.raises(VideosFailed) as failed:
+            score_catalog(str(library), str(out), model="tiny")
+        assert failed.value.summary["failures"][0]["cause"] == refused
+        with connect()() as session:
+            assert [(v.key, e.cause) for v, _, e in repo.videos(session, "failed")] == [("c.mp4", refused)]
+            job = session.scalar(select(Job).join(Video, Video.content_hash == Job.content_hash).where(Video.key == "c.mp4"))
+            assert (job.status, job.attempts) == ("pending", 0)
     assert (out / "c.report.png").read_bytes() == b"an editor's picture" and not (out / "c.mp4").exists()
+    (out / "c.report.png").unlink()                # moved away: the next run scores c, no --retry-failed needed
+    assert counts(score_catalog(str(library), str(out), model="tiny")) == (1, 3, 0)
+    with connect()() as session:
+        assert repo.videos(session, "failed") == [] and (out / "c.mp4").is_file()
 
 
 @pytest.mark.slow
