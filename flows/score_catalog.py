@@ -1018,6 +1018,23 @@ def _publish(run_id: int, rows: list[dict]) -> None:
         create_markdown_artifact("## Videos without output\n\n" + "\n\n".join(sections), key="score-catalog-failures")
 
 
-# The deployment's flow: the same flow, retried on its own after an infrastructure failure. (Prefect
-# retries any Failed run; a retry of a run whose only failures are videos finds nothing left to do.)
-nightly_score_catalog = score_catalog.with_options(retries=2, retry_delay_seconds=600)
+NIGHTLY_RETRIES = 2          # runs again after an infrastructure fault, the nightly flow's
+NIGHTLY_RETRY_DELAY_S = 600
+
+
+@flow(name="score-catalog-nightly")
+@functools.wraps(score_catalog.fn)   # the same parameters, which the deployment fills in
+def nightly_score_catalog(*args, **kwargs):
+    """The deployment's flow: `score-catalog` as a run of its own, run again up to NIGHTLY_RETRIES times,
+    NIGHTLY_RETRY_DELAY_S apart, after a fault of the infrastructure (the store, the database, the
+    machine), never after failed videos or a usage error: those would fail the same way again (Prefect's
+    flow retries would rerun the catalog for either). It ends as its last run ended."""
+    for attempt in range(NIGHTLY_RETRIES + 1):
+        state = score_catalog(*args, **kwargs, return_state=True)
+        error = state.result(raise_on_failure=False) if state.is_failed() else None
+        if not isinstance(error, Exception) or isinstance(error, (VideosFailed, ValueError)) or attempt == NIGHTLY_RETRIES:
+            return state
+        get_run_logger().warning(f"the run failed ({describe(error, '')}); "
+                                 f"running it again in {NIGHTLY_RETRY_DELAY_S:g} s "
+                                 f"(retry {attempt + 1} of {NIGHTLY_RETRIES})")
+        time.sleep(NIGHTLY_RETRY_DELAY_S)

@@ -301,3 +301,38 @@ def _raised(call):
     except Exception as e:
         return e
     return None
+
+
+@pytest.mark.slow
+def test_the_nightly_flow_runs_the_catalog_again_after_an_infrastructure_fault_only(prefect_engine, fixtures, tmp_path,
+                                                                                      monkeypatch, free_port):
+    """A failed video ends the nightly flow after one run (another would fail it again); an object store
+    that cannot be reached is tried 1 + NIGHTLY_RETRIES times, each a run of score-catalog of its own."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows import score_catalog as flow
+
+    def runs_of_score_catalog() -> int:
+        with get_client(sync_client=True) as client:
+            return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["score-catalog"]))))
+
+    monkeypatch.setattr(flow, "NIGHTLY_RETRY_DELAY_S", 0)
+    library = tmp_path / "library"
+    library.mkdir()
+    shutil.copy(fixtures / "video" / "counter.mp4", library / "counter.mp4")
+    (library / "broken.mp4").write_text("not a video")
+    before = runs_of_score_catalog()
+    with pytest.raises(flow.VideosFailed) as failed:
+        flow.nightly_score_catalog(str(library), str(tmp_path / "scored"), model="tiny")
+    assert (failed.value.summary["scored"], failed.value.summary["failed"]) == (1, 1)
+    assert runs_of_score_catalog() == before + 1
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")   # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for name, value in (("AWS_ACCESS_KEY_ID", "nightly"), ("AWS_SECRET_ACCESS_KEY", "nightly"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(Exception, match="Could not connect to the endpoint URL") as fault:
+        flow.nightly_score_catalog(str(library), "s3://outage/scored", model="tiny")
+    assert not isinstance(fault.value, (flow.VideosFailed, ValueError))
+    assert runs_of_score_catalog() == before + 1 + 1 + flow.NIGHTLY_RETRIES
