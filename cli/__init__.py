@@ -324,9 +324,9 @@ def score(
     """Score every video of a library with the score-catalog flow (Prefect, no server needed).
 
     A video is scored once per content, model and settings: a rerun skips what is done, and changing
-    any setting scores everything again. Exit status: 0 every video of the library is scored; 1 some
-    video stands failed (in this run, or earlier and not retried); 2 usage or infrastructure error
-    (its unfinished videos stay pending).
+    any setting scores everything again. Exit status: 0 every video of the library is scored (or being
+    scored by another run at the same time); 1 some video stands failed (in this run, or earlier and
+    not retried); 2 usage or infrastructure error (its unfinished videos stay pending).
     """
     run_catalog(source, out_uri, model, settings.to_dict(), retry_failed, overwrite, lease_s, batch_videos, dask,
                 as_json)

@@ -683,8 +683,10 @@ def finish_video(claimed: ClaimedVideo, track, ctx: RunContext):
                                  seed=settings.generation.seed,
                                  windows=[[round(a, 3), round(b, 3)] for a, b in claimed.prepared.windows])
     shutil.rmtree(claimed.work, ignore_errors=True)
-    if recorded is None:  # interrupted meanwhile: the lease went back, the next run records it
-        return as_state(result_row(claimed.key, "pending", claimed.started, claimed, cause="the run was interrupted"))
+    if recorded is None:  # the lease went back (the run interrupted: the next run records it) or ran out
+        return as_state(result_row(claimed.key, "pending", claimed.started, claimed, cause="the run was interrupted")
+                        if interrupted() else result_row(claimed.key, "elsewhere", claimed.started, claimed,
+                                                         cause="lease lost"))
     return result_row(claimed.key, "scored", claimed.started, claimed, done.loudness.output_lufs,
                       note=done.loudness.miss(settings.target_lufs))
 
@@ -861,13 +863,6 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
                                         owner)
-    ensure_gpu_limit(gpu_slots)
-    config = cached_model(model).config
-    media_elsewhere = not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)  # Dask, say
-    ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, overwrite, lease_s,
-                     owner, config.sample_rate, config.image_size if media_elsewhere else None)
-
-    progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
     rows: list[dict] = []
     stopped_by: list[str] = []   # the infrastructure failure that stopped the run, if one did
     owners = [owner]             # the processes holding leases for the run (Dask workers prepare apart)
@@ -885,18 +880,25 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
         with sessions() as session:
             repo.count_handled(session, run_id, [row["status"] for row in new_rows])
 
-    video_of: dict[PrefectFuture, str] = {}  # future -> the video it works on, named for a crash
+    video_of: dict[PrefectFuture, str] = {}  # future -> the key of the video it works on, named for a crash
+    key_of = dict(zip(video_ids, (o.key for o in objects)))
 
     def submit_prepare(video_ids_: list[int]) -> list[PrefectFuture]:
         submitted = [prepare_video.submit(v, ctx) for v in video_ids_]
-        video_of.update((f, f"video {v}") for f, v in zip(submitted, video_ids_))
+        video_of.update((f, key_of[v]) for f, v in zip(submitted, video_ids_))
         return submitted
 
-    try:
+    try:  # from here on the run is closed however it ends
+        ensure_gpu_limit(gpu_slots)
+        config = cached_model(model).config
+        media_elsewhere = not isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)  # Dask, say
+        ctx = RunContext(run_id, model_version_id, source, output, model, settings, retry_failed, overwrite, lease_s,
+                         owner, config.sample_rate, config.image_size if media_elsewhere else None)
+        progress = create_progress_artifact(0.0, key="score-catalog-progress", description="videos handled")
         settled = settled_videos(ctx, video_ids)  # done, or failed earlier: no task run each
-        clashes = name_clashes([key for _, key in sorted(zip(video_ids, (o.key for o in objects)))])
+        clashes = name_clashes([key_of[v] for v in sorted(video_ids)])
         if clashes:
-            by_key = {o.key: v for o, v in zip(objects, video_ids)}
+            by_key = {key: v for v, key in key_of.items()}
             settled.update(refuse_clashes(ctx, {by_key[key]: other for key, other in clashes.items()}))
         if settled:
             handled(*settled.values())
