@@ -351,7 +351,9 @@ def open_run(source: str, output: str, catalog_name: str, model: str, settings: 
              videos: int, owner: str) -> tuple[int, int]:
     with sessions() as session:
         cat = repo.catalog(session, catalog_name, source)
-        model_row = repo.model_version(session, model, checkpoint_uri=model if "/" in model else f"preset:{model}")
+        model_row = registry.version_for(session, model)
+        if model_row.name.startswith("/"):  # a checkpoint folder, recorded absolute: retry-failed runs from anywhere
+            parameters = {**parameters, "model": model_row.name}
         run = repo.start_run(session, cat, model_row, settings, parameters, videos=videos,
                              flow_run_id=str(flow_run.get_id() or "") or None, worker=owner)
         return run.id, model_row.id

@@ -47,11 +47,8 @@ def publish(session: Session, name: str, base: str, directory: Path, store_uri: 
     earlier = [v for v in session.scalars(select(ModelVersion).where(ModelVersion.name.startswith(f"{name}@", autoescape=True)))
                if v.metrics.get("fingerprint") == fingerprint]
     same = row if row is not None and row.metrics.get("fingerprint") == fingerprint else next(iter(earlier), None)
-    if row is not None and row is not same:  # NAME@TIME, to the second unless two versions share one
-        taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.startswith(f"{name}@", autoescape=True))))
-        row.name = next(n for n in (f"{name}@{row.created_at:%Y%m%dT%H%M%S}", f"{name}@{row.created_at:%Y%m%dT%H%M%S.%f}")
-                        if n not in taken)
-        session.flush()
+    if row is not None and row is not same:
+        _keep_as_earlier(session, row)
     if same is not None:
         same.name, same.base, same.metrics = name, base, {**metrics, "fingerprint": fingerprint}
         session.commit()
@@ -63,6 +60,40 @@ def publish(session: Session, name: str, base: str, directory: Path, store_uri: 
         store.upload(path, f"{folder}/{path.name}")
     row = ModelVersion(name=name, base=base, checkpoint_uri=store.uri(folder), created_at=created,
                        metrics={**metrics, "fingerprint": fingerprint})
+    session.add(row)
+    session.commit()
+    return row
+
+
+def _keep_as_earlier(session: Session, row: ModelVersion) -> None:
+    """Rename a version whose name now stands for other weights NAME@TIME (to the second, unless two
+    versions share one): its outputs stay its own."""
+    name = row.name
+    taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.startswith(f"{name}@", autoescape=True))))
+    row.name = next(n for n in (f"{name}@{row.created_at:%Y%m%dT%H%M%S}", f"{name}@{row.created_at:%Y%m%dT%H%M%S.%f}")
+                    if n not in taken)
+    session.flush()
+
+
+def version_for(session: Session, spec: str) -> ModelVersion:
+    """The model version that results made with `spec` (a model as users name it) are recorded under: a
+    preset's, a published version's own, or a checkpoint folder's, named by its absolute path (so
+    `ckpt` and `./ckpt` are one version) and told apart by its weights: other weights found in the
+    folder later are a new version, and the earlier one keeps its outputs as PATH@TIME."""
+    if spec in PRESETS:
+        return repo.model_version(session, spec, f"preset:{spec}")
+    published = session.scalar(select(ModelVersion).where(ModelVersion.name == spec)) if "/" not in spec else None
+    if published is not None:
+        return published
+    folder = Path(spec).resolve()
+    fingerprint = _fingerprint(folder)
+    row = session.scalar(select(ModelVersion).where(ModelVersion.name == str(folder)))
+    if row is not None and row.metrics.get("fingerprint") == fingerprint:
+        return row
+    if row is not None:
+        _keep_as_earlier(session, row)
+    row = ModelVersion(name=str(folder), checkpoint_uri=folder.as_uri(), created_at=repo.utcnow(),
+                       metrics={"fingerprint": fingerprint})
     session.add(row)
     session.commit()
     return row

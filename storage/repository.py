@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import case, delete, func, or_, select, update
@@ -43,12 +44,11 @@ def catalog(session: Session, name: str, source_uri: str) -> Catalog:
     return found
 
 
-def model_version(session: Session, name: str, checkpoint_uri: str, base: str | None = None,
-                  metrics: dict | None = None) -> ModelVersion:
+def model_version(session: Session, name: str, checkpoint_uri: str) -> ModelVersion:
+    """The version named `name`, registered with `checkpoint_uri` if new (see registry.version_for)."""
     found = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
     if found is None:
-        found = ModelVersion(name=name, base=base, checkpoint_uri=checkpoint_uri, metrics=metrics or {},
-                             created_at=utcnow())
+        found = ModelVersion(name=name, checkpoint_uri=checkpoint_uri, metrics={}, created_at=utcnow())
         session.add(found)
         session.commit()
     return found
@@ -577,7 +577,8 @@ def outputs_to_evaluate(session: Session, target: str, model: str | None = None)
             raise ValueError(f"{target}: no video of it has been scored")
         chosen = session.get(ModelVersion, newest[0].model_version_id)
     else:
-        chosen = session.scalar(select(ModelVersion).where(ModelVersion.name == model))
+        named = lambda name: session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+        chosen = named(model) or (named(str(Path(model).resolve())) if "/" in model or Path(model).is_dir() else None)
         if chosen is None:
             raise ValueError(f"--model {model}: no such model has scored anything (gvmgen models list shows them)")
     scored = list(session.execute(current.where(Output.model_version_id == chosen.id).order_by(Output.created_at, Output.id)))

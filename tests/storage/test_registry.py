@@ -90,3 +90,30 @@ def test_a_model_is_named_by_a_preset_a_published_name_or_a_folder(tmp_path, mon
     repo.model_version(session, "tiny", "preset:tiny")
     assert registry.identity(session, "tiny") == "tiny" and registry.identity(session, "promo").startswith("sha256:")
     session.close()
+
+
+def test_results_are_recorded_under_one_version_per_preset_published_name_or_folder_weights(tmp_path, monkeypatch):
+    """A checkpoint folder is one version however it is spelt (named by its absolute path, never taken
+    for a preset), and other weights written into it later are another version, the earlier one kept
+    as PATH@TIME with its outputs; presets and published names are their own versions."""
+    monkeypatch.setenv("GVMGEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    session = sessionmaker(make_engine(url), expire_on_commit=False)()
+    folder = _checkpoint(tmp_path / "ckpt", b"first weights")
+    first = registry.version_for(session, "ckpt")
+    assert (first.name, first.checkpoint_uri) == (str(folder), folder.as_uri())
+    assert registry.version_for(session, "./ckpt").id == registry.version_for(session, str(folder)).id == first.id
+    (folder / "loss.png").write_bytes(b"a curve drawn again")                    # not the weights: the same
+    assert registry.version_for(session, "ckpt").id == first.id
+
+    _checkpoint(folder, b"retrained weights")
+    second = registry.version_for(session, "ckpt")
+    assert second.id != first.id and second.name == str(folder) and first.name.startswith(f"{folder}@")
+
+    tiny = registry.version_for(session, "tiny")
+    assert (tiny.name, tiny.checkpoint_uri) == ("tiny", "preset:tiny")
+    promo = registry.publish(session, "promo", "tiny", _checkpoint(tmp_path / "p", b"promo"), str(tmp_path / "store"), {})
+    assert registry.version_for(session, "promo").id == promo.id
+    session.close()
