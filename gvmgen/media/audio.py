@@ -9,7 +9,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from .probe import MediaError, ffmpeg_path, raise_if_stopped, tool
+from .probe import MediaError, ffmpeg_path, raise_machine_faults, tool
 
 
 def write_track(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -42,8 +42,9 @@ def decode_audio(path: Path, sample_rate: int, lead_s: float = 0.0) -> np.ndarra
            "-ar", str(sample_rate), "-f", "f32le", "-"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0:
-        raise_if_stopped(result.returncode, "ffmpeg", path, "decoding the audio of")
-        cause = (result.stderr.decode(errors="replace").strip().splitlines() or ["no audio stream"])[-1]
+        stderr = result.stderr.decode(errors="replace")
+        raise_machine_faults(result.returncode, stderr, "ffmpeg", path, "decoding the audio of")
+        cause = (stderr.strip().splitlines() or ["no audio stream"])[-1]
         raise MediaError(path, f"cannot decode its audio ({cause})")
     audio = np.frombuffer(result.stdout, dtype=np.float32)
     if not len(audio):

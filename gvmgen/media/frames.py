@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from .probe import MediaError, VideoInfo, ffmpeg_path, probe, raise_if_stopped, tool
+from .probe import MediaError, VideoInfo, ffmpeg_path, probe, raise_machine_faults, tool
 
 DETECTION_WIDTH = 128      # half PySceneDetect's 256: the known cuts still land on their frames, at a quarter of the CPU
 CANDIDATE_SPACING_S = 1 / 3  # CLIP-sized candidates: a shot of the default minimum length (0.5 s) holds one
@@ -193,7 +193,7 @@ class _DecodedFrames:
                 thread.join(timeout=5)
             clip_pipe.close()
         if small is None and code != 0:  # not stopped by us
-            raise_if_stopped(code, "ffmpeg", self.info.path, "decoding")
+            raise_machine_faults(code, "\n".join(log), "ffmpeg", self.info.path, "decoding")
             if not self.times:
                 raise MediaError(self.info.path, f"decoding failed ({' '.join(log)[-300:]})")
 
@@ -227,7 +227,9 @@ class _DecodedFrames:
                    "-vf", f"select='gte(t\\,{at - 0.0005:.6f})',showinfo=checksum=0,{self.clip_filter}",
                    "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
             result = subprocess.run(cmd, capture_output=True)
-            raise_if_stopped(result.returncode, "ffmpeg", self.info.path, "decoding a frame of")
+            if result.returncode != 0:
+                raise_machine_faults(result.returncode, result.stderr.decode(errors="replace"), "ffmpeg",
+                                     self.info.path, "decoding a frame of")
             found = re.search(rb"pts_time:(-?[0-9.eE+-]+)", result.stderr)
             size = self.size * self.size * 3
             if len(result.stdout) >= size and found and abs(float(found.group(1)) - at) < 0.001:

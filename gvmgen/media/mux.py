@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from ..files import atomic_path
-from .probe import MediaError, VideoInfo, ffmpeg_path, raise_if_stopped, tool
+from .probe import MediaError, VideoInfo, ffmpeg_path, raise_machine_faults, tool
 
 MUX_MODES = ("replace", "mix")
 # What the muxer must hold, by the output's suffix: ffmpeg writes these containers, and WebM takes only
@@ -62,6 +62,6 @@ def mux(info: VideoInfo, music: Path, out: Path, start: float, mode: str = "repl
     with atomic_path(out) as tmp:
         result = subprocess.run([*cmd, ffmpeg_path(tmp)], capture_output=True, text=True)
         if result.returncode != 0:
-            raise_if_stopped(result.returncode, "ffmpeg", info.path, "muxing the music into")
+            raise_machine_faults(result.returncode, result.stderr, "ffmpeg", info.path, "muxing the music into")
             cause = result.stderr.strip()[-400:] or f"ffmpeg's exit status {result.returncode}"
             raise MediaError(info.path, f"muxing the music into {out.name} failed ({cause})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,9 +25,12 @@ class MediaError(ValueError):
         return type(self), (self.path, self.cause)
 
 
-class ToolStopped(RuntimeError):
-    """ffmpeg or ffprobe was killed from outside (the out-of-memory killer's SIGKILL, say): the machine's
-    doing, never the file's, so not a MediaError."""
+class MachineFault(RuntimeError):
+    """ffmpeg or ffprobe failed for the machine, never for the file: not a MediaError."""
+
+
+class ToolStopped(MachineFault):
+    """ffmpeg or ffprobe was killed from outside (the out-of-memory killer's SIGKILL, say)."""
 
 
 # Signals that come from outside. A crash (SIGSEGV, SIGABRT) on a malformed file is the file's fault, and
@@ -34,10 +39,20 @@ class ToolStopped(RuntimeError):
 STOPPING_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def raise_if_stopped(returncode: int, tool_name: str, path, doing: str) -> None:
-    """Raise ToolStopped when `returncode` says the tool was killed by a stopping signal."""
+# What ffmpeg prints when the machine fails it: the system's words for a full disk, a read-only one and no
+# memory, and an encoder this build of ffmpeg lacks. (Not EIO: some demuxers say it of a damaged file.)
+MACHINE_ERRORS = (*(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM)),
+                  "Unknown encoder")
+
+
+def raise_machine_faults(returncode: int, stderr: str, tool_name: str, path, doing: str) -> None:
+    """Raise MachineFault when a failed tool was stopped from outside (ToolStopped) or says that the machine
+    failed it (MACHINE_ERRORS); else return, and the caller blames the file."""
     if -returncode in STOPPING_SIGNALS:
         raise ToolStopped(f"{tool_name} was stopped by {signal.Signals(-returncode).name} while {doing} {Path(path).name}")
+    said = next((line.strip() for line in stderr.splitlines() if any(e in line for e in MACHINE_ERRORS)), None)
+    if said:
+        raise MachineFault(f"{tool_name} failed while {doing} {Path(path).name}: {said}")
 
 
 def ffmpeg_path(path) -> str:
@@ -102,7 +117,7 @@ def probe(path: Path) -> VideoInfo:
     cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", ffmpeg_path(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise_if_stopped(result.returncode, "ffprobe", path, "probing")
+        raise_machine_faults(result.returncode, result.stderr, "ffprobe", path, "probing")
         cause = (result.stderr.strip().splitlines() or ["ffprobe could not read it"])[-1].removeprefix(f"{ffmpeg_path(path)}: ")
         raise MediaError(path, f"not a readable media file ({cause})")
     data = json.loads(result.stdout)

@@ -1,8 +1,9 @@
-"""ffmpeg killed midway (the out-of-memory killer's SIGKILL) is the machine's doing: ToolStopped, never a
-MediaError, which would fail the video for good. A crash is the file's."""
+"""ffmpeg killed midway (the out-of-memory killer's SIGKILL) or failed by a full disk is the machine's doing:
+MachineFault, never a MediaError, which would fail the video for good. A crash is the file's."""
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from gvmgen.media.audio import write_track
 from gvmgen.media.frames import analyse
 from gvmgen.media.mux import mux
-from gvmgen.media.probe import MediaError, ToolStopped, probe
+from gvmgen.media.probe import MachineFault, MediaError, ToolStopped, probe
 
 
 def _ffmpeg_children() -> list[int]:
@@ -89,3 +90,26 @@ def test_a_mux_killed_midway_is_not_the_videos_fault_and_leaves_no_file(long_vid
         mux(info, music, tmp_path / "out.mp4", info.start)
     watcher.join()
     assert stopped and sorted(p.name for p in tmp_path.iterdir()) == ["music.flac"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 256 KiB file system of its own (tmpfs: needs root, as in CI)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_mux_onto_a_full_disk_is_not_the_videos_fault_and_leaves_no_file(long_video, tmp_path, small_disk):
+    info = probe(long_video)
+    music = tmp_path / "music.flac"
+    write_track(music, 0.3 * np.sin(2 * np.pi * 440 * np.arange(round(info.duration * 32000)) / 32000), 32000)
+    assert long_video.stat().st_size > 256 << 10                  # the copy cannot fit
+    with pytest.raises(MachineFault, match=f"ffmpeg failed while muxing the music into {long_video.name}: .*"
+                                           "No space left on device"):
+        mux(info, music, small_disk / "out.mp4", info.start)
+    assert list(small_disk.iterdir()) == []
