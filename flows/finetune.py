@@ -10,10 +10,12 @@ or, failing that, its own audio track. `score_catalog(model=NAME)` then scores w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,14 +30,16 @@ from gvmgen.home import home
 from gvmgen.model.checkpoints import load_model, save_model, with_feature_transformation
 from gvmgen.model.config import FEATURE_TRANSFORMATIONS
 from gvmgen.report import write_loss_curve
-from gvmgen.training.dataset import MUSIC_EXTENSIONS, build_clips, encoder_key, paired_music_key, save_shard, split_of
+from gvmgen.training.dataset import (MIN_CLIP_S, MUSIC_EXTENSIONS, build_clips, encoder_key, music_keys,
+                                     paired_music_key, save_shard, split_of)
 from gvmgen.training.trainer import ShardClip, Trainer, TrainSettings, collapse_warning, merge_adapters
 from storage import registry
 from storage import repository as repo
 from storage.models import Video
 from storage.objects import canonical, fetch_copy, locate, open_store
 
-from .score_catalog import RETRY, ensure_gpu_limit, gpu_slot, list_library, register_videos, sessions
+from .score_catalog import (RETRY, VIDEO_FAULTS, describe, ensure_gpu_limit, gpu_slot, list_library, register_videos,
+                            sessions)
 
 
 def _device() -> str:
@@ -45,39 +49,58 @@ def _device() -> str:
 
 
 @task(**RETRY)
-def list_music(source: str) -> list[str]:
-    return [o.key for o in open_store(source).list(MUSIC_EXTENSIONS)]
+def list_music(source: str) -> dict[str, str]:
+    """The music files that videos of `source` may pair with (see music_keys), each with what tells it
+    from a file replaced since: its ETag (S3), else its size and modification time."""
+    store = open_store(source, single=True)
+    found = (store.list(MUSIC_EXTENSIONS) if store.only is None   # one video: the files it would pair with
+             else filter(None, map(store.info, music_keys(store.only))))
+    return {o.key: o.etag or f"{o.size}:{o.modified.timestamp()}" for o in found}
+
+
+_LOADING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _encoders(spec: str):
+    """The base model whose frozen CLIP and EnCodec cut the clips: loaded once for all the videos."""
+    return load_model(spec, device=_device())
 
 
 @task(cache_policy=NO_CACHE)
-def build_shard(video_id: int, source: str, store: str, base: str, music: list[str], clip_s: float | None) -> dict:
+def build_shard(video_id: int, source: str, store: str, base: str, music: dict[str, str], clip_s: float | None) -> dict:
     """One video's clips (up to `clip_s`, default the model's segment duration) as a shard in
-    `store`/datasets/, recorded in the manifest; a video whose shard exists is skipped. Returns a row of
-    the dataset table."""
+    `store`/datasets/, recorded in the manifest; a video whose clips were cut with the music it pairs
+    with now is skipped. Returns a row of the dataset table. The video's faults leave it out; any other
+    (the store, the database, the machine) fails the task, and a rerun resumes."""
     with sessions() as session:
         video = session.get(Video, video_id)
-        model = load_model(registry.resolve(session, base), device=_device())
+        with _LOADING:
+            model = _encoders(registry.resolve(session, base))
         encoders = encoder_key(model.config)
+        music_key = paired_music_key(video.key, set(music))
+        music_id = music[music_key] if music_key else None
         cached = repo.training_clips(session, encoders, video.content_hash)
         row = {"video": video.key, "clips": len(cached), "split": cached[0].split if cached else None,
                "status": "cached", "cause": None}
-        if cached:
+        if cached and all(c.music == music_id for c in cached):
             return row
-        music_key = paired_music_key(video.key, set(music))
+        src = open_store(source, single=True)
         try:
             with tempfile.TemporaryDirectory(dir=scratch()) as work:
-                src = open_store(source)
                 local = src.download(video.key, Path(work) / "in")
                 paired = src.download(music_key, Path(work) / "in") if music_key else None
                 clips = build_clips(model, local, paired, clip_s or model.config.segment_duration)
                 if not clips:
-                    return {**row, "status": "skipped", "cause": "shorter than the shortest clip (5 s)"}
-                name = video.content_hash.replace(":", "-") + ".safetensors"
+                    return {**row, "clips": 0, "status": "skipped", "cause": f"shorter than the shortest clip ({MIN_CLIP_S:g} s)"}
+                # named by the music too: a machine's cached copy of a shard is never of other music
+                name = video.content_hash.replace(":", "-") + (
+                    f"-{hashlib.sha256(music_id.encode()).hexdigest()[:12]}" if music_id else "") + ".safetensors"
                 shard_uri = open_store(store).upload(save_shard(Path(work) / name, clips), f"datasets/{encoders}/{name}")
-        except Exception as e:  # one bad video never stops the dataset
-            return {**row, "status": "failed", "cause": f"{type(e).__name__}: {e}"}
+        except VIDEO_FAULTS as e:  # one bad video never stops the dataset
+            return {**row, "clips": 0, "status": "failed", "cause": describe(e, src.uri(video.key))}
         split = split_of(video.content_hash)
-        repo.record_training_clips(session, encoders, video, [(c.start, c.end) for c in clips], split, shard_uri)
+        repo.record_training_clips(session, encoders, video, music_id, [(c.start, c.end) for c in clips], split, shard_uri)
         return {**row, "clips": len(clips), "split": split, "status": "built"}
 
 
@@ -86,6 +109,7 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
                 variant: str | None = None) -> dict:
     """Train on the manifest's clips of these videos, publish the model, draw its loss curve; warn when
     the frame tokens collapse (their spread falls below 5% of step 0's)."""
+    _encoders.cache_clear()  # the shards are cut: the memory goes to training
     with sessions() as session:
         model = load_model(registry.resolve(session, base), device=_device())
         if variant:
@@ -154,8 +178,8 @@ def training_of(name: str, base: str, variant: str, settings: TrainSettings, cli
     curve's key in SQL): `name`/ a digest of what the weights depend on: the base, the layout, the
     settings and the clips with their split. A rerun of the same training resumes it (and, finished,
     publishes the same version again); the same name given other data or settings trains afresh."""
-    made_of = {"base": base, "variant": variant, "settings": settings.weights_key(),
-               "clips": sorted((c.content_hash, c.index, c.start, c.end, c.split) for c in clips)}
+    made_of = {"base": base, "variant": variant, "settings": settings.weights_key(),   # a clip's music when paired
+               "clips": sorted((c.content_hash, c.index, c.start, c.end, c.split, *filter(None, [c.music])) for c in clips)}
     return f"{name}/{hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:16]}"
 
 

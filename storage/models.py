@@ -171,6 +171,7 @@ class TrainingClip(Base):
     encoders: Mapped[str] = mapped_column(String(64), index=True)   # which frozen CLIP + EnCodec made it
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
     content_hash: Mapped[str] = mapped_column(String(160))
+    music: Mapped[str | None] = mapped_column(String(160))          # the paired file it was cut with; None: its own track
     index: Mapped[int] = mapped_column(Integer)                     # the clip's place in its shard
     start: Mapped[float] = mapped_column(Float)
     end: Mapped[float] = mapped_column(Float)

@@ -489,10 +489,14 @@ def training_clips(session: Session, encoders: str, content_hash: str) -> list[T
                                 .order_by(TrainingClip.index)))
 
 
-def record_training_clips(session: Session, encoders: str, video: Video, spans: list[tuple[float, float]],
-                          split: str, shard_uri: str) -> list[TrainingClip]:
-    rows = [TrainingClip(encoders=encoders, video_id=video.id, content_hash=video.content_hash, index=i, start=a,
-                         end=b, split=split, shard_uri=shard_uri, created_at=utcnow()) for i, (a, b) in enumerate(spans)]
+def record_training_clips(session: Session, encoders: str, video: Video, music: str | None,
+                          spans: list[tuple[float, float]], split: str, shard_uri: str) -> list[TrainingClip]:
+    """The clips of a video's content cut with `music` (replacing those cut with other music)."""
+    session.execute(delete(TrainingClip).where(TrainingClip.encoders == encoders,
+                                               TrainingClip.content_hash == video.content_hash))
+    rows = [TrainingClip(encoders=encoders, video_id=video.id, content_hash=video.content_hash, music=music, index=i,
+                         start=a, end=b, split=split, shard_uri=shard_uri, created_at=utcnow())
+            for i, (a, b) in enumerate(spans)]
     session.add_all(rows)
     session.commit()
     return rows

@@ -27,6 +27,7 @@ from ..model.gvmgen import GVMGen
 from ..files import atomic_path
 
 MUSIC_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus")
+MIN_CLIP_S = 5.0   # a clip shorter than this teaches too little; a video shorter than it gives none
 
 
 @dataclass
@@ -41,13 +42,18 @@ class Clip:
         return self
 
 
-def paired_music_key(video_key: str, available: set[str]) -> str | None:
-    """The naming convention: `shots/a.mp4` pairs with `shots/a.wav` (or .flac, .mp3, ...) beside it."""
+def music_keys(video_key: str) -> list[str]:
+    """The naming convention: `shots/a.mp4` pairs with `shots/a.wav` (or .flac, .mp3, ...) beside it,
+    the first of these that exists."""
     stem = video_key.rsplit(".", 1)[0]
-    return next((stem + ext for ext in MUSIC_EXTENSIONS if stem + ext in available), None)
+    return [stem + ext for ext in MUSIC_EXTENSIONS]
 
 
-def plan_clips(duration: float, cuts: list[float], clip_s: float = 30.0, min_s: float = 5.0,
+def paired_music_key(video_key: str, available: set[str]) -> str | None:
+    return next((key for key in music_keys(video_key) if key in available), None)
+
+
+def plan_clips(duration: float, cuts: list[float], clip_s: float = 30.0, min_s: float = MIN_CLIP_S,
                snap_s: float = 4.0) -> list[tuple[float, float]]:
     """Cover the video with clips of at most `clip_s`, each ending at a shot cut when one lies within
     `snap_s` before its nominal end (so a clip's music and picture begin and end together). A tail

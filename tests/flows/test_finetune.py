@@ -87,3 +87,18 @@ def test_finetune_builds_shards_trains_registers_and_score_catalog_uses_it(prefe
         r["training"].split("/")[1] for r in (result, other))                # the first written to just now: kept
     drop_superseded(trainings / other["training"], idle_s=0)
     assert [p.name for p in (trainings / "studio-v1").iterdir()] == [other["training"].split("/")[1]]
+
+    # The paired music replaced: that video's clips are cut again with it, into a shard of their own (a
+    # machine's cached shard is never of other music), and the same settings make another training; the
+    # video that carries its own track keeps its clips.
+    with connect()() as session:
+        before = {c.content_hash: (c.music, c.shard_uri) for c in session.scalars(select(TrainingClip))}
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(fixtures / "music" / "bach.mp3"), "-af", "volume=0.5",
+                    str(copy / "fades.mp3")], check=True)                           # another mix of it
+    third = finetune(str(copy), "studio-v1", base="tiny", steps=4, batch_size=2, store=str(tmp_path / "store2"),
+                     variant="residual")
+    with connect()() as session:
+        after = {c.content_hash: (c.music, c.shard_uri) for c in session.scalars(select(TrainingClip))}
+    assert sorted(after[h][0] is not None for h in after) == [False, True]        # one paired, one its own track
+    assert [after[h] != before[h] for h in sorted(after, key=lambda h: after[h][0] is None)] == [True, False]
+    assert third["training"] != other["training"]
