@@ -291,11 +291,19 @@ def _location(store: Store) -> tuple[str, PurePosixPath]:
 
 def library_exclusion(source: str, output: str) -> str | None:
     """The key prefix to leave out of the library's listing because the output lies inside it (its
-    scored videos are not sources), or None. An output that is the library itself, or the folder of a
-    single video given as the library, would replace the sources: ValueError, naming both."""
+    scored videos are not sources), or None. An output that is the library itself, the folder of a
+    single video given as the library, or a folder the library lies in (scored videos land at their
+    keys below it, where the library's own videos may be) could replace the sources: ValueError, naming
+    both."""
     library, out = open_store(source, single=True), open_store(output)
     (where, root), (out_where, out_root) = _location(library), _location(out)
-    if where != out_where or not out_root.is_relative_to(root):
+    if where != out_where:
+        return None
+    if root != out_root and root.is_relative_to(out_root) and not library.only:
+        raise ValueError(f"{canonical(output)}: holds the library {canonical(source)}: a scored video could land on "
+                         f"one of its videos "
+                         f"(choose an output folder outside the library, or inside it)")
+    if not out_root.is_relative_to(root):
         return None
     if out_root == root and library.only:
         raise ValueError(f"{output}: is the folder of {source}: the scored video would replace it "

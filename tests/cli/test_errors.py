@@ -100,6 +100,7 @@ CASES = {
     "a loudness target out of range": (["score", "library", "--out", "out", "--loudness", "+10"],
                                        "the loudness target must lie between -40 and -5 LUFS, got 10"),
     "an output that is the library": (["score", "library", "--out", "library"], "library: is the library itself"),
+    "an output that holds the library": (["score", "library", "--out", "."], ": holds the library "),
     "an output in no video container": (["generate", VIDEO, "-o", "out.wav"], "out.wav: not a video container"),
     "a WebM output for H.264 video": (["generate", VIDEO, "-o", "out.webm"], "WebM cannot hold h264 video"),
     "an output that exists": (["generate", VIDEO, "-o", VIDEO.replace("video/counter", "video/fades")],

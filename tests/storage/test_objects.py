@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from storage.objects import LocalStore, S3Store, UnsafeKey, canonical, locate, open_store
+from storage.objects import LocalStore, S3Store, UnsafeKey, canonical, library_exclusion, locate, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -225,3 +225,20 @@ def test_listing_five_thousand_objects_keeps_memory_bounded(s3_endpoint, bucket)
     (two_pages, small), (everything, large) = json.loads(measured.stdout)
     assert (two_pages, everything) == (2_000, 5_000)
     assert large < 1.5 * small   # a page at a time: 2.5 times the objects, not 2.5 times the memory
+
+
+def test_an_output_may_lie_inside_the_library_but_never_hold_it(tmp_path):
+    """Inside: its folder is left out of the listing. Holding it: a scored video of key `p/a.mp4` would
+    land on the library's own `p/a.mp4`, refused before any work; a single video's parent folder is fine
+    (its one scored video lands beside, never on it)."""
+    (tmp_path / "lib" / "p").mkdir(parents=True)
+    (tmp_path / "lib" / "p" / "a.mp4").write_bytes(b"v")
+    assert library_exclusion(str(tmp_path / "lib"), str(tmp_path / "lib" / "scored")) == "scored/"
+    assert library_exclusion(str(tmp_path / "lib"), str(tmp_path / "elsewhere")) is None
+    assert library_exclusion(str(tmp_path / "lib" / "p" / "a.mp4"), str(tmp_path)) is None
+    for library, output in ((tmp_path / "lib" / "p", tmp_path / "lib"), (tmp_path / "lib", tmp_path)):
+        with pytest.raises(ValueError, match=f"^{output}: holds the library {library}: "):
+            library_exclusion(str(library), str(output))
+    with pytest.raises(ValueError, match="^s3://lib: holds the library s3://lib/p: "):
+        library_exclusion("s3://lib/p", "s3://lib/")
+    assert library_exclusion("s3://lib/p", "s3://other") is None
