@@ -8,6 +8,7 @@ objects only exist once their (multipart) upload completes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,6 +30,11 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".m
 class ObjectError(ValueError):
     """A problem of one object (its key or its access), never of the store as a whole: the object is
     recorded as failed and the rest of the catalog goes on."""
+
+
+class StoreError(RuntimeError):
+    """The store as a whole failed (unreachable, the credentials refused, no such bucket): never one
+    object's fault. The message names the store."""
 
 
 class UnsafeKey(ObjectError):
@@ -183,6 +189,28 @@ class S3Store:
     def __repr__(self) -> str:  # never the credentials
         return f"S3Store(s3://{self.bucket}/{self.prefix})"
 
+    @contextlib.contextmanager
+    def _as_store_errors(self, where: str | None = None):
+        """botocore's errors of the store as a whole as one line that names it, or `where` (StoreError)."""
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = where or f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        try:
+            yield
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code"))
+            why = {"NoSuchBucket": f"no such bucket ({self.bucket})",
+                   "AccessDenied": f"access denied ({e.operation_name})", "404": "no such object",
+                   "InvalidAccessKeyId": "the credentials were refused (InvalidAccessKeyId: no such access key)",
+                   "SignatureDoesNotMatch": "the credentials were refused (SignatureDoesNotMatch: a wrong secret key)"}
+            raise StoreError(f"{where}: {why.get(code, f'{code} ({e.operation_name})')}") from None
+        except NoCredentialsError:
+            raise StoreError(f"{where}: no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                             "a profile, or an instance role)") from None
+        except EndpointConnectionError as e:
+            endpoint = urlparse(str(e.kwargs.get("endpoint_url")))
+            raise StoreError(f"{where}: the endpoint cannot be reached ({endpoint.scheme}://{endpoint.netloc})") from None
+
     def _key(self, key: str) -> str:
         key = safe_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -195,10 +223,16 @@ class S3Store:
         """Page by page (1000 keys at a time): memory does not grow with the size of the library."""
         start = f"{self.prefix}/" if self.prefix else ""
         if self.only is not None:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(self.only))
+            with self._as_store_errors(self.uri(self.only)):
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(self.only))
             yield ObjectInfo(self.only, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
             return
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start))
+        while True:
+            with self._as_store_errors():
+                page = next(pages, None)
+            if page is None:
+                return
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(start):]
                 if key.lower().endswith(extensions) and not PurePosixPath(key).name.startswith("."):
@@ -250,8 +284,9 @@ class S3Store:
     def check_writable(self) -> None:
         """Write and delete a marker object: the bucket exists and these credentials may write to it."""
         marker = self._key(".gvmgen-write-check")
-        self.client.put_object(Bucket=self.bucket, Key=marker, Body=b"")
-        self.client.delete_object(Bucket=self.bucket, Key=marker)
+        with self._as_store_errors():
+            self.client.put_object(Bucket=self.bucket, Key=marker, Body=b"")
+            self.client.delete_object(Bucket=self.bucket, Key=marker)
 
     def upload(self, source: Path, key: str) -> str:
         self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer,

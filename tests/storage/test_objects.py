@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from storage.objects import LocalStore, S3Store, UnsafeKey, canonical, library_exclusion, locate, open_store
+from storage.objects import (LocalStore, S3Store, StoreError, UnsafeKey, canonical, library_exclusion, locate,
+                             open_store)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -242,3 +243,18 @@ def test_an_output_may_lie_inside_the_library_but_never_hold_it(tmp_path):
     with pytest.raises(ValueError, match="^s3://lib: holds the library s3://lib/p: "):
         library_exclusion("s3://lib/p", "s3://lib/")
     assert library_exclusion("s3://lib/p", "s3://other") is None
+
+
+def test_a_store_that_fails_as_a_whole_is_named_in_one_line(s3_endpoint, bucket, free_port, monkeypatch):
+    """No such bucket, an endpoint that cannot be reached, a single video that is not there: StoreError
+    (the store's fault, never a video's), naming the store."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(StoreError, match=r"^s3://no-such-bucket/clips: no such bucket \(no-such-bucket\)$"):
+        list(S3Store("no-such-bucket", "clips", endpoint_url=s3_endpoint).list())
+    with pytest.raises(StoreError, match=r"^s3://no-such-bucket: no such bucket"):
+        S3Store("no-such-bucket", endpoint_url=s3_endpoint).check_writable()
+    with pytest.raises(StoreError, match=rf"^s3://{bucket}/clips/gone.mp4: no such object$"):
+        list(S3Store(bucket, "clips", endpoint_url=s3_endpoint, only="gone.mp4").list())
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(StoreError, match=rf"^s3://{bucket}: the endpoint cannot be reached \({nowhere}/?\)$"):
+        list(S3Store(bucket, endpoint_url=nowhere).list())
