@@ -20,6 +20,7 @@ import traceback
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import typer
 from rich.console import Console
@@ -140,11 +141,22 @@ def settings_options(command):
     return with_settings
 
 
+def _local_file(text: str, command: str) -> Path:
+    """A file named on the command line (a path or file:// URL) for a command that works on local files."""
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if "://" in text:
+        raise ValueError(f"{text}: not a local file ({command} works on local files; `gvmgen score` reads and "
+                         "writes s3:// URLs)")
+    return Path(text)
+
+
 @app.command()
 @settings_options
 def generate(
-    video: Path = typer.Argument(..., help="The video to score."),
-    output: Path = typer.Option(..., "-o", "--out", help="The scored video; the track (.flac) and report "
+    video: str = typer.Argument(..., help="The video to score."),
+    output: str = typer.Option(..., "-o", "--out", help="The scored video; the track (.flac) and report "
                              "(.report.png) are written beside it."),
     model: str = typer.Option("tiny", "--model", help="tiny (untrained, noise), small, medium, a fine-tuned "
                               "model's name, or a checkpoint directory."),
@@ -163,6 +175,7 @@ def generate(
     from storage.objects import LocalStore
     from storage.registry import resolve
 
+    video, output = _local_file(video, "generate"), _local_file(output, "generate")
     info = probe(video)  # a bad video, or an output that cannot be written, costs nothing
     check_container(output, info.codec)
     written = [output, output.with_suffix(f".{settings.delivery.track_format}"), output.with_suffix(".report.png")]
@@ -550,7 +563,7 @@ def _training_progress(name: str, steps: int, disable: bool):
 
 @app.command("inspect")
 def inspect_video(
-    video: Path = typer.Argument(..., help="The video to look at."),
+    video: str = typer.Argument(..., help="The video to look at."),
     detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
     threshold: float = typer.Option(None, "--threshold", help="The shot detector's threshold."),
     min_shot: float = typer.Option(0.5, "--min-shot", help="Shortest shot, seconds."),
@@ -559,6 +572,7 @@ def inspect_video(
     """Show what the pipeline sees in VIDEO: timing, orientation, shots and the frames it would use."""
     from gvmgen.media.frames import ShotDetection, analyse
 
+    video = _local_file(video, "inspect")
     detection = ShotDetection(detector.value, threshold, min_shot)
     with console.status(f"analysing {video.name}"):
         report = analyse(video, size=32, detection=detection).to_json()
@@ -752,8 +766,6 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print the mo
 
 def _location(uri: str) -> str:
     """A URI as people type it: a local file:// URI as its plain path, others as they are."""
-    from urllib.parse import unquote, urlparse
-
     return unquote(urlparse(uri).path) if uri.startswith("file://") else uri
 
 

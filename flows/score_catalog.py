@@ -129,10 +129,11 @@ def preflight(source: str, output: str, model: str, settings: dict | None, batch
     finds the model loaded). Returns the settings, complete."""
     score_settings = ScoreSettings.from_dict(settings)
     seed = score_settings.generation.seed
-    for name, value, (low, high) in (("seed", seed, SEED_RANGE), ("batch_videos", batch_videos, BATCH_RANGE),
-                                     ("lease_s", lease_s, LEASE_RANGE)):
-        if value is not None and not low <= value <= high:
-            raise ValueError(f"{name} must lie between {low} and {high}, got {value}")
+    for name, flag, value, (low, high) in (("seed", "--seed", seed, SEED_RANGE),
+                                           ("batch_videos", "--batch-videos", batch_videos, BATCH_RANGE),
+                                           ("lease_s", "--lease", lease_s, LEASE_RANGE)):
+        if value is not None and not low <= value <= high:   # named as the flow and the command line name it
+            raise ValueError(f"{name} ({flag}) must lie between {low} and {high}, got {value}")
     library_exclusion(source, output)  # refuses an output that would overwrite the library
     next(iter(open_store(source, single=True).list()), None)
     open_store(output).check_writable()

@@ -114,6 +114,8 @@ def probe(path: Path) -> VideoInfo:
     path = Path(path)
     if not path.is_file():
         raise MediaError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "an empty file (0 bytes)")
     cmd = [tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams", ffmpeg_path(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
