@@ -349,6 +349,7 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
                 lease_s: float, batch_videos: int, dask: str | None, as_json: bool) -> None:
     _prefect_environment()
     from flows.score_catalog import VideosFailed, preflight, score_catalog
+    from storage.objects import canonical
 
     with console.status(f"checking the options and loading model {model}"):
         preflight(source, out_uri, model, settings, batch_videos, lease_s)
@@ -385,6 +386,9 @@ def run_catalog(source: str, out_uri: str, model: str, settings: dict, retry_fai
                       "takes the failed videos again as they are)", markup=False, highlight=False)
     for note in summary.get("notes", []):
         console.print(f"warning: {note['video']}: {note['note']}", markup=False, highlight=False)
+    if not summary["videos"]:
+        console.print(f"warning: {canonical(source)}: no videos there (is the folder or prefix right?)", markup=False,
+                      highlight=False)
     raise typer.Exit(1 if summary["failures"] else 0)
 
 
@@ -783,7 +787,8 @@ def retry_failed(run_id: int = typer.Argument(..., help="The run whose failed vi
     if "settings" not in params:  # a run of gvmgen 0.1 recorded only these two
         params["settings"] = {"generation": {k: params[k] for k in ("stitch", "seed") if k in params}}
     run_catalog(params["source"], params["output"], params.get("model", "tiny"), params["settings"],
-                retry_failed=True, overwrite=False, lease_s=900, batch_videos=4, dask=None, as_json=False)
+                retry_failed=True, overwrite=False, lease_s=params.get("lease_s", 900),
+                batch_videos=params.get("batch_videos", 4), dask=None, as_json=False)
 
 
 @db_app.command("upgrade")

@@ -861,8 +861,11 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
 
     catalog_name = catalog_name or source
     objects = list_library(source, output)
+    if not objects:   # a mistyped prefix must not pass for a catalog with nothing new, night after night
+        get_run_logger().warning(f"{source}: no videos there ({', '.join(VIDEO_EXTENSIONS)})")
     video_ids = register_videos(source, catalog_name, objects)
-    parameters = {"source": source, "output": output, "model": model, "settings": settings}
+    parameters = {"source": source, "output": output, "model": model, "settings": settings, "lease_s": lease_s,
+                  "batch_videos": batch_videos}
     owner = worker_id()
     run_id, model_version_id = open_run(source, output, catalog_name, model, settings, parameters, len(video_ids),
                                         owner)
@@ -990,7 +993,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     close_run(run_id, owners, rows, "failed" if failed else "completed")
     _publish(run_id, rows)
     ordered = sorted(rows, key=lambda r: r["video"])
-    summary = {"run": run_id, **counts, "copied": sum(r["status"] == "copied" for r in rows),  # of the skipped
+    summary = {"run": run_id, "videos": len(video_ids), **counts, "copied": sum(r["status"] == "copied" for r in rows),  # of the skipped
                "failures": [{"video": r["video"], "status": r["status"], "cause": r["cause"]}
                             for r in ordered if r["status"] in ("failed", "failed earlier")],
                "notes": [{"video": r["video"], "note": r["note"]} for r in ordered if r.get("note")]}

@@ -238,3 +238,7 @@ def test_a_run_given_relative_folders_is_retried_from_another_folder(fixtures, t
     assert list(elsewhere.iterdir()) == [] and (work / "out" / "counter.mp4").is_file()
     retried = json.loads(_gvmgen("runs", "list", "--json", cwd=elsewhere).stdout)[0]
     assert (retried["source"], retried["skipped"], retried["failed"]) == (str(work / "lib"), 1, 1)
+
+    (work / "empty").mkdir()                              # a wrong folder or prefix: said, not passed over
+    empty = _gvmgen("score", "empty", "--out", "out", cwd=work)
+    assert empty.returncode == 0 and f"warning: {work / 'empty'}: no videos there" in empty.stderr, empty.stderr[-2000:]
