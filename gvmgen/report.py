@@ -11,14 +11,15 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+# Figures made directly, never through pyplot: its registry of open figures is global and not
+# thread-safe (reports are drawn on several threads at once), and a figure is freed with its last
+# reference even when drawing it fails. The Agg canvas needs no display.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display on workers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .media.loudness import short_term_loudness  # noqa: E402
-from .files import atomic_path  # noqa: E402
+from .media.loudness import short_term_loudness
+from .files import atomic_path
 
 
 @dataclass
@@ -36,8 +37,8 @@ class ReportData:
 def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: int) -> Path:
     """Render the page to `path` (atomically: a partial file never carries the final name)."""
     path = Path(path)
-    fig, (timeline, curve) = plt.subplots(2, 1, figsize=(12, 4.8), sharex=True,
-                                          gridspec_kw={"height_ratios": [1, 1.6]})
+    fig = Figure(figsize=(12, 4.8))
+    timeline, curve = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6]})
     fig.suptitle(f"{_drawable(data.title)} — {data.duration:.1f} s, {len(data.shots)} shots, {len(data.windows)} windows, "
                  f"{data.integrated_lufs:.1f} LUFS, {data.true_peak_dbtp:.1f} dBTP", fontsize=10)
 
@@ -75,7 +76,8 @@ def write_loss_curve(path: Path, metrics: list[dict], title: str) -> Path:
     """Training and validation loss (log scale), token accuracy, and the validation frame tokens' spread
     (the collapse monitor: near 0, the music no longer depends on the picture) against the step, atomically."""
     path = Path(path)
-    fig, (loss, accuracy, spread) = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig = Figure(figsize=(15, 3.8))
+    loss, accuracy, spread = fig.subplots(1, 3)
     fig.suptitle(_drawable(title), fontsize=10)
     for split, colour in (("train", "#3182bd"), ("validation", "#e6550d")):
         points = [m for m in metrics if m["split"] == split]
@@ -112,10 +114,10 @@ def _drawable(text: str) -> str:
     return "".join(c if _font().get_char_index(ord(c)) else "\u25a1" for c in text)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     """Write the figure atomically: a partial file never carries the final name."""
+    FigureCanvasAgg(fig)
     fig.tight_layout()
     with atomic_path(path) as partial:
         fig.savefig(partial, dpi=100)
-    plt.close(fig)
     return path

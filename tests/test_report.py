@@ -108,3 +108,22 @@ def test_a_title_in_a_script_the_font_lacks_draws_without_warnings(tmp_path, rec
     with Image.open(tmp_path / "a.report.png") as image:
         assert image.size == (1200, 480)
     assert [str(w.message) for w in recwarn] == []      # once one per character, in the user's terminal
+
+
+def test_reports_drawn_on_eight_threads_at_once_each_draw_their_own_cuts(tmp_path):
+    """finish_video draws reports on the flow's threads: each page holds its own video's cuts, as drawn alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    audio = tone(20, 0.1)
+
+    def draw(name: str, cuts: int, folder) -> int:
+        shots = [(20 * i / (cuts + 1), 20 * (i + 1) / (cuts + 1)) for i in range(cuts + 1)]
+        data = ReportData(title=name, duration=20.0, shots=shots, windows=[(0, 20)], seams=[], integrated_lufs=-23.0,
+                          true_peak_dbtp=-20.0, target_lufs=-14.0)
+        return red_pixels(write_report(folder / f"{name}.report.png", data, audio, RATE))
+
+    (tmp_path / "alone").mkdir()
+    alone = [draw(f"v{cuts}", cuts, tmp_path / "alone") for cuts in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda cuts: draw(f"v{cuts}", cuts, tmp_path), range(8)))
+    assert together == alone and alone == sorted(alone) and alone[0] == 0 < alone[1]
