@@ -517,8 +517,9 @@ def foreign_output(session, ctx: RunContext, video: Video) -> str | None:
     return None if ctx.overwrite else Outputs(session, open_store(ctx.output)).foreign(names, video.key)
 
 
-def deliverable(video: Video, codec: str) -> None:
-    """A MediaError (the video's fault) unless its scored copy can be written in its own container."""
+def deliverable(video: Video, codec: str | None = None) -> None:
+    """A MediaError (the video's fault) unless its scored copy can be written in its own container (with
+    `codec` picture, once probed)."""
     try:
         check_container(PurePosixPath(video.key), codec)
     except ValueError as e:
@@ -555,6 +556,7 @@ def prepare_video(video_id: int, ctx: RunContext):
                 repo.record_error(session, video, session.get(Run, ctx.run_id), stage, cause)
                 repo.release_owner(session, owner, job)  # the attempt not counted: it is no fault to retry
                 return as_state(result_row(video.key, "failed", started, cause=cause))
+            deliverable(video)   # a container gvmgen cannot write back fails before the download
             stage = "download"
             local = open_store(ctx.source, single=True).download(video.key, work / "in")
             stage = "prepare"

@@ -16,12 +16,13 @@ WEBM_VIDEO = {"vp8", "vp9", "av1"}
 AAC_KBPS_PER_CHANNEL, OPUS_KBPS_PER_CHANNEL = 128, 96   # transparent for music: 256 / 192 kb/s in stereo
 
 
-def check_container(out: Path, codec: str) -> None:
-    """Raise ValueError (naming `out`) unless a video with `codec` picture can be written as `out`."""
+def check_container(out: Path, codec: str | None) -> None:
+    """Raise ValueError (naming `out`) unless a video with `codec` picture (None: not known yet, the
+    container alone is checked) can be written as `out`."""
     suffix = Path(out).suffix.lower()
     if suffix not in CONTAINERS:
         raise ValueError(f"{out}: not a video container gvmgen writes (use one of {', '.join(sorted(CONTAINERS))})")
-    if suffix == ".webm" and codec not in WEBM_VIDEO:
+    if suffix == ".webm" and codec is not None and codec not in WEBM_VIDEO:
         raise ValueError(f"{out}: WebM cannot hold {codec} video (the picture is copied, not re-encoded); "
                          f"use .mkv or .mp4")
 

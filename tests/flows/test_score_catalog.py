@@ -317,6 +317,29 @@ def test_a_copy_of_a_file_that_fails_fails_with_it(prefect_engine, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_container_gvmgen_cannot_write_back_fails_before_its_video_is_read(prefect_engine, fixtures, tmp_path):
+    """An .mpg (a container the muxer does not write) fails with the reason, never read; the rest is scored."""
+    from sqlalchemy import select
+
+    from flows.score_catalog import VideosFailed, score_catalog
+    from storage.db import connect
+    from storage.models import Video
+
+    library = tmp_path / "library"
+    library.mkdir()
+    for name in ("counter.mp4", "program.mpg"):
+        (library / name).write_bytes((fixtures / "video" / "counter.mp4").read_bytes() + name.encode())
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(str(library), str(tmp_path / "out"), model="tiny")
+    assert (failed.value.summary["scored"], failed.value.summary["failed"]) == (1, 1)
+    (failure,) = failed.value.summary["failures"]
+    assert failure["cause"].startswith(f"{(library / 'program.mpg').as_uri()}: not a video container gvmgen writes")
+    with connect()() as session:
+        probed = dict(session.execute(select(Video.key, Video.duration)).tuples().all())
+    assert probed["program.mpg"] is None and probed["counter.mp4"] > 0          # never probed, let alone decoded
+
+
+@pytest.mark.slow
 def test_two_videos_whose_tracks_would_share_a_name_are_told_apart(prefect_engine, fixtures, tmp_path):
     """`a.mp4` beside `a.mov` would both write `a.flac` and `a.report.png`: the one scored first keeps
     them, and the other fails with the reason, in every run, until renamed (before, each run rescored
