@@ -74,7 +74,6 @@ GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
 MAX_ATTEMPTS = 3             # infrastructure failures of one video before it is failed
 VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is the infrastructure's
-SEED_RANGE = (0, 2**31 - 1)  # stored in an SQL INTEGER
 BATCH_RANGE = (1, 64)
 LEASE_RANGE = (1, 7 * 24 * 3600)
 # The flow's threads: one composes for the whole run, the rest prepare and finish (ffmpeg, scene
@@ -128,11 +127,9 @@ def preflight(source: str, output: str, model: str, settings: dict | None, batch
     before starting Prefect, so a usage error costs nothing (in the same process the second call
     finds the model loaded). Returns the settings, complete."""
     score_settings = ScoreSettings.from_dict(settings)
-    seed = score_settings.generation.seed
-    for name, flag, value, (low, high) in (("seed", "--seed", seed, SEED_RANGE),
-                                           ("batch_videos", "--batch-videos", batch_videos, BATCH_RANGE),
+    for name, flag, value, (low, high) in (("batch_videos", "--batch-videos", batch_videos, BATCH_RANGE),
                                            ("lease_s", "--lease", lease_s, LEASE_RANGE)):
-        if value is not None and not low <= value <= high:   # named as the flow and the command line name it
+        if not low <= value <= high:   # named as the flow and the command line name it
             raise ValueError(f"{name} ({flag}) must lie between {low} and {high}, got {value}")
     library_exclusion(source, output)  # refuses an output that would overwrite the library
     next(iter(open_store(source, single=True).list()), None)

@@ -36,6 +36,9 @@ STITCH_MODES = ("continue", "parallel")
 DEFAULT_OVERLAP_S = {"continue": 12.0, "parallel": 4.0}
 
 
+SEED_RANGE = (0, 2**31 - 1)  # outputs record it in an SQL INTEGER
+
+
 @dataclass
 class GenerationSettings:
     stitch: str = "continue"
@@ -58,6 +61,8 @@ class GenerationSettings:
             raise ValueError(f"condition must be 'window' or 'video', got {self.condition!r}")
         if not 0 < self.overlap_s < self.window_s:
             raise ValueError(f"overlap_s must lie between 0 and window_s ({self.window_s}), got {self.overlap_s}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed must lie between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {self.seed}")
 
 
 @dataclass
