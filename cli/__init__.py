@@ -475,6 +475,8 @@ def evaluate(
     _emit(result["rows"] + [{"video": "(mean)", **result}], False, columns)
     for name in ("fad_clap", "kl_ast"):  # a value, or why it is not available
         out.print(f"{name.replace('_', ' ')}: {result[name]}", markup=False, highlight=False)
+    for row in result["unreadable"]:
+        console.print(f"warning: {row['video']} not evaluated: {row['cause']}", markup=False, highlight=False)
     out.print(EVAL_LEGEND, markup=False, highlight=False)
 
 

@@ -20,11 +20,12 @@ from gvmgen.media.audio import decode_audio
 from gvmgen.metrics import MetricUnavailable
 from gvmgen.metrics.distribution import ast_classifier, clap_embedder, fad, mean_kl
 from gvmgen.metrics.weightfree import cut_onset_alignment, loudness_range, seam_smoothness
+from gvmgen.windows import seams as window_seams
 from storage import repository as repo
 from storage.models import Catalog, ModelVersion, Output, Run, Video
 from storage.objects import locate
 
-from .score_catalog import RETRY, sessions
+from .score_catalog import RETRY, VIDEO_FAULTS, describe, sessions
 
 RATE = 22050  # librosa's rate: onsets and flux are computed there
 
@@ -36,14 +37,18 @@ def _download(uri: str, work: Path) -> Path:
 
 @task(**RETRY)
 def evaluate_output(output_id: int, key: str) -> dict:
-    """One output's metrics, in a row named `key` (the video evaluated: a copy is named for itself)."""
+    """One output's metrics, in a row named `key` (the video evaluated: a copy is named for itself). A
+    track that cannot be read (deleted, damaged) gives a row with the cause, and the others are evaluated."""
     with sessions() as session:
         output = session.get(Output, output_id)
         video = session.get(Video, output.video_id)
         cuts = [s.start for s in repo.shots_of(session, video)[1:]]
-        seams = [(a[1] + b[0]) / 2 for a, b in zip(output.windows or [], (output.windows or [])[1:])]
-        with tempfile.TemporaryDirectory(dir=scratch()) as work:
-            audio = decode_audio(_download(output.track_uri, Path(work)), RATE)
+        seams = window_seams(output.windows or [])
+        try:
+            with tempfile.TemporaryDirectory(dir=scratch()) as work:
+                audio = decode_audio(_download(output.track_uri, Path(work)), RATE)
+        except VIDEO_FAULTS as e:
+            return {"video": key, "cause": describe(e, output.track_uri)}
         row = {"video": key}
         if cuts:
             hits = cut_onset_alignment(audio, RATE, cuts)
@@ -108,12 +113,16 @@ def evaluate(target: str, model: str | None = None) -> dict:
         found, model = [(o.id, v.key) for o, v in scope.found], scope.model.name
         whose = {"run": scope.run.id if scope.run else None, "catalog": scope.catalog.id if scope.catalog else None,
                  "model": scope.model.id}
-    rows = [f.result() for f in [evaluate_output.submit(output_id, key) for output_id, key in found]]
-    overall = distribution_metrics(whose, sorted({output_id for output_id, _ in found}))
-    summary = {"videos": len(rows), "model": model}
+    results = [f.result() for f in [evaluate_output.submit(output_id, key) for output_id, key in found]]
+    rows = [r for r in results if "cause" not in r]
+    unreadable = [r for r in results if "cause" in r]
+    read = {output_id for (output_id, _), r in zip(found, results) if "cause" not in r}
+    overall = distribution_metrics(whose, sorted(read))
+    summary = {"videos": len(rows), "model": model, "unreadable": unreadable}
     for key in ("cut_onset_hit_rate", "shuffled_cuts", "seam_flux_ratio", "loudness_range_lu"):
         values = [r[key] for r in rows if key in r and np.isfinite(r[key])]
         summary[key] = round(float(np.mean(values)), 3) if values else None
-    means = {k: v for k, v in summary.items() if k not in ("videos", "model")}
-    create_table_artifact(rows + [{"video": "(mean)", **means}], key="evaluation", description=f"{target} by {model}: {overall}")
+    means = {k: v for k, v in summary.items() if k not in ("videos", "model", "unreadable")}
+    create_table_artifact(rows + [{"video": "(mean)", **means}] + unreadable, key="evaluation",
+                          description=f"{target} by {model}: {overall}")
     return {**summary, **overall, "rows": rows}

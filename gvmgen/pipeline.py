@@ -33,6 +33,7 @@ from .media.probe import MediaError
 from .model.gvmgen import GVMGen
 from .report import ReportData, write_report
 from .settings import ScoreSettings
+from .windows import seams
 
 MIN_DURATION_S = 0.5  # of decoded picture; shorter, and there is no loudness to measure (BS.1770 gates 400-ms blocks)
 
@@ -133,8 +134,7 @@ class PreparedVideo:
 
     @property
     def seams(self) -> list[float]:
-        """Where each window hands over to the next: the middle of their overlap (as `stitch` fades)."""
-        return [(b[0] + a[1]) / 2 for a, b in zip(self.windows, self.windows[1:])]
+        return seams(self.windows)
 
 
 @dataclass

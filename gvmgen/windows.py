@@ -35,3 +35,9 @@ def plan_windows(num_frames: int, window: int, overlap: int, cuts: list[int] = (
         start = seam - half
     windows.append(Window(start, num_frames, overlap if prompted and windows else 0))
     return windows
+
+
+def seams(windows: list[tuple[float, float]]) -> list[float]:
+    """Where each window of (start, end) hands over to the next: the middle of their overlap (as the
+    stitching fades)."""
+    return [(b[0] + a[1]) / 2 for a, b in zip(windows, windows[1:])]

@@ -78,3 +78,9 @@ def test_a_scored_run_is_evaluated_into_sql_and_an_artifact(prefect_engine, fixt
     with connect()() as session:
         whole = session.scalars(select(Evaluation).where(Evaluation.catalog_id.is_not(None))).all()
         assert sorted(e.metric for e in whole) == ["fad_clap", "kl_ast"] and len(session.scalars(select(Evaluation)).all()) == 9
+
+    # A track deleted since: that video is named, with why, and the others are evaluated all the same.
+    (tmp_path / "scored" / "long.flac").unlink()
+    partial = evaluate(str(library))
+    assert [r["video"] for r in partial["rows"]] == ["cuts.mp4"] and partial["rows"][0] == rows["cuts.mp4"]
+    assert [(r["video"], "long.flac" in r["cause"]) for r in partial["unreadable"]] == [("long.mp4", True)]
