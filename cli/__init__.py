@@ -87,7 +87,8 @@ class TrackFormat(str, Enum):
 
 
 # Every option that shapes the music, shared by `generate` and `score`: (name, type, typer option,
-# where it goes in gvmgen.settings.ScoreSettings). Defaults are ScoreSettings' own.
+# where it goes in gvmgen.settings.ScoreSettings). Defaults and choices are ScoreSettings' own, written out
+# here so that `gvmgen --help` starts without importing torch; a test holds them to the settings'.
 SETTINGS_OPTIONS = [
     ("seed", int, typer.Option(0, "--seed", help="Seed for sampling (0 to 2147483647): the same seed, the same music."),
      "generation.seed"),
@@ -113,6 +114,9 @@ SETTINGS_OPTIONS = [
     ("track_format", TrackFormat, typer.Option(TrackFormat.flac, "--track-format", help="The lossless track "
                                                "beside each video: 24-bit flac or wav."), "delivery.track_format"),
 ]
+
+
+SETTING = {name: option for name, _, option, _ in SETTINGS_OPTIONS}
 
 
 def settings_options(command):
@@ -570,9 +574,9 @@ def _training_progress(name: str, steps: int, disable: bool):
 @app.command("inspect")
 def inspect_video(
     video: str = typer.Argument(..., help="The video to look at."),
-    detector: Detector = typer.Option(Detector.content, "--detector", help="Shot detector (PySceneDetect)."),
-    threshold: float = typer.Option(None, "--threshold", help="The shot detector's threshold."),
-    min_shot: float = typer.Option(0.5, "--min-shot", help="Shortest shot, seconds."),
+    detector: Detector = SETTING["detector"],
+    threshold: float = SETTING["threshold"],
+    min_shot: float = SETTING["min_shot"],
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ):
     """Show what the pipeline sees in VIDEO: timing, orientation, shots and the frames it would use."""

@@ -242,3 +242,25 @@ def test_a_run_given_relative_folders_is_retried_from_another_folder(fixtures, t
     (work / "empty").mkdir()                              # a wrong folder or prefix: said, not passed over
     empty = _gvmgen("score", "empty", "--out", "out", cwd=work)
     assert empty.returncode == 0 and f"warning: {work / 'empty'}: no videos there" in empty.stderr, empty.stderr[-2000:]
+
+
+def test_the_command_lines_settings_options_are_the_settings_own():
+    """Each option's default and choices are ScoreSettings' (written out in the CLI so that it starts
+    without torch): a default changed in one place only would score with another than the one shown."""
+    from enum import Enum
+
+    import cli
+    from gvmgen.generate import STITCH_MODES
+    from gvmgen.media.frames import DETECTORS
+    from gvmgen.media.mux import MUX_MODES
+    from gvmgen.settings import TRACK_FORMATS, ScoreSettings
+
+    defaults = ScoreSettings().to_dict()
+    for name, kind, option, where in cli.SETTINGS_OPTIONS:
+        node = defaults
+        for part in where.split("."):
+            node = node[part]
+        default = option.default.value if isinstance(option.default, Enum) else option.default
+        assert default == node, name
+    assert [[m.value for m in enum] for enum in (cli.Stitch, cli.Detector, cli.MuxMode, cli.TrackFormat)] == [
+        list(STITCH_MODES), list(DETECTORS), list(MUX_MODES), list(TRACK_FORMATS)]
