@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -101,6 +102,19 @@ def worker_id() -> str:
     that prepares it (a thread of the flow's, or a Dask worker) and travels with the video to the tasks
     that finish it (ClaimedVideo.owner)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Prefect logs a task that returns a Failed state (a failed video) with exc_info outside any
+    exception, which prints a stray "NoneType: None" line under it in every log: that is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info == (None, None, None):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 
 
 class VideosFailed(Exception):

@@ -119,6 +119,8 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
     assert sorted((r["video"], r["status"]) for r in json.loads(results.data)) == [
         ("counter.mp4", "scored"), ("nested/delayed.mp4", "scored"), ("notes.mp4", "failed"), ("truncated.mp4", "failed")]
     assert "truncated.mp4" in _latest_artifact("score-catalog-failures").data
+    logged = capfd.readouterr()
+    assert "Task run failed with state" in logged.err and "NoneType: None" not in logged.out + logged.err
 
     with pytest.raises(VideosFailed) as again:              # they still stand failed: not retried
         score_catalog(source, output, model="tiny")
@@ -127,7 +129,8 @@ def test_good_videos_get_outputs_bad_ones_a_cause_and_a_rerun_scores_nothing(pre
     assert "prepare_video" not in _task_names(second["run"])  # settled at once: no task run per video
     if source.startswith("s3://"):   # the S3 credentials (tests/conftest.py's) reached none of it
         out, err = capfd.readouterr()
-        assert _where_the_secret_shows(os.environ["AWS_SECRET_ACCESS_KEY"], out + err + caplog.text) == []
+        assert _where_the_secret_shows(os.environ["AWS_SECRET_ACCESS_KEY"],
+                                       logged.out + logged.err + out + err + caplog.text) == []
 
 
 @pytest.mark.slow
