@@ -729,12 +729,13 @@ class VideoStatus(str, Enum):
 
 
 @videos_app.command("list")
-def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only videos whose latest job has this status."),
+def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only videos of this status."),
                 catalog: str = typer.Option(None, "--catalog", help="Only the videos of this catalog (its source "
                                             "or name, as runs list shows it)."),
                 as_json: bool = typer.Option(False, "--json", help="Print the videos as JSON.")):
-    """Videos of every catalog (a fine-tuning's too), with the status of their latest job and, for
-    failed ones, the stage and cause of the failure."""
+    """Videos of every catalog (a fine-tuning's too), each with its status as its catalog's latest run
+    sees it (that run's model, settings and output: done once its scored copy is delivered there) and,
+    for failed ones, the stage and cause of the failure."""
     from sqlalchemy import select
 
     from storage import repository as repo

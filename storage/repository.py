@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from .models import (Catalog, Delivery, Evaluation, Job, ModelVersion, Output, Run, Shot, TrainingClip, TrainingMetric,
                      Video, VideoError)
-from .objects import ObjectInfo, canonical
+from .objects import ObjectInfo, canonical, open_store
 
 
 def utcnow() -> datetime:
@@ -435,25 +435,51 @@ def find_catalog(session: Session, named: str) -> Catalog | None:
 
 def videos(session: Session, status: str | None = None,
            catalog: Catalog | None = None) -> list[tuple[Video, str, VideoError | None]]:
-    """Every video (of one catalog, or of all) with the status of its content's latest job ('new' when
-    never tried: a copy of a scored file is done with it; 'removed' once gone from its library) and,
-    when it failed, its latest error; optionally only one status.
-
-    A video that its catalog's latest run refused for what stands in the output (a file gvmgen did not
-    write, another video's names) is failed too, whatever its content's job says: that job stays as it
-    was, for the refusal is no fault of the content, and every run checks the output again."""
+    """Every video (of one catalog, or of all) with its status as its catalog's latest run sees it, for
+    that run's model and settings: 'done' while its scored copy is recorded as delivered in that run's
+    output; 'failed' (its content failed, or the run refused it for what stands in the output: a file
+    gvmgen did not write, another video's names); 'pending' (being scored, left for the next run, or
+    scored but its copy not in that output); 'new' (never tried); 'removed' once gone from its library.
+    A catalog no run scored (a fine-tuning's) shows its content's latest job. Failed ones come with
+    their latest error; optionally only one status."""
     if status is not None and status not in VIDEO_STATUSES:
         raise ValueError(f"unknown video status {status!r}; choose one of {', '.join(VIDEO_STATUSES)}")
-    status_of: dict[str, str] = {}
-    for content, job_status in session.execute(select(Job.content_hash, Job.status).order_by(Job.id.desc())):
-        status_of.setdefault(content, job_status)
-    latest_run = select(func.max(Run.id)).where(Run.catalog_id == Video.catalog_id).scalar_subquery()
+    jobs: dict[tuple[str, int, str], str] = {}      # (content, model, settings) -> status
+    newest_job: dict[str, str] = {}                  # content -> its newest job's status
+    for content, model_id, key, job_status in session.execute(
+            select(Job.content_hash, Job.model_version_id, Job.settings_hash, Job.status).order_by(Job.id.desc())):
+        jobs[content, model_id, key] = job_status
+        newest_job.setdefault(content, job_status)
+    latest = {run.catalog_id: run for run in session.scalars(
+        select(Run).where(Run.id.in_(select(func.max(Run.id)).group_by(Run.catalog_id))))}
     refused = {error.video_id: error for error in session.scalars(
-        select(VideoError).join(Video).where(VideoError.stage == "output", VideoError.run_id == latest_run)
+        select(VideoError).where(VideoError.stage == "output", VideoError.run_id.in_([r.id for r in latest.values()]))
         .order_by(VideoError.id))}
+    outputs = {}   # run id -> (its output store, the deliveries recorded there)
+    for run in latest.values():
+        if (run.parameters or {}).get("output"):
+            out = open_store(run.parameters["output"])
+            outputs[run.id] = (out, deliveries(session, out.uri("")))
+
+    def status_of(v: Video) -> str:
+        run = latest.get(v.catalog_id)
+        if v.removed_at:
+            return "removed"
+        if v.id in refused:
+            return "failed"
+        if run is None:
+            return newest_job.get(v.content_hash, "new")
+        job_status = jobs.get((v.content_hash, run.model_version_id, run.settings_hash), "new")
+        if job_status == "done" and run.id in outputs:
+            out, held = outputs[run.id]
+            copy = held.get(out.uri(v.key))
+            if copy is None or (copy.content_hash, copy.model_version_id, copy.settings_hash) != \
+                    (v.content_hash, run.model_version_id, run.settings_hash):
+                return "pending"
+        return job_status
+
     listed = select(Video).order_by(Video.id)
-    found = [(v, "removed" if v.removed_at else "failed" if v.id in refused else status_of.get(v.content_hash, "new"))
-             for v in session.scalars(listed.where(Video.catalog_id == catalog.id) if catalog else listed)]
+    found = [(v, status_of(v)) for v in session.scalars(listed.where(Video.catalog_id == catalog.id) if catalog else listed)]
     found = [(v, s) for v, s in found if status is None or s == status]
     failed = {v.content_hash for v, s in found if s == "failed"}
     newest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_(failed))

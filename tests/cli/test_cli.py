@@ -107,7 +107,7 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
         run = repo.start_run(session, cat, model, settings, {"source": "/lib", "output": "/out", "model": "tiny",
                                                              "settings": settings})
         for video, status in ((good, "done"), (bad, "failed")):
-            job = repo.claim(session, video, model, "k", owner="w")
+            job = repo.claim(session, video, model, repo.settings_hash(settings), owner="w")
             repo.release(session, job, "w", status)
         repo.record_error(session, bad, run, "score", "MediaError: bad.mp4: not a readable media file")
         repo.finish_run(session, run, "completed", scored=1, skipped=0, failed=1)

@@ -146,6 +146,35 @@ def test_a_copy_of_a_file_is_listed_with_its_content_s_status_and_error(database
     assert [v.key for v, _, _ in repo.videos(session, "failed")] == ["b.mp4", "copies/b.mp4"]
 
 
+def test_a_video_is_listed_as_its_catalogs_latest_run_sees_it(database_url, tmp_path):
+    """Done while its scored copy is delivered in the latest run's output, for that run's model and
+    settings: scored into one output and run into another that lacks its copy, it is pending there; run
+    with other settings, new; a catalog no run scored shows its content's newest job."""
+    from storage.objects import open_store
+
+    session = _session(database_url)
+    cat = repo.catalog(session, "library", "file:///library")
+    now = datetime.now(timezone.utc)
+    video, _ = repo.register_video(session, cat, ObjectInfo("a.mp4", 10, None, now), "file:///library/a.mp4", "sha256:1")
+    model = repo.model_version(session, "tiny", "preset:tiny")
+    settings, first_out, second_out = {"target_lufs": -14.0}, str(tmp_path / "first"), str(tmp_path / "second")
+    run = repo.start_run(session, cat, model, settings, {"output": first_out})
+    job = repo.claim(session, video, model, repo.settings_hash(settings), owner="w")
+    scored = open_store(first_out).uri("a.mp4")
+    repo.complete(session, job, "w", video, model, run, settings, video_uri=scored, track_uri=scored + ".flac",
+                  delivered=[(scored, ObjectInfo("a.mp4", 99, None, now), "sha256:9")])
+    status = lambda: [(v.key, s) for v, s, _ in repo.videos(session, catalog=cat)]
+    assert status() == [("a.mp4", "done")]
+    repo.start_run(session, cat, model, settings, {"output": second_out})      # its copy not there (yet)
+    assert status() == [("a.mp4", "pending")] and repo.videos(session, "done") == []
+    repo.start_run(session, cat, model, {"target_lufs": -23.0}, {"output": first_out})   # other settings
+    assert status() == [("a.mp4", "new")]
+    clips = repo.catalog(session, "clips", "file:///clips")                    # never run: its content's job
+    copy, _ = repo.register_video(session, clips, ObjectInfo("a.mp4", 10, None, now), "file:///clips/a.mp4", "sha256:1")
+    assert [(v.key, s) for v, s, _ in repo.videos(session, catalog=clips)] == [("a.mp4", "done")]
+    session.close()
+
+
 def test_a_delivery_holds_while_its_file_is_the_one_written(database_url):
     """A file at a delivered URI is gvmgen's while its size and modification time (local) or ETag (S3)
     are those recorded; changed, only if it has the digest of a scored video of that size (touched,
