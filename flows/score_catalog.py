@@ -1006,7 +1006,8 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     close_run(run_id, owners, rows, "failed" if failed else "completed")
     _publish(run_id, rows)
     ordered = sorted(rows, key=lambda r: r["video"])
-    summary = {"run": run_id, "videos": len(video_ids), **counts, "copied": sum(r["status"] == "copied" for r in rows),  # of the skipped
+    summary = {"run": run_id, "videos": len(video_ids), **counts,
+               "copied": sum(r["status"] == "copied" for r in rows),  # of the skipped
                "failures": [{"video": r["video"], "status": r["status"], "cause": r["cause"]}
                             for r in ordered if r["status"] in ("failed", "failed earlier")],
                "notes": [{"video": r["video"], "note": r["note"]} for r in ordered if r.get("note")]}
@@ -1044,7 +1045,7 @@ NIGHTLY_RETRY_DELAY_S = 600
 
 
 @flow(name="score-catalog-nightly")
-@functools.wraps(score_catalog.fn)   # the same parameters, which the deployment fills in
+@functools.wraps(score_catalog.fn, assigned=())   # score-catalog's parameters (the deployment fills them in)
 def nightly_score_catalog(*args, **kwargs):
     """The deployment's flow: `score-catalog` as a run of its own, run again up to NIGHTLY_RETRIES times,
     NIGHTLY_RETRY_DELAY_S apart, after a fault of the infrastructure (the store, the database, the
