@@ -270,8 +270,8 @@ def run(args, home: Path):
     catalog_rate = music / wall
 
     print(f"RESULT catalog_videos_scored={counts['scored']}")
-    print(f"RESULT catalog_music_s={music:.1f}")
-    print(f"RESULT catalog_wall_s={wall:.1f}")
+    print(f"RESULT catalog_music_s={music:.3f}")
+    print(f"RESULT catalog_wall_s={wall:.3f}")
     print(f"RESULT catalog_music_s_per_s={catalog_rate:.3f}")
     print(f"RESULT generation_only_music_s_per_s={gen_rate:.3f}")
     print(f"RESULT catalog_vs_generation_only={catalog_rate / gen_rate:.3f}")
