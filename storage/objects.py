@@ -22,9 +22,11 @@ from gvmgen.files import atomic_path
 
 # The sha256 that gvmgen stores with each object it writes to S3. An ETag depends on how the object was
 # uploaded or copied (multipart part size), so a scored output copied elsewhere would have another one;
-# this digest travels with the object's metadata through copies and names the content alone.
+# this digest travels with the object's metadata through copies and names the content alone (an object
+# without it is read to hash it).
 DIGEST_METADATA = "gvmgen-sha256"
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".wmv")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mxf", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
+                    ".wmv")
 
 
 class ObjectError(ValueError):
@@ -243,11 +245,18 @@ class S3Store:
         return "etag:" + head["ETag"].strip('"')
 
     def digest(self, found: ObjectInfo) -> str:
-        """The content hash of an object as listed: the sha256 gvmgen stored with it when it wrote it (the
-        local store's digest of the same bytes), else its ETag."""
-        head = self.client.head_object(Bucket=self.bucket, Key=self._key(found.key))
-        stored = head.get("Metadata", {}).get(DIGEST_METADATA)
-        return stored if stored and stored.startswith("sha256:") else "etag:" + head["ETag"].strip('"')
+        """The SHA-256 of an object as listed (what the local store's digest of the same bytes is): the
+        one gvmgen stored with it when it wrote it, else read from its content (a copy made without its
+        metadata, uploaded again by another tool, say), streamed, never held whole."""
+        with self._as_store_errors(self.uri(found.key)):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(found.key))
+            stored = head.get("Metadata", {}).get(DIGEST_METADATA)
+            if stored and stored.startswith("sha256:"):
+                return stored
+            body, digest = self.client.get_object(Bucket=self.bucket, Key=self._key(found.key))["Body"], hashlib.sha256()
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                digest.update(chunk)
+            return "sha256:" + digest.hexdigest()
 
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
@@ -256,12 +265,13 @@ class S3Store:
         """What a listing would say of the object, or None when there is none."""
         from botocore.exceptions import ClientError
 
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        with self._as_store_errors():
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
         return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"])
 
     def download(self, key: str, workdir: Path) -> Path:
@@ -271,14 +281,15 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         target = Path(workdir) / local_name(key)
-        try:
-            with atomic_path(target) as tmp:
-                self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code"))
-            if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
-                raise ObjectUnreadable(f"{self.uri(key)}: cannot be read ({code})") from None
-            raise
+        with self._as_store_errors():
+            try:
+                with atomic_path(target) as tmp:
+                    self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            except ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code"))
+                if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
+                    raise ObjectUnreadable(f"{self.uri(key)}: cannot be read ({code})") from None
+                raise
         return target
 
     def check_writable(self) -> None:
@@ -289,8 +300,9 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=marker)
 
     def upload(self, source: Path, key: str) -> str:
-        self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer,
-                                ExtraArgs={"Metadata": {DIGEST_METADATA: file_sha256(source)}})
+        with self._as_store_errors():
+            self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer,
+                                    ExtraArgs={"Metadata": {DIGEST_METADATA: file_sha256(source)}})
         return self.uri(key)
 
 

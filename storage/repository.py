@@ -349,7 +349,8 @@ def holding(session: Session, here: Delivery | None, uri: str, found: ObjectInfo
         return None
     digest = digest_of()
     preferred = sorted(alike, key=lambda d: (job is None or not of_job(d, job), d is not here))
-    match = next((d for d in preferred if d.digest == digest), None)
+    known_as = {digest, f"etag:{found.etag}"}   # S3 deliveries recorded before their SHA-256 were by ETag
+    match = next((d for d in preferred if d.digest in known_as), None)
     return record_delivery(session, uri, match, found, digest) if match else None
 
 
