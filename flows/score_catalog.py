@@ -400,7 +400,11 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
 
 
 def failed_earlier(video: Video, error: VideoError | None) -> dict:
-    return result_row(video.key, "failed earlier", cause=error.cause if error else "failed before")
+    """The row of a video that stands failed: the cause it failed with, or that its content failed with
+    under another key (another catalog's, say)."""
+    cause = "failed before" if error is None else error.cause if error.video_id == video.id else \
+        f"its content failed before, as {error.cause}"
+    return result_row(video.key, "failed earlier", cause=cause)
 
 
 @task(**RETRY)
@@ -415,7 +419,8 @@ def settled_videos(ctx: RunContext, video_ids: list[int]) -> dict[int, dict]:
             ("done",) if ctx.retry_failed else ("done", "failed")) if video.id in wanted]
         out = Outputs.listed(session, open_store(ctx.output)) if found else None
         errors = repo.latest_errors(session, [video.id for video, status, _ in found if status == "failed"])
-        rows = {video.id: failed_earlier(video, errors.get(video.id)) for video, status, _ in found if status == "failed"}
+        rows = {video.id: failed_earlier(video, errors.get(video.id) or repo.content_error(session, video.content_hash))
+                for video, status, _ in found if status == "failed"}
         rows.update((video.id, {**result_row(video.key, "skipped"), "in_output": True}) for video, status, output in found
                     if status == "done" and output and out.whole(video.key, output))
         return rows

@@ -335,6 +335,15 @@ def test_a_copy_of_a_file_that_fails_fails_with_it(prefect_engine, tmp_path):
     assert [f["video"] for f in summary["failures"]] == ["copies/notes.mp4", "notes.mp4"]
     assert len({f["cause"] for f in summary["failures"]}) == 1 and "not a readable media file" in summary["failures"][0]["cause"]
 
+    other = tmp_path / "other"                 # the same file in another catalog: failed earlier, and why
+    other.mkdir()
+    (other / "memo.mp4").write_bytes(b"this is not a video")
+    with pytest.raises(VideosFailed) as failed:
+        score_catalog(str(other), str(tmp_path / "out2"), model="tiny")
+    (earlier,) = failed.value.summary["failures"]
+    assert (earlier["video"], earlier["status"]) == ("memo.mp4", "failed earlier")
+    assert earlier["cause"] in {f"its content failed before, as {f['cause']}" for f in summary["failures"]}
+
 
 @pytest.mark.slow
 def test_a_container_gvmgen_cannot_write_back_fails_before_its_video_is_read(prefect_engine, fixtures, tmp_path):
