@@ -85,9 +85,12 @@ def distribution_metrics(whose: dict, output_ids: list[int]) -> dict:
                 output = session.get(Output, output_id)
                 video = session.get(Video, output.video_id)
                 if video.audio_streams:
-                    original = _download(video.source_uri, Path(work) / str(output_id))
-                    generated = _download(output.track_uri, Path(work) / str(output_id))
-                    pairs.append((decode_audio(original, RATE), decode_audio(generated, RATE)))
+                    try:   # a source gone from its library since, or damaged: left out of the reference
+                        original = _download(video.source_uri, Path(work) / str(output_id))
+                        generated = _download(output.track_uri, Path(work) / str(output_id))
+                        pairs.append((decode_audio(original, RATE), decode_audio(generated, RATE)))
+                    except VIDEO_FAULTS:
+                        continue
         reference, generated = [r for r, _ in pairs], [g for _, g in pairs]
         compute = {"fad_clap": lambda embed: fad(reference, generated, RATE, embed),
                    "kl_ast": lambda classify: mean_kl(reference, generated, RATE, classify)}

@@ -109,7 +109,6 @@ def train_model(name: str, base: str, store: str, video_ids: list[int], settings
                 variant: str | None = None) -> dict:
     """Train on the manifest's clips of these videos, publish the model, draw its loss curve; warn when
     the frame tokens collapse (their spread falls below 5% of step 0's)."""
-    _encoders.cache_clear()  # the shards are cut: the memory goes to training
     with sessions() as session:
         model = load_model(registry.resolve(session, base), device=_device())
         if variant:
@@ -230,7 +229,10 @@ def finetune(source: str, name: str, base: str = "tiny", steps: int = 1000, stor
     open_store(store).check_writable()
     video_ids = register_videos(source, catalog_name or source, list_library(source))
     music = list_music(source)
-    rows = [f.result() for f in [build_shard.submit(v, source, store, base, music, clip_s) for v in video_ids]]
+    try:
+        rows = [f.result() for f in [build_shard.submit(v, source, store, base, music, clip_s) for v in video_ids]]
+    finally:
+        _encoders.cache_clear()   # the shards are cut, or the flow stops: the memory goes back
     create_table_artifact(rows, key="finetune-dataset", description="clips per video (built, cached, failed)")
     failed = [r for r in rows if r["status"] in ("failed", "skipped")]
     if failed:

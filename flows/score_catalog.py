@@ -286,12 +286,16 @@ def as_state(row: dict) -> dict | State:
     return Completed(data=row)
 
 
+# Not worth running again: a bad object key, a missing folder, a refused permission (they would fail the
+# same way), failed videos (failed for their files)
+NOT_RETRIED = (*VIDEO_FAULTS, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
 def only_infrastructure(task, task_run, state) -> bool:
-    """Retry condition: a storage or database hiccup is worth a retry; a bad object key, a missing
-    folder or a refused permission is not (it would fail the same way three more times)."""
+    """Retry condition: a storage or database hiccup is worth a retry; NOT_RETRIED are not."""
     try:
         state.result()
-    except (*VIDEO_FAULTS, ValueError, FileNotFoundError, NotADirectoryError, PermissionError):
+    except NOT_RETRIED:
         return False
     except BaseException:
         return True
@@ -1054,12 +1058,12 @@ NIGHTLY_RETRY_DELAY_S = 600
 def nightly_score_catalog(*args, **kwargs):
     """The deployment's flow: `score-catalog` as a run of its own, run again up to NIGHTLY_RETRIES times,
     NIGHTLY_RETRY_DELAY_S apart, after a fault of the infrastructure (the store, the database, the
-    machine), never after failed videos or a usage error: those would fail the same way again (Prefect's
-    flow retries would rerun the catalog for either). It ends as its last run ended."""
+    machine), never after failed videos or a usage error (NOT_RETRIED): those would fail the same way
+    again (Prefect's flow retries would rerun the catalog for either). It ends as its last run ended."""
     for attempt in range(NIGHTLY_RETRIES + 1):
         state = score_catalog(*args, **kwargs, return_state=True)
         error = state.result(raise_on_failure=False) if state.is_failed() else None
-        if not isinstance(error, Exception) or isinstance(error, (VideosFailed, ValueError)) or attempt == NIGHTLY_RETRIES:
+        if not isinstance(error, Exception) or isinstance(error, (VideosFailed, *NOT_RETRIED)) or attempt == NIGHTLY_RETRIES:
             return state
         get_run_logger().warning(f"the run failed ({describe(error, '')}); "
                                  f"running it again in {NIGHTLY_RETRY_DELAY_S:g} s "

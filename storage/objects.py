@@ -192,17 +192,21 @@ class S3Store:
         return f"S3Store(s3://{self.bucket}/{self.prefix})"
 
     @contextlib.contextmanager
-    def _as_store_errors(self, where: str | None = None):
-        """botocore's errors of the store as a whole as one line that names it, or `where` (StoreError)."""
+    def _as_store_errors(self, obj: str | None = None):
+        """botocore's errors as one line that names the store (StoreError: the store's fault), or, for a
+        request about one object (`obj`, its URI) that is missing or forbidden, that object
+        (ObjectUnreadable: its own fault)."""
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-        where = where or f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        where = obj or f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         try:
             yield
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code"))
+            if obj and code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "Forbidden"):
+                raise ObjectUnreadable(f"{obj}: cannot be read ({code})") from None
             why = {"NoSuchBucket": f"no such bucket ({self.bucket})",
-                   "AccessDenied": f"access denied ({e.operation_name})", "404": "no such object",
+                   "AccessDenied": f"access denied ({e.operation_name})",
                    "InvalidAccessKeyId": "the credentials were refused (InvalidAccessKeyId: no such access key)",
                    "SignatureDoesNotMatch": "the credentials were refused (SignatureDoesNotMatch: a wrong secret key)"}
             raise StoreError(f"{where}: {why.get(code, f'{code} ({e.operation_name})')}") from None

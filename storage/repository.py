@@ -341,16 +341,19 @@ def holding(session: Session, here: Delivery | None, uri: str, found: ObjectInfo
         return None
     if here is not None and here.size is not None and _same_object(here.size, here.etag, here.modified_at, found):
         return here
+    by_etag = f"etag:{found.etag}" if found.etag else None   # S3 deliveries recorded before their SHA-256
     if here is not None and here.size is None:
-        return record_delivery(session, uri, here, found, digest_of())
+        return record_delivery(session, uri, here, found, by_etag or digest_of())
     alike = session.scalars(select(Delivery).where(Delivery.size == found.size, Delivery.digest.is_not(None))
                             .order_by(Delivery.id.desc())).all()
     if not alike:
         return None
-    digest = digest_of()
     preferred = sorted(alike, key=lambda d: (job is None or not of_job(d, job), d is not here))
-    known_as = {digest, f"etag:{found.etag}"}   # S3 deliveries recorded before their SHA-256 were by ETag
-    match = next((d for d in preferred if d.digest in known_as), None)
+    match = next((d for d in preferred if by_etag and d.digest == by_etag), None)   # no read needed
+    if match:
+        return record_delivery(session, uri, match, found, by_etag)
+    digest = digest_of()
+    match = next((d for d in preferred if d.digest == digest), None)
     return record_delivery(session, uri, match, found, digest) if match else None
 
 

@@ -39,10 +39,9 @@ class ToolStopped(MachineFault):
 STOPPING_SIGNALS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-# What ffmpeg prints when the machine fails it: the system's words for a full disk, a read-only one and no
-# memory, and an encoder this build of ffmpeg lacks. (Not EIO: some demuxers say it of a damaged file.)
-MACHINE_ERRORS = (*(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOMEM)),
-                  "Unknown encoder")
+# What ffmpeg prints when the machine fails it: the system's words for a full disk or a read-only one, and
+# an encoder this build of ffmpeg lacks. (Not EIO nor ENOMEM: demuxers say them of damaged files too.)
+MACHINE_ERRORS = (*(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)), "Unknown encoder")
 
 
 def raise_machine_faults(returncode: int, stderr: str, tool_name: str, path, doing: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from storage.objects import (LocalStore, S3Store, StoreError, UnsafeKey, canonical, library_exclusion, locate,
+from storage.objects import (LocalStore, ObjectUnreadable, S3Store, StoreError, UnsafeKey, canonical, library_exclusion, locate,
                              open_store)
 
 
@@ -247,15 +247,15 @@ def test_an_output_may_lie_inside_the_library_but_never_hold_it(tmp_path):
 
 
 def test_a_store_that_fails_as_a_whole_is_named_in_one_line(s3_endpoint, bucket, free_port, monkeypatch):
-    """No such bucket, an endpoint that cannot be reached, a single video that is not there: StoreError
-    (the store's fault, never a video's), naming the store."""
+    """No such bucket, an endpoint that cannot be reached: StoreError (the store's fault, never a video's),
+    naming the store; a single video that is not there is that object's (ObjectUnreadable)."""
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(StoreError, match=r"^s3://no-such-bucket/clips: no such bucket \(no-such-bucket\)$"):
         list(S3Store("no-such-bucket", "clips", endpoint_url=s3_endpoint).list())
     with pytest.raises(StoreError, match=r"^s3://no-such-bucket: no such bucket"):
         S3Store("no-such-bucket", endpoint_url=s3_endpoint).check_writable()
-    with pytest.raises(StoreError, match=rf"^s3://{bucket}/clips/gone.mp4: no such object$"):
-        list(S3Store(bucket, "clips", endpoint_url=s3_endpoint, only="gone.mp4").list())
+    with pytest.raises(ObjectUnreadable, match=rf"^s3://{bucket}/clips/gone.mp4: cannot be read \(404\)$"):
+        list(S3Store(bucket, "clips", endpoint_url=s3_endpoint, only="gone.mp4").list())   # the object's fault
     nowhere = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(StoreError, match=rf"^s3://{bucket}: the endpoint cannot be reached \({nowhere}/?\)$"):
         list(S3Store(bucket, endpoint_url=nowhere).list())
