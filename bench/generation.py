@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import time
 
 import torch
@@ -30,7 +31,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from gvmgen.generate import GenerationSettings, MusicGenerator
 from gvmgen.model.checkpoints import fresh_model
 from gvmgen.model.config import preset
-from gvmgen.model.decoding import batch_bucket
+from gvmgen.model.decoding import SPAN_STEP, batch_bucket
+from gvmgen.model.split_attention import split_attention
 
 EAGER_WARMUP_STEPS = 16   # the eager step has nothing to capture: a few steps warm cuBLAS and the allocator
 
@@ -165,12 +167,15 @@ def profile(model, batch, position=1400, steps=5):
 
 def attention_calls(model, batch, position):
     """One layer's self-attention late in a window for `batch` guided windows, per kernel that could run
-    it: the decoder's own call (on CUDA the memory-efficient kernel over the step's span, with its mask),
-    plain products with a softmax, and on CUDA flash attention over exactly the positions written so
-    far (a lower bound: its shapes change every step); beside them a reduction that reads the same keys
-    and values once, the memory roof. Returns (name -> call, bytes of keys and values, layers, span)."""
+    it: the span-masked fused call (on CUDA the memory-efficient kernel over the step's span rounded
+    to SPAN_STEP, with its mask: the decoder's before `split_attention`), plain products with a softmax,
+    and on CUDA: `split_attention` (the decoder's), flash attention over exactly the positions written
+    so far (a lower bound: its shapes change every step) and flash attention's variable-length call
+    over the whole cache, told the length on the device (capturable; it wants the cache as (R, T, H,
+    hd), copied here). Beside them a reduction that reads the same keys and values once, the memory
+    roof. Returns (name -> call, bytes of keys and values, layers, span); "fused, span" comes first."""
     decoder, _ = late_decoder(model, position, batch, 1)
-    rows, span = 2 * batch, decoder._span(position)
+    rows, span = 2 * batch, min(decoder.capacity[1], SPAN_STEP * (position // SPAN_STEP + 1))
     keys, values = decoder.cache[0, 0, :rows, :, :span], decoder.cache[0, 1, :rows, :, :span]   # (R, H, span, hd)
     query = torch.randn_like(keys[:, :, :1])                                                     # (R, H, 1, hd)
     mask = torch.zeros(1, span, dtype=keys.dtype, device=keys.device)
@@ -181,11 +186,21 @@ def attention_calls(model, batch, position):
         scores = (query @ keys.transpose(-1, -2)).float() * scale + mask
         return torch.softmax(scores, -1).to(values.dtype) @ values
 
-    calls = {"decoder": lambda: decoder._attention(query, keys, values, mask, scale), "products": products}
+    calls = {"fused, span": lambda: decoder._attention(query, keys, values, mask, scale), "products": products}
     if keys.is_cuda:
         used = slice(0, position + 1)
+        length = torch.tensor([position + 1], device=keys.device)
+        whole_k, whole_v = decoder.cache[0, 0, :rows], decoder.cache[0, 1, :rows]                # (R, H, T, hd)
+        calls["split (decoder)"] = lambda: split_attention(query[:, :, 0], whole_k, whole_v, length, scale)
         calls["flash, exact length"] = lambda: torch.ops.aten._scaled_dot_product_flash_attention(
             query, keys[:, :, used], values[:, :, used], scale=scale)[0]
+        heads, t, hd = whole_k.shape[1:]
+        packed_k, packed_v = (x.transpose(1, 2).reshape(rows * t, heads, hd) for x in (whole_k, whole_v))
+        starts = torch.arange(rows + 1, dtype=torch.int32, device=keys.device)
+        filled = torch.full((rows,), position + 1, dtype=torch.int32, device=keys.device)
+        calls["flash, varlen"] = lambda: torch.ops.aten._flash_attention_forward(
+            query[:, :, 0], packed_k, packed_v, starts, starts * t, 1, t, 0.0, False, False, scale=scale,
+            seqused_k=filled)[0]
     calls["read k+v once (roof)"] = lambda: (keys.sum(), values.sum())
     return calls, 2 * keys.numel() * keys.element_size(), decoder.num_layers, span
 
@@ -196,9 +211,14 @@ def attention_kernels(model, batch, position=1400, repeats=50):
     calls, read, layers, span = attention_calls(model, batch, position)
     print(f"attention: one layer's self-attention at token {position} (span {span}), batch {batch} guided "
           f"({2 * batch} rows), {read / 1e6:.0f} MB of keys and values")
+    reference = None
     for name, call in calls.items():
         try:
-            for _ in range(3):
+            out = call()
+            if isinstance(out, torch.Tensor):   # each kernel's largest difference from the fused call's
+                reference = out.flatten() if reference is None else reference
+                print(f"  {name:22} differs from the fused call's output by {(out.flatten() - reference).abs().max():.2e}")
+            for _ in range(2):
                 call()
             t = clock(model)
             for _ in range(repeats):
@@ -209,7 +229,8 @@ def attention_kernels(model, batch, position=1400, repeats=50):
             continue
         print(f"  {name:22} {seconds * 1e6:9.1f} us a call, {read / seconds / 1e9:7.1f} GB/s, "
               f"{seconds * layers * 1e3:6.2f} ms for {layers} layers")
-        print(f"RESULT attention_us_b{batch}_{name.split(',')[0].split(' ')[0]}={seconds * 1e6:.1f}")
+        tag = "_".join(re.findall(r"[a-z0-9]+", name.split("(")[0]))
+        print(f"RESULT attention_us_b{batch}_{tag}={seconds * 1e6:.1f}")
 
 
 def main():
@@ -222,7 +243,9 @@ def main():
     parser.add_argument("--parts", default="anchor,eager,graphs,steps", help="what to measure (a CUDA error in "
                         "one part poisons the process, so a GPU run takes the anchor in a separate process); "
                         "`profile`: the operators of a late eager step at the largest batch, by device time; "
-                        "`attention`: a late self-attention at the largest batch, kernel by kernel")
+                        "`attention`: a late self-attention at the largest batch, kernel by kernel; "
+                        "`spans`: on CUDA, the graph path again with the span-masked fused attention "
+                        "instead of `split_attention` (the decoder before it)")
     parser.add_argument("--anchor-call", default="fixed", choices=["fixed", "default"])
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -241,19 +264,27 @@ def main():
     if "eager" not in parts:
         paths = paths[1:]
     rates: dict[tuple[str, int], float] = {}
-    for name, graphs in paths:
+    decoder = model.static_decoder()
+    split = decoder.split_steps
+    for name, graphs in paths + ([("graph_spans", True)] if cuda and split and "spans" in parts else []):
+        decoder.split_steps = split and name != "graph_spans"
+        decoder.graphs.clear()   # captured for the other attention
         for b in batches:
             rate, step, capture = ours(model, b, args.seconds, graphs)
             rates[name, b] = rate
-            print(f"{name:6}  batch {b:>2} (bucket {batch_bucket(b)}, {2 * batch_bucket(b)} rows): {rate:8.3f} audio-s/s, "
+            print(f"{name:11}  batch {b:>2} (bucket {batch_bucket(b)}, {2 * batch_bucket(b)} rows): {rate:8.3f} audio-s/s, "
                   f"{step * 1e3:6.2f} ms a step" + (f", graphs captured in {capture:.2f} s" if graphs else ""))
             print(f"RESULT {name}_audio_s_per_s_b{b}={rate:.3f}")
             print(f"RESULT {name}_step_ms_b{b}={step * 1e3:.3f}")
             if graphs:
                 print(f"RESULT graph_capture_s_b{b}={capture:.3f}")
+    decoder.split_steps = split
+    decoder.graphs.clear()
     for b in batches:
         if ("graph", b) in rates and ("eager", b) in rates:
             print(f"RESULT graph_vs_eager_b{b}={rates['graph', b] / rates['eager', b]:.2f}")
+        if ("graph", b) in rates and ("graph_spans", b) in rates:
+            print(f"RESULT split_vs_spans_b{b}={rates['graph', b] / rates['graph_spans', b]:.2f}")
     if "profile" in parts:
         profile(model, max(batches))
     if "attention" in parts:

@@ -4,7 +4,8 @@
 # 9 minutes; run it with a 10-minute limit), the figures that matter most first:
 #  1. the CUDA tests: graph replays sample the eager step's tokens, a step never waits for the host;
 #  2. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
-#     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the step
+#     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the graphs again
+#     with the span-masked fused self-attention instead of the split one (the decoder before it), the step
 #     time at token 100 vs. 1400, the kernels of a late step at batch 32 by device time (and
 #     how many kernels a step runs), and that step's self-attention alone per kernel that could run it,
 #     against a read of its keys and values (the memory roof: where batch 32's time goes);
@@ -12,7 +13,7 @@
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
 #     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split;
 #  4. the anchor, transformers' generate() once per window, called right (explicit attention mask,
-#     encoder-decoder cache): about 2 minutes on an H100;
+#     encoder-decoder cache): about 2 minutes on an H100 (ANCHOR=0 leaves it out);
 #  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
 #     defaults, in a process of its own (it hit a device-side assert on an H100, which poisons the process);
 #  6. with TRAINING=1, training steps on batches of four 30-s clips, per LM mode.
@@ -30,12 +31,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 'transformers', transformers.__version__)" | tee -a "$log"
 "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_decoding.py 2>&1 | tail -n 15 | tee -a "$log" \
   || echo "CUDA tests failed (above)" | tee -a "$log"
-run bench/generation.py "${common[@]}" --parts eager,graphs,steps,profile,attention \
+run bench/generation.py "${common[@]}" --parts eager,graphs,spans,steps,profile,attention \
   || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
 run bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
   || echo "catalog bench failed" | tee -a "$log"
-run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
-  || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"
+if [ "${ANCHOR:-1}" = 1 ]; then
+  run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
+    || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"
+fi
 if [ "${ANCHOR_DEFAULT:-0}" = 1 ]; then
   timeout 100 "$PY" bench/generation.py "${common[@]}" --parts anchor --anchor-call default 2>&1 | tail -n 25 \
     | tee -a "$log" || echo "anchor as called before (transformers' defaults): failed (its error above)" | tee -a "$log"
@@ -62,6 +65,9 @@ rows = [
     ("audio-s/s, batch 32, eager", get("eager_audio_s_per_s_b32")),
     ("audio-s/s, anchor (generate(), fixed call)", get("anchor_fixed_audio_s_per_s_b1")),
     ("graphs vs. anchor, batch 1", get("graph_audio_s_per_s_b1") / get("anchor_fixed_audio_s_per_s_b1")),
+    ("graphs, split vs. span-masked self-attention, batch 1", get("split_vs_spans_b1")),
+    ("graphs, split vs. span-masked self-attention, batch 32", get("split_vs_spans_b32")),
+    ("step time, batch 32, graphs [ms]", get("graph_step_ms_b32")),
     ("graph capture, bucket of batch 1 [s]", get("graph_capture_s_b1")),
     ("graph capture, bucket of batch 32 [s]", get("graph_capture_s_b32")),
     ("catalog GPU busy share after the first compose  target >= 0.85", get("gpu_busy_share")),

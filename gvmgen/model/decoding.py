@@ -10,8 +10,11 @@ guidance, top-k sampling and the forced tokens) can be captured once and replaye
 - rows: windows are padded up to a batch bucket (1, 2, 4, ..., 64), with guidance twice as many rows
   (conditional rows first, null rows after);
 - the key/value cache is sized for the window; the position is a device tensor that the step reads
-  and advances, and a step attends to a span of the cache rounded up to `SPAN_STEP` positions, so a
-  step early in a window does not pay for the whole cache (graphs per span);
+  and advances. On CUDA a step's self-attention reads as many cached positions as the position says,
+  on the device (`split_attention`: the cache split in chunks read side by side, since one thread
+  block per row and head cannot read it at the GPU's bandwidth); elsewhere it attends to a span of the
+  cache rounded up to `SPAN_STEP` positions, so an early step does not pay for the whole cache (graphs
+  per span);
 - the tokens fixed in advance (delay-pattern padding, the prompt) sit in a device tensor, and the
   sampled token is written back into the input buffer on the device: no host round-trip in a step,
   so one graph can hold `REPLAY_STEPS` consecutive steps.
@@ -20,11 +23,13 @@ On CPU the same steps run eagerly; on CUDA they are captured per (rows, span, sa
 first time they are needed and replayed for every later window and video. A replayed graph costs a
 few microseconds per kernel however small, so the step is written for few kernels (one fused
 attention each, q, k and v from one product, residual additions folded into the products). Tests
-check the logits against transformers' own forward pass and the tokens against a plain sampling loop.
+check the logits against transformers' own forward pass and the tokens against a plain sampling loop
+(on CUDA, the graph replays against the eager steps, and the split attention against PyTorch's).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import threading
@@ -35,6 +40,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from transformers import MusicgenForCausalLM
+
+from gvmgen.model.split_attention import split_attention
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SPAN_STEP = 128          # attention spans are multiples of this: 12 spans cover a 30-s window (1504 steps)
@@ -135,6 +142,10 @@ class StaticDecoder:
         self.pad_token = pad_token
         weight = next(lm.parameters())
         self.dtype, self.device = weight.dtype, weight.device
+        # One-query steps attend through `split_attention` where Triton runs (CUDA; PyTorch's CUDA builds
+        # bring it): it reads only the positions written, so every step of a window shares one graph.
+        self.split_steps = (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+                            and self.head_dim & (self.head_dim - 1) == 0)   # Triton's blocks: powers of two
         width = cfg.hidden_size
         # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
         # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
@@ -230,7 +241,10 @@ class StaticDecoder:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
     def _span(self, last_position: int) -> int:
-        """Cache positions a step attends to when its newest position is `last_position`."""
+        """Cache positions a step attends to when its newest position is `last_position` (with
+        `split_steps`, the whole cache: the step reads the position on the device)."""
+        if self.split_steps:
+            return self.capacity[1]
         return min(self.capacity[1], SPAN_STEP * (last_position // SPAN_STEP + 1))
 
     # ---- the step --------------------------------------------------------------------------------
@@ -257,17 +271,25 @@ class StaticDecoder:
             x += self.decoder.embed_tokens[q](tokens[:, q])
         x += self.position_table.index_select(0, positions)
         x = x.view(rows * s, -1)                                                       # (R*S, D) the residual stream
-        future = torch.zeros(s, span, dtype=self.dtype, device=self.device)
-        future.masked_fill_(self.key_index[:span][None, :] > positions[:, None], -math.inf)  # (S, span)
+        split = self.split_steps and s == 1
+        if split:
+            length = positions + 1                                                     # (1,) positions to read
+        else:
+            future = torch.zeros(s, span, dtype=self.dtype, device=self.device)
+            future.masked_fill_(self.key_index[:span][None, :] > positions[:, None], -math.inf)  # (S, span)
         width = x.shape[1]
         for i, layer in enumerate(self.decoder.layers):
             attn, cache = layer.self_attn, self.cache[i, :, :rows]                      # (2, R, H, T, hd)
             qkv = torch.mm(layer.self_attn_layer_norm(x), self.qkv_weight[i].t())       # (R*S, 3D)
             new = qkv[:, width:].view(rows, s, 2, self.num_heads, self.head_dim)       # (R, S, 2, H, hd)
             cache.index_copy_(3, positions, new.permute(2, 0, 3, 1, 4))
-            h = self._attention(self._split(qkv[:, :width], s), cache[0, :, :, :span], cache[1, :, :, :span],
-                                future, attn.scaling)                                  # (R, H, S, hd)
-            x.addmm_(self._merge(h), attn.out_proj.weight.t())                         # -> (R*S, D)
+            if split:
+                h = split_attention(qkv[:, :width].view(rows, self.num_heads, self.head_dim), cache[0], cache[1],
+                                    length, attn.scaling).view(rows, width)            # (R, D)
+            else:
+                h = self._merge(self._attention(self._split(qkv[:, :width], s), cache[0, :, :, :span],
+                                                cache[1, :, :, :span], future, attn.scaling))  # (R*S, D)
+            x.addmm_(h, attn.out_proj.weight.t())
 
             cross = layer.encoder_attn
             h = layer.encoder_attn_layer_norm(x)
@@ -340,8 +362,8 @@ class StaticDecoder:
         rows = windows * (2 if sampling.guided else 1)
         with self.lock:
             self.reset(torch.zeros(rows, 1, self.lm.config.hidden_size), torch.ones(rows, 1, dtype=torch.bool), steps)
-            for span in range(SPAN_STEP, self._span(steps - 1) + 1, SPAN_STEP):
-                self.seek(span - SPAN_STEP)
+            for span in sorted({self._span(position) for position in range(0, steps, SPAN_STEP)}):
+                self.seek(span - SPAN_STEP)                           # a position the span serves
                 for size in (REPLAY_STEPS, 1):
                     if stop() or self._graph(windows, span, sampling, size) is None:
                         return

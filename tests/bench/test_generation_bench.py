@@ -44,7 +44,7 @@ def test_the_attention_kernels_compared_compute_the_decoders_attention(tiny_mode
     """bench/generation.py --parts attention times other kernels for the decoder's self-attention: they
     must compute the same thing (here on CPU: the plain products), over a span with masked positions."""
     calls, read, layers, span = _bench().attention_calls(tiny_model, batch=2, position=150)
-    ours = calls.pop("decoder")()
+    ours = calls.pop("fused, span")()
     assert span == 256 and layers == len(tiny_model.lm.model.decoder.layers)
     assert read == 2 * 4 * span * tiny_model.config.lm["hidden_size"] * 4   # keys and values, 4 rows, float32
     torch.testing.assert_close(calls.pop("products")(), ours, rtol=1e-4, atol=1e-5)

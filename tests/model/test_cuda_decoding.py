@@ -29,8 +29,10 @@ def test_graph_replays_sample_the_same_tokens_as_the_eager_step(dtype):
         assert torch.equal(a, b)
     decoder = model.static_decoder()
     graphs, capture = len(decoder.graphs), decoder.capture_seconds
-    # 303 steps of one bucket: runs of 16 in spans 128, 256 and 384, then 15 single steps in span 384
-    assert sorted((span, steps) for _, span, _, steps in decoder.graphs) == [(128, 16), (256, 16), (384, 1), (384, 16)]
+    # 303 steps of one bucket (a cache of 384): runs of 16, then 15 single steps; without split attention
+    # the runs are captured per span of 128 positions
+    spans = [(384, 16)] if decoder.split_steps else [(128, 16), (256, 16), (384, 16)]
+    assert sorted((span, steps) for _, span, _, steps in decoder.graphs) == sorted(spans + [(384, 1)])
     assert capture > 0
     again = MusicGenerator(model, GenerationSettings(seed=7)).sample(conditions, lengths, prompts)
     for a, b in zip(graphed, again):                                   # replayed, not captured again
@@ -77,8 +79,9 @@ def test_graphs_captured_ahead_serve_every_batch_without_a_capture_later():
     generator.capture_graphs(videos=3, stop=lambda: True)              # stopped before its first graph
     assert not decoder.graphs
     generator.capture_graphs(videos=3)
+    spans = (256,) if decoder.split_steps else (128, 256)                 # a cache of 256 for 203 steps
     assert {(rows, span, steps) for rows, span, _, steps in decoder.graphs} == {
-        (rows, span, steps) for rows in (8, 4, 2) for span in (128, 256) for steps in (16, 1)}
+        (rows, span, steps) for rows in (8, 4, 2) for span in spans for steps in (16, 1)}
     graphs, capture = len(decoder.graphs), decoder.capture_seconds
     conditions, lengths, prompts = _batch()
     lengths = [min(n, 200) for n in lengths]                            # within a 4-s window (203 steps)
@@ -121,8 +124,9 @@ def test_graphs_are_captured_while_another_thread_encodes_frames_on_the_gpu():
 
 
 def test_each_attention_of_a_step_is_one_fused_kernel():
-    """The self- and cross-attention of every layer run the memory-efficient kernel, not the math
-    fallback's handful of kernels (which a replayed step would pay for, a few microseconds each)."""
+    """The cross-attention of every layer runs the memory-efficient kernel, not the math fallback's
+    handful of kernels (which a replayed step would pay for, a few microseconds each), and so does the
+    self-attention, unless it runs `split_attention`: then its two kernels."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -138,4 +142,42 @@ def test_each_attention_of_a_step_is_one_fused_kernel():
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
     fused = [name for name in kernels if "fmha" in name.lower() or "attentionkernel" in name.lower()]
-    assert len(fused) == 2 * len(model.lm.model.decoder.layers), kernels
+    layers = len(model.lm.model.decoder.layers)
+    split = [name for name in kernels if "split_attention" in name]
+    assert (len(fused), len(split)) == ((layers, 2 * layers) if decoder.split_steps else (2 * layers, 0)), kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_attention_is_attention_over_the_positions_written(dtype):
+    """q taken from a fused q/k/v product (strided), a cache with room beyond `length` holding garbage,
+    lengths within a chunk, at a chunk's edge and past it: PyTorch's attention over the first `length`."""
+    from gvmgen.model.split_attention import CHUNK, split_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows, heads, room, hd = 6, 4, 3 * CHUNK, 64
+    qkv = torch.randn(rows, 3 * heads * hd, device="cuda", generator=g).to(dtype)
+    q = qkv[:, :heads * hd].view(rows, heads, hd)
+    k, v = (torch.randn(rows, heads, room, hd, device="cuda", generator=g).to(dtype) * 3 for _ in range(2))
+    for length in (1, 7, CHUNK, CHUNK + 1, 2 * CHUNK + 100, room):
+        out = split_attention(q, k, v, torch.tensor([length], device="cuda"), 0.125)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, None].float(), k[:, :, :length].float(), v[:, :, :length].float(), scale=0.125)[:, :, 0]
+        tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(out.float(), expected, **tolerance)
+
+
+def test_steps_with_split_attention_give_the_span_masked_steps_logits():
+    """The decoder's two self-attentions on CUDA, step by step over a window crossing spans."""
+    model = load_model("tiny", device="cuda")
+    decoder = model.static_decoder()
+    if not decoder.split_steps:
+        pytest.skip("Triton is not installed")
+    condition = torch.randn(2, 5, 64, device="cuda")
+    tokens = torch.randint(0, 2048, (2, model.config.num_codebooks, 300), device="cuda")
+    logits = {}
+    for split in (True, False):
+        decoder.split_steps = split
+        decoder.reset(condition, torch.ones(2, 5, dtype=torch.bool, device="cuda"), steps=300)
+        logits[split] = torch.stack([decoder.feed(tokens[..., i:i + 1]) for i in range(300)])
+    decoder.split_steps = True
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-4, atol=1e-4)
