@@ -21,12 +21,13 @@ server) under a temporary GVMGEN_HOME. Prints, as RESULT lines:
 On CUDA the LM runs in bf16, as the flow loads it (`load_for_scoring`).
 
     python bench/catalog.py [--preset small|tiny] [--videos 16] [--min-seconds 60] [--max-seconds 180]
-                            [--batch-videos 4]
+                            [--batch-videos 4] [--stall-dump SECONDS]
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import math
 import os
@@ -37,6 +38,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from flows import embedded_prefect_environment
 
 SOURCES = ["testsrc2", "smptehdbars", "cellauto=rule=110", "life=mold=10:life_color=#00ff00", "rgbtestsrc",
            "yuvtestsrc", "color=c=navy", "testsrc"]
@@ -211,11 +214,14 @@ def main():
     parser.add_argument("--batch-videos", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary GVMGEN_HOME (printed)")
+    parser.add_argument("--stall-dump", type=float, default=0, metavar="SECONDS",
+                        help="while the catalog run goes on, print every thread's stack every SECONDS (0: never): "
+                             "where a run that seems stuck waits")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="gvmgen-catalog-bench-"))
-    os.environ.update(GVMGEN_HOME=str(home), PREFECT_HOME=str(home / "prefect"),
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    os.environ.update(GVMGEN_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
+    embedded_prefect_environment(home / "prefect")
     try:
         run(args, home)
     finally:
@@ -253,10 +259,13 @@ def run(args, home: Path):
             print(f"NVML unavailable ({type(e).__name__}: {e}); GPU busy share from CUDA events instead")
             busy = EventBusy([(StaticDecoder, "decode"), (GVMGen, "encode_video_frames"), (GVMGen, "decode_audio")])
     passes = PassCount()
+    if args.stall_dump:
+        faulthandler.dump_traceback_later(args.stall_dump, repeat=True)
     started = time.time()
     state = score_catalog(str(home / "catalog"), str(home / "scored"), model=str(model_dir),
                           batch_videos=args.batch_videos, return_state=True)
     ended = time.time()
+    faulthandler.cancel_dump_traceback_later()
     passes.stop()
     counts = state.result()
     wall = ended - started

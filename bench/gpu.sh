@@ -8,10 +8,12 @@
 #     with the span-masked fused self-attention instead of the split one (the decoder before it), the step
 #     time at token 100 vs. 1400, the kernels of a late step at batch 32 by device time (and
 #     how many kernels a step runs), and that step's self-attention alone per kernel that could run it,
-#     against a read of its keys and values (the memory roof: where batch 32's time goes);
+#     with the GB/s each reads the cache at (where batch 32's time goes);
 #  3. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
-#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split;
+#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split; every thread's stack
+#     each minute while it runs (in the lease of 2026-11-27 no task of it ended in 3 minutes), stopped
+#     after CATALOG_S seconds (default 300) so that the steps after it still run;
 #  4. the anchor, transformers' generate() once per window, called right (explicit attention mask,
 #     encoder-decoder cache): about 2 minutes on an H100 (ANCHOR=0 leaves it out);
 #  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
@@ -29,12 +31,13 @@ common=(--preset small --seconds 30 --device cuda --dtype bfloat16 --batches "${
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
 "$PY" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'transformers', transformers.__version__)" | tee -a "$log"
-"$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_decoding.py 2>&1 | tail -n 15 | tee -a "$log" \
+"$PY" -m pytest -q -p no:cacheprovider --tb=short tests/model/test_cuda_decoding.py 2>&1 | tail -n 60 | tee -a "$log" \
   || echo "CUDA tests failed (above)" | tee -a "$log"
 run bench/generation.py "${common[@]}" --parts eager,graphs,spans,steps,profile,attention \
   || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
-run bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 --max-seconds 120 --batch-videos 4 \
-  || echo "catalog bench failed" | tee -a "$log"
+timeout "${CATALOG_S:-300}" "$PY" bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 \
+  --max-seconds 120 --batch-videos 4 --stall-dump 60 2>&1 | tee -a "$log" \
+  || echo "catalog bench failed or ran past ${CATALOG_S:-300} s" | tee -a "$log"
 if [ "${ANCHOR:-1}" = 1 ]; then
   run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
     || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"

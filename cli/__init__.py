@@ -246,14 +246,10 @@ root: {level: WARNING, handlers: [file]}
 def _prefect_environment() -> None:
     """Prefect keeps its state under GVMGEN_HOME too, unless the user points it elsewhere; its logs
     go to GVMGEN_HOME/logs/prefect.log unless -v (or the user's own PREFECT_LOGGING_SETTINGS_PATH)."""
+    from flows import embedded_prefect_environment
     from gvmgen.home import home
 
-    os.environ.setdefault("PREFECT_HOME", str(home() / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client telemetry (and its notice on a terminal)
-    # the temporary server's start (its database migrated on first use) can outlast Prefect's 20 s on a
-    # busy machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    embedded_prefect_environment(home() / "prefect")
     if not OPTIONS["verbose"] and "PREFECT_LOGGING_SETTINGS_PATH" not in os.environ:
         logs = home() / "logs"
         logs.mkdir(exist_ok=True)

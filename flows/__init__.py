@@ -1,1 +1,15 @@
 """Prefect flows: thin orchestration over `gvmgen` (the work) and `storage` (where it lives)."""
+
+import os
+from pathlib import Path
+
+
+def embedded_prefect_environment(home: Path) -> None:
+    """Defaults for Prefect in embedded mode (its temporary server, no PREFECT_API_URL), before Prefect
+    is imported; a variable the user set wins. Its state under `home`; no analytics or telemetry; and
+    time for the temporary server's start, whose database is migrated on first use: that can outlast
+    Prefect's 20 s on a busy machine."""
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client telemetry (and its notice on a terminal)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_catalog_bench_prints_consistent_results(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "catalog.py"), "--preset", "tiny", "--videos", "2",
-                           "--min-seconds", "3", "--max-seconds", "5", "--batch-videos", "2"],
+                           "--min-seconds", "3", "--max-seconds", "5", "--batch-videos", "2",
+                           "--stall-dump", "1"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = dict(line.split()[1].split("=") for line in done.stdout.splitlines() if line.startswith("RESULT "))
@@ -32,3 +33,4 @@ def test_the_catalog_bench_prints_consistent_results(tmp_path):
     # one window each: composed together (one pass of two) or the second joining after the first (two of one)
     assert (value["catalog_model_passes"], value["catalog_windows_per_pass"]) in ((1, 2.0), (2, 1.0))
     assert value["fixed_batch_passes"] == 1
+    assert "Thread 0x" in done.stderr and "score_catalog" in done.stderr   # --stall-dump: the flow's stack

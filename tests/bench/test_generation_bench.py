@@ -48,4 +48,4 @@ def test_the_attention_kernels_compared_compute_the_decoders_attention(tiny_mode
     assert span == 256 and layers == len(tiny_model.lm.model.decoder.layers)
     assert read == 2 * 4 * span * tiny_model.config.lm["hidden_size"] * 4   # keys and values, 4 rows, float32
     torch.testing.assert_close(calls.pop("products")(), ours, rtol=1e-4, atol=1e-5)
-    assert set(calls) == {"read k+v once (roof)"}                           # flash attention: CUDA only
+    assert not calls                                                        # split, flash: CUDA only
