@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # GPU benchmarks, one command: every figure of the GPU targets, `small`-shaped random weights in bf16,
-# full 30-s windows, guidance 3.0, top-k 250, sized to fit a 15-minute lease of one H100/H200 (about
-# 9 minutes; run it with a 10-minute limit), the figures that matter most first:
+# full 30-s windows, guidance 3.0, top-k 250, sized to fit a 15-minute lease of one H100/H200 (run it
+# with a 10-minute limit: on an H100 the tests take 0.5 minute, the catalog 1.5 to 4, generation 4 and the
+# anchor 2, last, so a stalled catalog costs the anchor), the figures that matter most first:
 #  1. the CUDA tests: graph replays sample the eager step's tokens, a step never waits for the host;
-#  2. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
+#  2. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
+#     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
+#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split; every thread's stack
+#     each minute while it runs (in the lease of 2026-11-27 no task of it ended in 3 minutes), stopped
+#     after CATALOG_S seconds (default 240) so that the steps after it still run;
+#  3. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
 #     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the graphs again
 #     with the span-masked fused self-attention instead of the split one (the decoder before it), the step
 #     time at token 100 vs. 1400, the kernels of a late step at batch 32 by device time (and
 #     how many kernels a step runs), and that step's self-attention alone per kernel that could run it,
 #     with the GB/s each reads the cache at (where batch 32's time goes);
-#  3. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
-#     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
-#     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split; every thread's stack
-#     each minute while it runs (in the lease of 2026-11-27 no task of it ended in 3 minutes), stopped
-#     after CATALOG_S seconds (default 300) so that the steps after it still run;
 #  4. the anchor, transformers' generate() once per window, called right (explicit attention mask,
 #     encoder-decoder cache): about 2 minutes on an H100 (ANCHOR=0 leaves it out);
 #  5. with ANCHOR_DEFAULT=1, the anchor called as this bench called it before, with transformers'
@@ -33,11 +34,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 'transformers', transformers.__version__)" | tee -a "$log"
 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/model/test_cuda_decoding.py 2>&1 | tail -n 60 | tee -a "$log" \
   || echo "CUDA tests failed (above)" | tee -a "$log"
+timeout -k 15 "${CATALOG_S:-240}" "$PY" bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 \
+  --max-seconds 120 --batch-videos 4 --stall-dump 60 2>&1 | tee -a "$log" \
+  || echo "catalog bench failed or ran past ${CATALOG_S:-240} s" | tee -a "$log"
 run bench/generation.py "${common[@]}" --parts eager,graphs,spans,steps,profile,attention \
   || echo "generation: graph and eager paths failed on this GPU" | tee -a "$log"
-timeout "${CATALOG_S:-300}" "$PY" bench/catalog.py --preset small --videos "${VIDEOS:-8}" --min-seconds 60 \
-  --max-seconds 120 --batch-videos 4 --stall-dump 60 2>&1 | tee -a "$log" \
-  || echo "catalog bench failed or ran past ${CATALOG_S:-300} s" | tee -a "$log"
 if [ "${ANCHOR:-1}" = 1 ]; then
   run bench/generation.py "${common[@]}" --parts anchor --anchor-call fixed \
     || echo "anchor: transformers generate() (fixed call) failed on this GPU" | tee -a "$log"

@@ -144,8 +144,10 @@ class StaticDecoder:
         self.dtype, self.device = weight.dtype, weight.device
         # One-query steps attend through `split_attention` where Triton runs (CUDA; PyTorch's CUDA builds
         # bring it): it reads only the positions written, so every step of a window shares one graph.
-        self.split_steps = (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
-                            and self.head_dim & (self.head_dim - 1) == 0)   # Triton's blocks: powers of two
+        # Tried once at the first batch (`_try_split`); if Triton fails there, steps use the fused call.
+        self._split_steps = (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+                             and self.head_dim & (self.head_dim - 1) == 0)  # Triton's blocks: powers of two
+        self.split_tried = False
         width = cfg.hidden_size
         # Each layer's q, k and v projections stacked into one (3D, D) matrix, so one product serves
         # the three; copied from the LM at every `reset`, so a fine-tuned LM is never read stale.
@@ -159,6 +161,35 @@ class StaticDecoder:
         self.graphs_failed: str | None = None         # why a capture failed: from then on, steps run eagerly
         self.capture_seconds = 0.0                    # all captures so far, warm-up included
         self.lock = threading.Lock()
+
+    @property
+    def split_steps(self) -> bool:
+        return self._split_steps
+
+    @split_steps.setter
+    def split_steps(self, on: bool) -> None:
+        """Switching the steps' self-attention drops the graphs captured with the other one (their keys
+        do not say which), and their memory pool."""
+        if on != self._split_steps:
+            self.graphs.clear()
+            self.graph_pool = None
+        self._split_steps = on
+
+    def _try_split(self) -> None:
+        """Run `split_attention` once on a small input, eagerly, before any capture: a Triton that cannot
+        compile or launch here (no C compiler, an unsupported GPU) leaves the steps on the fused call,
+        with a warning, instead of failing every step."""
+        self.split_tried = True
+        if not self._split_steps:
+            return
+        try:
+            q = torch.zeros(1, 1, self.head_dim, dtype=self.dtype, device=self.device)
+            kv = torch.zeros(1, 1, SPAN_STEP, self.head_dim, dtype=self.dtype, device=self.device)
+            split_attention(q, kv, kv, torch.ones(1, dtype=torch.long, device=self.device), 1.0)
+        except Exception as e:
+            self.split_steps = False
+            log.warning("split attention failed on this device (%s: %s); decoding steps use the fused "
+                        "attention", type(e).__name__, e)
 
     # ---- buffers ---------------------------------------------------------------------------------
     def _reserve(self, rows: int, positions: int, condition: int) -> None:
@@ -200,6 +231,8 @@ class StaticDecoder:
         """Start a batch: condition (R, F, D), condition_mask (R, F) bool for R rows; room for `steps` positions.
         The cross-attention keys and values of the condition are projected here, once per batch."""
         rows, frames = condition_mask.shape
+        if not self.split_tried:
+            self._try_split()
         self._reserve(rows, steps, frames)
         self.rows = rows
         condition = condition.to(self.device, self.dtype)
@@ -241,11 +274,13 @@ class StaticDecoder:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
     def _span(self, last_position: int) -> int:
-        """Cache positions a step attends to when its newest position is `last_position` (with
-        `split_steps`, the whole cache: the step reads the position on the device)."""
-        if self.split_steps:
-            return self.capacity[1]
+        """Cache positions the fused attention spans when the newest position is `last_position`."""
         return min(self.capacity[1], SPAN_STEP * (last_position // SPAN_STEP + 1))
+
+    def _step_span(self, position: int) -> int:
+        """The span of a sampled step at `position`, which keys its graph: with `split_steps`, the whole
+        cache (the step reads how much of it is written on the device), so a window's steps share graphs."""
+        return self.capacity[1] if self.split_steps else self._span(position)
 
     # ---- the step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -322,7 +357,7 @@ class StaticDecoder:
         of steps that `replays` groups is one graph replay, captured the first time its rows, span,
         sampling and length are met; elsewhere the same steps run eagerly."""
         for steps in replays(self.host_position, count):
-            span = self._span(self.host_position)
+            span = self._step_span(self.host_position)
             self.host_position += steps
             graph = self._graph(windows, span, sampling, steps) if graphs and self.device.type == "cuda" else None
             if graph is None:
@@ -362,7 +397,7 @@ class StaticDecoder:
         rows = windows * (2 if sampling.guided else 1)
         with self.lock:
             self.reset(torch.zeros(rows, 1, self.lm.config.hidden_size), torch.ones(rows, 1, dtype=torch.bool), steps)
-            for span in sorted({self._span(position) for position in range(0, steps, SPAN_STEP)}):
+            for span in sorted({self._step_span(position) for position in range(0, steps, SPAN_STEP)}):
                 self.seek(span - SPAN_STEP)                           # a position the span serves
                 for size in (REPLAY_STEPS, 1):
                     if stop() or self._graph(windows, span, sampling, size) is None:

@@ -14,6 +14,7 @@ Triton is imported on first use: it comes with PyTorch's CUDA builds, and only C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -87,10 +88,12 @@ def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: t
     acc = torch.empty(rows * heads * splits, head_dim, dtype=torch.float32, device=q.device)
     stats = torch.empty(rows * heads * splits, 2, dtype=torch.float32, device=q.device)
     out = torch.empty(rows, heads, head_dim, dtype=q.dtype, device=q.device) if out is None else out
-    partial[(rows * heads, splits)](q, k, v, length, acc, stats, heads, scale,
-                                    q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-                                    v.stride(0), v.stride(1), v.stride(2),
-                                    HEAD_DIM=head_dim, CHUNK=CHUNK, BLOCK=BLOCK)
-    merge[(rows * heads,)](acc, stats, out, heads, out.stride(0), out.stride(1), splits,
-                           HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits))
+    # Triton launches on the current device and its current stream (on CPU: Triton's interpreter)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        partial[(rows * heads, splits)](q, k, v, length, acc, stats, heads, scale,
+                                        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                                        v.stride(0), v.stride(1), v.stride(2),
+                                        HEAD_DIM=head_dim, CHUNK=CHUNK, BLOCK=BLOCK)
+        merge[(rows * heads,)](acc, stats, out, heads, out.stride(0), out.stride(1), splits,
+                               HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out

@@ -1,5 +1,6 @@
 """Shapes of every stage, cached decoding, guidance and the parameter count (the delay pattern: test_delay.py)."""
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -188,3 +189,19 @@ def test_small_trainable_parameters_match_the_official_493m():
     model = _official_small()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 493_000_000 <= trainable < 494_000_000
+
+
+@pytest.mark.skipif(bool(os.environ.get("TRITON_INTERPRET")), reason="Triton's interpreter runs split attention on CPU")
+def test_steps_stay_on_the_fused_attention_where_split_attention_cannot_run(tiny_model, caplog):
+    """As on a GPU whose Triton cannot compile: here Triton is missing, or has no GPU to run on."""
+    g = torch.Generator().manual_seed(1)
+    condition, mask = torch.randn(2, 5, 64, generator=g), torch.ones(2, 5, dtype=torch.bool)
+    tokens = torch.randint(0, 2048, (2, tiny_model.config.num_codebooks, 3), generator=g)
+    fused, hopeful = (StaticDecoder(tiny_model.lm, tiny_model.pad_token) for _ in range(2))
+    hopeful.split_steps = True
+    logits = []
+    for decoder in (fused, hopeful):
+        decoder.reset(condition, mask, steps=8)
+        logits.append(torch.stack([decoder.feed(tokens[..., i:i + 1]) for i in range(3)]))
+    assert not hopeful.split_steps and "split attention failed on this device" in caplog.text
+    torch.testing.assert_close(logits[1], logits[0])
