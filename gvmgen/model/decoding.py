@@ -143,7 +143,7 @@ class StaticDecoder:
         weight = next(lm.parameters())
         self.dtype, self.device = weight.dtype, weight.device
         # One-query steps attend through `split_attention` where Triton runs (CUDA; PyTorch's CUDA builds
-        # bring it): it reads only the positions written, so every step of a window shares one graph.
+        # bring it): it reads only the positions written, so the steps of a window share their graphs.
         # Tried once at the first batch (`_try_split`); if Triton fails there, steps use the fused call.
         self._split_steps = (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
                              and self.head_dim & (self.head_dim - 1) == 0)  # Triton's blocks: powers of two
