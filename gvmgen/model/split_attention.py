@@ -77,17 +77,16 @@ def _kernels():
     return triton, split_attention_partial, split_attention_merge
 
 
-def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor, scale: float,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """q (R, H, hd) over the first `length` (a (1,) int tensor on the device) positions of k, v
-    (R, H, T, hd), any strides with hd contiguous -> (R, H, hd), written into `out` if given.
-    `length` must be at least 1."""
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """q (R, H, hd) over the first `length` (a (1,) int tensor on the device, at least 1) positions of
+    k, v (R, H, T, hd), any strides with hd contiguous -> (R, H, hd), contiguous."""
     triton, partial, merge = _kernels()
     rows, heads, positions, head_dim = k.shape
     splits = triton.cdiv(positions, CHUNK)
     acc = torch.empty(rows * heads * splits, head_dim, dtype=torch.float32, device=q.device)
     stats = torch.empty(rows * heads * splits, 2, dtype=torch.float32, device=q.device)
-    out = torch.empty(rows, heads, head_dim, dtype=q.dtype, device=q.device) if out is None else out
+    out = torch.empty(rows, heads, head_dim, dtype=q.dtype, device=q.device)
     # Triton launches on the current device and its current stream (on CPU: Triton's interpreter)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         partial[(rows * heads, splits)](q, k, v, length, acc, stats, heads, scale,
