@@ -9,6 +9,7 @@ GVMGEN_HOME/logs/prefect.log, not into the terminal, so progress bars stay whole
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import functools
 import inspect
 import json
@@ -824,10 +825,12 @@ def _terminate(signum, frame):
 
 def main():
     """Every error is one line on stderr: usage errors exit 2 (typer's message), as do expected errors;
-    Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 (a catalog run hands its videos back first).
+    Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 (a catalog run hands its videos back first); SIGUSR1
+    prints every thread's stack on stderr and changes nothing else.
     --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # a closed terminal or SSH session: the same, and the server stopped
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a run that seems stuck waits; it goes on
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
     except typer.TyperException as e:  # a bad option or argument

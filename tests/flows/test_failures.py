@@ -210,6 +210,19 @@ def test_ctrl_c_in_a_terminal_interrupts_the_run_at_once(gvmgen, fixtures, tmp_p
 
 
 @pytest.mark.slow
+def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(gvmgen, fixtures, tmp_path, recorded_outputs):
+    """For a run that seems stuck: `kill -USR1 PID` shows where it waits, and changes nothing else."""
+    library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
+    run = gvmgen("score", library, "--out", out, "--batch-videos", "1", "--json", background=True)
+    _wait_for(lambda: recorded_outputs(), what="the first scored video")
+    run.send_signal(signal.SIGUSR1)
+    stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr
+    assert "Thread 0x" in stderr and "in score_catalog" in stderr, stderr   # the flow's own frame among them
+    assert json.loads(stdout)["scored"] == len(NAMES)
+
+
+@pytest.mark.slow
 def test_two_processes_on_a_fresh_home(gvmgen, fixtures, tmp_path):
     library, out = _library(fixtures, tmp_path / "library"), tmp_path / "scored"
     both = [gvmgen("score", library, "--out", out, "--json", background=True) for _ in range(2)]
