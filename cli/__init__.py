@@ -9,7 +9,6 @@ GVMGEN_HOME/logs/prefect.log, not into the terminal, so progress bars stay whole
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import functools
 import inspect
 import json
@@ -26,6 +25,8 @@ from urllib.parse import unquote, urlparse
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from flows import embedded_prefect_environment, stacks_on_sigusr1
 
 # Plain help (click's): paragraphs rewrapped to the terminal, flags shown without a value
 PLAIN = dict(no_args_is_help=True, rich_markup_mode=None)
@@ -247,7 +248,6 @@ root: {level: WARNING, handlers: [file]}
 def _prefect_environment() -> None:
     """Prefect keeps its state under GVMGEN_HOME too, unless the user points it elsewhere; its logs
     go to GVMGEN_HOME/logs/prefect.log unless -v (or the user's own PREFECT_LOGGING_SETTINGS_PATH)."""
-    from flows import embedded_prefect_environment
     from gvmgen.home import home
 
     embedded_prefect_environment(home() / "prefect")
@@ -830,7 +830,7 @@ def main():
     --debug (GVMGEN_DEBUG=1) shows the traceback instead."""
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # a closed terminal or SSH session: the same, and the server stopped
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a run that seems stuck waits; it goes on
+    stacks_on_sigusr1()
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit, 130 for Ctrl-C
     except typer.TyperException as e:  # a bad option or argument

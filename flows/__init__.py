@@ -1,6 +1,8 @@
 """Prefect flows: thin orchestration over `gvmgen` (the work) and `storage` (where it lives)."""
 
+import faulthandler
 import os
+import signal
 from pathlib import Path
 
 
@@ -13,3 +15,9 @@ def embedded_prefect_environment(home: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client telemetry (and its notice on a terminal)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack on stderr and changes nothing else: where a run that
+    seems stuck waits. For the command line, and for the flow runs a Prefect worker starts."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

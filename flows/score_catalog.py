@@ -57,6 +57,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows import stacks_on_sigusr1
 from gvmgen.files import scratch
 from gvmgen.generate import Composer, MusicGenerator
 from gvmgen.media.mux import check_container
@@ -877,6 +878,7 @@ def score_catalog(source: str, output: str, model: str = "tiny", settings: dict 
     Returns the counts; raises VideosFailed (the flow run ends Failed) when some video stands failed,
     and another exception when the infrastructure stopped the run.
     """
+    stacks_on_sigusr1()
     source, output = canonical(source), canonical(output)
     settings = preflight(source, output, model, settings, batch_videos, lease_s).to_dict()
     interrupt(False)

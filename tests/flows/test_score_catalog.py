@@ -474,3 +474,20 @@ def test_an_output_inside_the_library_is_never_a_source_even_once_another_is_cho
     assert (elsewhere["scored"], elsewhere["skipped"]) == (0, 1)          # counter.mp4 copied, not scored again
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["counter.flac", "counter.mp4",
                                                                           "counter.report.png"]
+
+
+@pytest.mark.slow
+def test_a_flow_run_prints_its_threads_stacks_on_sigusr1_and_goes_on(prefect_engine, tmp_path, capfd):
+    """As a Prefect worker's flow run, which the command line's handler does not reach."""
+    import faulthandler
+    import os
+    import signal
+
+    from flows.score_catalog import score_catalog
+
+    faulthandler.unregister(signal.SIGUSR1)     # whatever an earlier test in this process set
+    (tmp_path / "library").mkdir()
+    score_catalog(str(tmp_path / "library"), str(tmp_path / "out"), model="tiny")
+    capfd.readouterr()
+    os.kill(os.getpid(), signal.SIGUSR1)        # unhandled, this would end the process
+    assert "Current thread" in capfd.readouterr().err
