@@ -27,23 +27,30 @@ On CUDA the LM runs in bf16, as the flow loads it (`load_for_scoring`).
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import functools
 import math
 import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from flows import embedded_prefect_environment
+from flows import embedded_prefect_environment, print_stacks
 
 SOURCES = ["testsrc2", "smptehdbars", "cellauto=rule=110", "life=mold=10:life_color=#00ff00", "rgbtestsrc",
            "yuvtestsrc", "color=c=navy", "testsrc"]
 STAGES = ("prepare_video", "compose_music", "finish_video")
+
+
+def dump_stacks_until(done: threading.Event, every: float) -> None:
+    """Every thread's stack every `every` seconds until `done` (a run that seems stuck: where it waits)."""
+    while not done.wait(every):
+        print(f"--stall-dump: every thread's stack, {time.strftime('%H:%M:%S')}", file=sys.stderr)
+        print_stacks()
 
 
 def make_catalog(folder: Path, count: int, shortest: float, longest: float,
@@ -259,13 +266,16 @@ def run(args, home: Path):
             print(f"NVML unavailable ({type(e).__name__}: {e}); GPU busy share from CUDA events instead")
             busy = EventBusy([(StaticDecoder, "decode"), (GVMGen, "encode_video_frames"), (GVMGen, "decode_audio")])
     passes = PassCount()
+    done = threading.Event()
     if args.stall_dump:
-        faulthandler.dump_traceback_later(args.stall_dump, repeat=True)
+        threading.Thread(target=dump_stacks_until, args=(done, args.stall_dump), daemon=True).start()
     started = time.time()
-    state = score_catalog(str(home / "catalog"), str(home / "scored"), model=str(model_dir),
-                          batch_videos=args.batch_videos, return_state=True)
+    try:
+        state = score_catalog(str(home / "catalog"), str(home / "scored"), model=str(model_dir),
+                              batch_videos=args.batch_videos, return_state=True)
+    finally:
+        done.set()
     ended = time.time()
-    faulthandler.cancel_dump_traceback_later()
     passes.stop()
     counts = state.result()
     wall = ended - started

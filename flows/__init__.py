@@ -1,8 +1,10 @@
 """Prefect flows: thin orchestration over `gvmgen` (the work) and `storage` (where it lives)."""
 
-import faulthandler
 import os
 import signal
+import sys
+import threading
+import traceback
 from pathlib import Path
 
 
@@ -17,7 +19,21 @@ def embedded_prefect_environment(home: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def print_stacks(file=None) -> None:
+    """Every thread's stack, named, on `file` (stderr). Read under the GIL from Python: `faulthandler`
+    reads other threads' frames without it, and its dumps crashed the catalog bench (SIGSEGV) while its
+    threads came and went."""
+    file = file or sys.stderr
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        print(f"Thread {ident:#x} ({names.get(ident, 'unknown')}), most recent call last:", file=file)
+        print("".join(traceback.format_stack(frame)), file=file)
+    file.flush()
+
+
 def stacks_on_sigusr1() -> None:
     """`kill -USR1 PID` prints every thread's stack on stderr and changes nothing else: where a run that
-    seems stuck waits. For the command line, and for the flow runs a Prefect worker starts."""
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    seems stuck waits. For the command line, and for the flow runs a Prefect worker starts; signal
+    handlers belong to the main thread, so a flow run elsewhere goes without."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, lambda _signum, _frame: print_stacks())

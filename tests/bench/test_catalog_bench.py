@@ -33,4 +33,4 @@ def test_the_catalog_bench_prints_consistent_results(tmp_path):
     # one window each: composed together (one pass of two) or the second joining after the first (two of one)
     assert (value["catalog_model_passes"], value["catalog_windows_per_pass"]) in ((1, 2.0), (2, 1.0))
     assert value["fixed_batch_passes"] == 1
-    assert "Thread 0x" in done.stderr and "score_catalog" in done.stderr   # --stall-dump: the flow's stack
+    assert "Thread 0x" in done.stderr and "in score_catalog" in done.stderr   # --stall-dump: the flow's stack

@@ -9,11 +9,12 @@ import pytest
 def run_cli(monkeypatch, capsys):
     """Runs the command line's own entry point (`cli.main`) in this process, as `gvmgen ARGS` would:
     returns (exit status, stdout, stderr). Far cheaper than a new process for the errors that stop a
-    command before any work; the environment, options and SIGTERM handler it changes are put back."""
+    command before any work; the environment, options and signal handlers it changes are put back."""
     import cli
 
     def run(*args, cwd=None):
-        saved_env, saved_options, saved_term = dict(os.environ), dict(cli.OPTIONS), signal.getsignal(signal.SIGTERM)
+        saved_env, saved_options = dict(os.environ), dict(cli.OPTIONS)
+        saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
         monkeypatch.setattr(sys, "argv", ["gvmgen", *map(str, args)])
         if cwd is not None:
             monkeypatch.chdir(cwd)
@@ -27,7 +28,8 @@ def run_cli(monkeypatch, capsys):
             os.environ.update(saved_env)
             cli.OPTIONS.clear()
             cli.OPTIONS.update(saved_options)
-            signal.signal(signal.SIGTERM, saved_term)
+            for signum, handler in saved_handlers.items():
+                signal.signal(signum, handler)
         out, err = capsys.readouterr()
         return code, out, err
     return run
