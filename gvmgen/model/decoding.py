@@ -144,7 +144,8 @@ class StaticDecoder:
         self.dtype, self.device = weight.dtype, weight.device
         # One-query steps attend through `split_attention` where Triton runs (CUDA; PyTorch's CUDA builds
         # bring it): it reads only the positions written, so the steps of a window share their graphs.
-        # Tried once at the first batch (`_try_split`); if Triton fails there, steps use the fused call.
+        # Tried once, at the first batch or the first asking (`_try_split`); if Triton fails there, steps
+        # use the fused call.
         self._split_steps = (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
                              and self.head_dim & (self.head_dim - 1) == 0)  # Triton's blocks: powers of two
         self.split_tried = False
@@ -164,6 +165,9 @@ class StaticDecoder:
 
     @property
     def split_steps(self) -> bool:
+        """Whether one-query steps attend through `split_attention` (tried on first asking)."""
+        if not self.split_tried:
+            self._try_split()
         return self._split_steps
 
     @split_steps.setter
