@@ -225,6 +225,8 @@ def main():
                         help="while the catalog run goes on, print every thread's stack every SECONDS (0: never): "
                              "where a run that seems stuck waits")
     args = parser.parse_args()
+    if args.stall_dump < 0:
+        parser.error(f"--stall-dump {args.stall_dump:g}: seconds between dumps, 0 for none")
 
     home = Path(tempfile.mkdtemp(prefix="gvmgen-catalog-bench-"))
     os.environ.update(GVMGEN_HOME=str(home), PREFECT_HOME=str(home / "prefect"))
