@@ -27,11 +27,13 @@ On CUDA the LM runs in bf16, as the flow loads it (`load_for_scoring`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,11 +48,44 @@ SOURCES = ["testsrc2", "smptehdbars", "cellauto=rule=110", "life=mold=10:life_co
 STAGES = ("prepare_video", "compose_music", "finish_video")
 
 
-def dump_stacks_until(done: threading.Event, every: float) -> None:
-    """Every thread's stack every `every` seconds until `done` (a run that seems stuck: where it waits)."""
-    while not done.wait(every):
-        print(f"--stall-dump: every thread's stack, {time.strftime('%H:%M:%S')}", file=sys.stderr)
-        print_stacks()
+@contextlib.contextmanager
+def stall_dumps(every: float):
+    """While the block runs, every thread's stack every `every` seconds (where a run that seems stuck
+    waits). With py-spy on PATH (the `gpu` extra) from a shell loop outside this process: native frames
+    too (a CUDA call, a lock), and which thread holds the GIL; a thread stuck in C holding it would stop
+    any dump made from this process's Python. Else, or where py-spy may not read this process (ptrace
+    refused), Python's stacks from a thread."""
+    spy, pid, refused = shutil.which("py-spy"), os.getpid(), None
+    if spy:
+        try:
+            probe = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+            refused = probe.returncode and (probe.stderr.strip() or f"exit {probe.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            refused = str(e)
+    if spy and not refused:
+        loop = (f"while sleep {every:g} && kill -0 {pid} 2>/dev/null; do echo \"--stall-dump: py-spy, $(date +%T)\"; "
+                f"'{spy}' dump --native --pid {pid}; done")
+        watcher = subprocess.Popen(["sh", "-c", loop], stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+        try:
+            yield
+        finally:
+            os.killpg(watcher.pid, signal.SIGKILL)   # the loop and a dump under way
+            watcher.wait()
+        return
+    if refused:
+        print(f"--stall-dump: py-spy cannot read this process ({refused}); Python's stacks instead", file=sys.stderr)
+    done = threading.Event()
+
+    def dump() -> None:
+        while not done.wait(every):
+            print(f"--stall-dump: every thread's stack, {time.strftime('%H:%M:%S')}", file=sys.stderr)
+            print_stacks()
+
+    threading.Thread(target=dump, name="stall-dump", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def make_catalog(folder: Path, count: int, shortest: float, longest: float,
@@ -268,15 +303,10 @@ def run(args, home: Path):
             print(f"NVML unavailable ({type(e).__name__}: {e}); GPU busy share from CUDA events instead")
             busy = EventBusy([(StaticDecoder, "decode"), (GVMGen, "encode_video_frames"), (GVMGen, "decode_audio")])
     passes = PassCount()
-    done = threading.Event()
-    if args.stall_dump:
-        threading.Thread(target=dump_stacks_until, args=(done, args.stall_dump), daemon=True).start()
     started = time.time()
-    try:
+    with stall_dumps(args.stall_dump) if args.stall_dump else contextlib.nullcontext():
         state = score_catalog(str(home / "catalog"), str(home / "scored"), model=str(model_dir),
                               batch_videos=args.batch_videos, return_state=True)
-    finally:
-        done.set()
     ended = time.time()
     passes.stop()
     counts = state.result()

@@ -7,8 +7,9 @@
 #  2. the whole catalog (bench/catalog.py): $VIDEOS synthetic videos of 60-120 s through the score-catalog
 #     flow: catalog vs. generation-only throughput, the GPU's busy share (NVML with the `gpu` extra,
 #     `pip install -e .[gpu]`; else CUDA events), the prepare/compose/finish split; every thread's stack
-#     each minute while it runs (in the lease of 2026-11-27 no task of it ended in 3 minutes), stopped
-#     after CATALOG_S seconds (default 240) so that the steps after it still run;
+#     each minute while it runs (in the lease of 2026-11-27 no task of it ended in 3 minutes), with
+#     native frames and the GIL's holder where py-spy is on PATH (the `gpu` extra), stopped after
+#     CATALOG_S seconds (default 240) so that the steps after it still run;
 #  3. generation: the static-shape decoder replayed as CUDA graphs and the same step run eagerly, at
 #     batch 1 and 32 (audio-s per wall-s, ms a step, graph capture time per bucket), the graphs again
 #     with the span-masked fused self-attention instead of the split one (the decoder before it), the step

@@ -133,15 +133,28 @@ def settings_options(command):
     def with_settings(**kwargs):
         from gvmgen.settings import ScoreSettings
 
-        tree: dict = {}
-        for name, _, _, where in SETTINGS_OPTIONS:
-            value = kwargs.pop(name)
-            *parents, leaf = where.split(".")
-            node = tree
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value.value if isinstance(value, Enum) else value
-        return command(**kwargs, settings=ScoreSettings.from_dict(tree))
+        given = [(option, where, kwargs.pop(name)) for name, _, option, where in SETTINGS_OPTIONS]
+
+        def settings_of(chosen) -> ScoreSettings:
+            tree: dict = {}
+            for _, where, value in chosen:
+                *parents, leaf = where.split(".")
+                node = tree
+                for parent in parents:
+                    node = node.setdefault(parent, {})
+                node[leaf] = value.value if isinstance(value, Enum) else value
+            return ScoreSettings.from_dict(tree)
+
+        try:
+            settings = settings_of(given)
+        except ValueError as e:  # named by the option that alone makes it (the library names the setting)
+            for one in given:
+                try:
+                    settings_of([one])
+                except ValueError:
+                    raise ValueError(f"{one[0].param_decls[0]}: {e}") from None
+            raise
+        return command(**kwargs, settings=settings)
 
     with_settings.__signature__ = signature.replace(parameters=own + shared)
     return with_settings

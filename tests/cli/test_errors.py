@@ -59,8 +59,8 @@ CASES = {
     "eval of a run that does not exist": (["eval", "999"], "no run 999"),
     "eval of a library never scored": (["eval", "library"], "library: neither a run id nor a catalog that has been scored"),
     "runs show of a run that does not exist": (["runs", "show", "999"], "no run 999"),
-    "a seed beyond 64 bits": (["score", "library", "--out", "out", "--seed", "9223372036854775808"], "seed must lie between 0 and 2147483647"),
-    "a negative seed to generate": (["generate", VIDEO, "-o", "out.mp4", "--seed", "-5"], "seed must lie between 0 and"),
+    "a seed beyond 64 bits": (["score", "library", "--out", "out", "--seed", "9223372036854775808"], "--seed: seed must lie between 0 and 2147483647"),
+    "a negative seed to generate": (["generate", VIDEO, "-o", "out.mp4", "--seed", "-5"], "--seed: seed must lie between 0 and"),
     "a batch of no videos": (["score", "library", "--out", "out", "--batch-videos", "0"], "batch_videos (--batch-videos) must lie between 1 and 64, got 0"),
     "a negative batch": (["score", "library", "--out", "out", "--batch-videos", "-3"], "batch_videos (--batch-videos)"),
     "a negative lease": (["score", "library", "--out", "out", "--lease", "-1"], "lease_s (--lease) must lie between 1 and"),
@@ -99,7 +99,8 @@ CASES = {
         "broken/model.safetensors: the model weights do not fit its configuration (gvmgen_config.json): size mismatch "
         "for ", {"setup": _weights_of_other_shapes}),
     "a loudness target out of range": (["score", "library", "--out", "out", "--loudness", "+10"],
-                                       "the loudness target must lie between -40 and -5 LUFS, got 10"),
+                                       "--loudness: the loudness target must lie between -40 and -5 LUFS, got 10"),
+    "too many channels": (["generate", VIDEO, "-o", "out.mp4", "--channels", "6"], "--channels: channels must be 1 or 2, got 6"),
     "an S3 URL to inspect": (["inspect", "s3://bucket/clips/a.mp4"], "s3://bucket/clips/a.mp4: not a local file "
                              "(inspect works on local files; `gvmgen score` reads and writes s3:// URLs)"),
     "an S3 URL to generate into": (["generate", VIDEO, "-o", "s3://bucket/a.mp4"], "s3://bucket/a.mp4: not a local file"),
