@@ -412,6 +412,13 @@ class LMMode(str, Enum):
     lora = "lora"
 
 
+class Variant(str, Enum):  # gvmgen.model.config.FEATURE_TRANSFORMATIONS (a test holds them equal)
+    official = "official"
+    residual = "residual"
+    mean_pool = "mean-pool"
+    cls = "cls"
+
+
 @app.command()
 def finetune(
     source: str = typer.Argument(..., help="Videos with the music to learn: their own audio track, or a file "
@@ -425,8 +432,8 @@ def finetune(
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate (after a linear warm-up, then cosine decay)."),
     store: str = typer.Option(None, "--store", help="Where shards and the model go (folder or s3://...; "
                               "default GVMGEN_HOME/store)."),
-    variant: str = typer.Option(None, "--variant", help="The feature transformation: official, residual, "
-                                "mean-pool or cls (default: the base's; another one starts fresh)."),
+    variant: Variant = typer.Option(None, "--variant", help="The feature transformation (default: the base's; "
+                                    "another one starts fresh)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Fine-tune a model on a catalog and register it as model version NAME (the finetune flow).
@@ -441,7 +448,7 @@ def finetune(
     _prefect_ready()
     with _training_progress(name, steps, disable=as_json or OPTIONS["quiet"]):
         result = finetune_flow(source, name, base=base, steps=steps, lm=lm.value, batch_size=batch_size,
-                               lr=lr, store=store, variant=variant)
+                               lr=lr, store=store, variant=variant and variant.value)
     if as_json:
         print(json.dumps(result))
     elif not OPTIONS["quiet"]:
@@ -850,7 +857,9 @@ def main():
         if type(e).__name__ == "NoArgsIsHelpError":
             e.show()
         else:
-            console.print(f"error: {e.format_message()}", markup=False, highlight=False)
+            # typer words a bad choice "Invalid value for '--stitch': Value error, 'x' is not one of ..."
+            console.print(f"error: {e.format_message().replace(': Value error, ', ': ', 1)}", markup=False,
+                          highlight=False)
         code = e.exit_code
     except Exception as e:
         if OPTIONS["debug"]:  # the traceback, and the same exit status

@@ -253,6 +253,7 @@ def test_the_command_lines_settings_options_are_the_settings_own():
     from gvmgen.generate import STITCH_MODES
     from gvmgen.media.frames import DETECTORS
     from gvmgen.media.mux import MUX_MODES
+    from gvmgen.model.config import FEATURE_TRANSFORMATIONS
     from gvmgen.settings import TRACK_FORMATS, ScoreSettings
 
     defaults = ScoreSettings().to_dict()
@@ -262,5 +263,5 @@ def test_the_command_lines_settings_options_are_the_settings_own():
             node = node[part]
         default = option.default.value if isinstance(option.default, Enum) else option.default
         assert default == node, name
-    assert [[m.value for m in enum] for enum in (cli.Stitch, cli.Detector, cli.MuxMode, cli.TrackFormat)] == [
-        list(STITCH_MODES), list(DETECTORS), list(MUX_MODES), list(TRACK_FORMATS)]
+    assert [[m.value for m in enum] for enum in (cli.Stitch, cli.Detector, cli.MuxMode, cli.TrackFormat, cli.Variant)] == [
+        list(STITCH_MODES), list(DETECTORS), list(MUX_MODES), list(TRACK_FORMATS), list(FEATURE_TRANSFORMATIONS)]

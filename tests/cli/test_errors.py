@@ -71,6 +71,8 @@ CASES = {
     "a model misspelt": (["generate", VIDEO, "-o", "out.mp4", "--model", "tinny"], "model 'tinny': neither a preset "
                          "(tiny, small, medium), a published model version, nor a checkpoint folder; did you mean tiny?"),
     "a training of no steps": (["finetune", "library", "--name", "studio", "--steps", "0"], "steps must be at least 1, got 0"),
+    "an unknown feature transformation": (["finetune", "library", "--name", "studio", "--variant", "bogus"],
+                                          "Invalid value for '--variant': 'bogus' is not one of"),
     "a model name that is a path": (["finetune", "library", "--name", "studio/v2"], "model name 'studio/v2': use letters"),
     "an unreachable PostgreSQL": (["runs", "list"], f"GVMGEN_DATABASE_URL: {POSTGRES.replace('secret-password', '***')}: "
                                   "the database is unreachable or refused", {"env": {"GVMGEN_DATABASE_URL": POSTGRES}}),
