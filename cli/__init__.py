@@ -765,7 +765,7 @@ def videos_list(status: VideoStatus = typer.Option(None, "--status", help="Only 
             raise ValueError(f"--catalog {catalog}: no such catalog (gvmgen runs list shows the sources)")
         names = dict(session.execute(select(Catalog.id, Catalog.name)).all())
         rows = [{"id": v.id, "catalog": names[v.catalog_id], "key": v.key, "status": s, "duration": v.duration,
-                 "source": v.source_uri, "stage": e.stage if e else None, "cause": e.cause if e else None}
+                 "source": v.source_uri, "stage": e.stage if e else None, "cause": repo.cause_for(v, e) if e else None}
                 for v, s, e in repo.videos(session, status.value if status else None, only)]
     columns = ["id", "key", "status", "duration", "stage", "cause"]
     _emit(rows, as_json, columns if only else ["id", "catalog", *columns[1:]], fold=("catalog", "key", "cause"))

@@ -399,7 +399,7 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
     if job.status == "failed":
         error = repo.content_error(session, video.content_hash)
         if error is not None and error.run_id == ctx.run_id:  # its content failed in this run, under another key
-            return result_row(video.key, "failed", cause=error.cause)
+            return result_row(video.key, "failed", cause=repo.cause_for(video, error))
         return failed_earlier(video, error)
     return result_row(video.key, "elsewhere", cause=f"leased by {job.owner}")
 
@@ -407,8 +407,7 @@ def not_claimed(session, ctx: RunContext, owner: str, video: Video, model_row: M
 def failed_earlier(video: Video, error: VideoError | None) -> dict:
     """The row of a video that stands failed: the cause it failed with, or that its content failed with
     under another key (another catalog's, say)."""
-    cause = "failed before" if error is None else error.cause if error.video_id == video.id else \
-        f"its content failed before, as {error.cause}"
+    cause = "failed before" if error is None else repo.cause_for(video, error)
     return result_row(video.key, "failed earlier", cause=cause)
 
 
@@ -745,7 +744,8 @@ def duplicates_settled(ctx: RunContext, rows: list[dict]) -> dict[str, dict]:
                 settled[row["video"]] = result_row(row["video"], "skipped")
             elif row["status"] == "skipped" and status == "failed":
                 error = repo.content_error(session, video.content_hash)
-                settled[row["video"]] = result_row(row["video"], "failed", cause=error.cause if error else "failed")
+                settled[row["video"]] = result_row(row["video"], "failed",
+                                                   cause=repo.cause_for(video, error) if error else "failed")
             elif row["status"] == "skipped" and status == "pending":
                 settled[row["video"]] = result_row(row["video"], "pending", cause=(
                     "left for the next run: the same content under another key was not scored"))

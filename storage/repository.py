@@ -499,6 +499,12 @@ def content_error(session: Session, content_hash: str) -> VideoError | None:
                           .order_by(VideoError.id.desc()).limit(1))
 
 
+def cause_for(video: Video, error: VideoError) -> str:
+    """An error's cause as said of `video`: one recorded against another video of the same content (a
+    copy under another key, another catalog's) says so, for its cause names that video's file."""
+    return error.cause if error.video_id == video.id else f"the same content as another file, which failed: {error.cause}"
+
+
 def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoError]:
     """The latest recorded error of each of these videos."""
     if not video_ids:

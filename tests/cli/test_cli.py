@@ -103,6 +103,7 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
         now = datetime.now(timezone.utc)
         good, _ = repo.register_video(session, cat, ObjectInfo("good.mp4", 1, None, now), "file:///lib/good.mp4", "sha256:1")
         bad, _ = repo.register_video(session, cat, ObjectInfo("bad.mp4", 1, None, now), "file:///lib/bad.mp4", "sha256:2")
+        repo.register_video(session, cat, ObjectInfo("copy.mp4", 1, None, now), "file:///lib/copy.mp4", "sha256:2")
         settings = {"generation": {"seed": 7, "stitch": "continue"}, "target_lufs": -23.0}
         run = repo.start_run(session, cat, model, settings, {"source": "/lib", "output": "/out", "model": "tiny",
                                                              "settings": settings})
@@ -117,7 +118,9 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     shown = json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)
     assert shown["failures"] == [{"video": "bad.mp4", "stage": "score", "cause": "MediaError: bad.mp4: not a readable media file"}]
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
-    assert [v["key"] for v in failed] == ["bad.mp4"]
+    assert [(v["key"], v["cause"]) for v in failed] == [   # the copy's cause names bad.mp4: it says why
+        ("bad.mp4", "MediaError: bad.mp4: not a readable media file"),
+        ("copy.mp4", "the same content as another file, which failed: MediaError: bad.mp4: not a readable media file")]
     assert _gvmgen("runs", "show", "999").returncode == 2
     # and as people read them: the settings that differ from the defaults, no Python reprs, no "None"
     text = _gvmgen("runs", "show", str(run.id)).stdout
@@ -135,9 +138,9 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
         session.commit()
     everything = json.loads(_gvmgen("videos", "list", "--json").stdout)
     assert sorted((v["catalog"], v["key"]) for v in everything) == [("clips", "music.mp4"), ("lib", "bad.mp4"),
-                                                                    ("lib", "good.mp4")]
+                                                                    ("lib", "copy.mp4"), ("lib", "good.mp4")]
     assert [v["key"] for v in json.loads(_gvmgen("videos", "list", "--catalog", "file:///lib", "--json").stdout)] == \
-        ["good.mp4", "bad.mp4"]
+        ["good.mp4", "bad.mp4", "copy.mp4"]
     assert json.loads(_gvmgen("runs", "list", "--json").stdout)[0]["model"] == "tiny@20260101T000000"
     models = json.loads(_gvmgen("models", "list", "--json").stdout)
     assert [(m["name"], m["kind"]) for m in models] == [("tiny@20260101T000000", "preset")]
