@@ -660,12 +660,12 @@ def runs_list(limit: int = typer.Option(20, "--limit", help="How many of the lat
 
     with connect()() as session:
         rows = [{"id": r.id, "status": r.status, "started": r.started_at, "finished": r.finished_at,
-                 "took": _took(r.started_at, r.finished_at), "scored": r.scored, "skipped": r.skipped,
-                 "failed": r.failed, "failed_earlier": r.failed_earlier, "source": r.parameters.get("source"),
+                 "took": _took(r.started_at, r.finished_at), "scored": r.scored, "skipped": r.skipped - r.copied,
+                 "copied": r.copied, "failed": r.failed, "failed_earlier": r.failed_earlier, "source": r.parameters.get("source"),
                  "output": r.parameters.get("output"), "model": _model_of(session, r), "cause": r.cause}
                 for r in repo.runs(session, limit)]
-    _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "failed", "failed_earlier", "model", "source",
-                          "output", "cause"], fold=("source", "output", "cause"))
+    _emit(rows, as_json, ["id", "status", "started", "scored", "skipped", "copied", "failed", "failed_earlier", "model",
+                          "source", "output", "cause"], fold=("source", "output", "cause"))
 
 
 def _model_of(session, run) -> str:
@@ -699,7 +699,7 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
         report = {"id": run.id, "status": run.status, "cause": run.cause, "worker": run.worker,
                   "model": _model_of(session, run),
                   "started": run.started_at, "finished": run.finished_at, "parameters": run.parameters,
-                  "scored": run.scored, "skipped": run.skipped, "failed": run.failed,
+                  "scored": run.scored, "skipped": run.skipped - run.copied, "copied": run.copied, "failed": run.failed,
                   "failed_earlier": run.failed_earlier,
                   "failures": [{"video": v.key, "stage": e.stage, "cause": e.cause} for e, v in repo.errors(session, run)]}
     if as_json:
@@ -715,7 +715,8 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
              ("source", parameters.get("source")), ("output", parameters.get("output")),
              ("model", report["model"]),
              ("settings", ", ".join(f"{k}={v}" for k, v in changed.items()) or "the defaults"),
-             ("videos", f"{report['scored']} scored, {report['skipped']} skipped, {report['failed']} failed, "
+             ("videos", f"{report['scored']} scored, {report['skipped']} skipped (done before), {report['copied']} "
+                        f"copied (the same content, scored before), {report['failed']} failed, "
                         f"{report['failed_earlier']} failed earlier")]
     out.print(f"run {report['id']}", markup=False, highlight=False)
     for name, value in lines:

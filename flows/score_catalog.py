@@ -809,7 +809,8 @@ def close_run(run_id: int, owners: list[str], rows: list[dict], status: str, cau
         for owner in owners:
             repo.release_owner(session, owner)
         repo.finish_run(session, session.get(Run, run_id), status, repo.outputs_recorded(session, run_id),
-                        counts["skipped"], counts["failed"], counts["failed_earlier"], cause)
+                        counts["skipped"], counts["failed"], counts["failed_earlier"], cause,
+                        copied=sum(r["status"] == "copied" for r in rows))
 
 
 @contextlib.contextmanager

@@ -89,6 +89,8 @@ class Run(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     failed_earlier: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # not retried
+    copied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # of the skipped: given a copy
+                                                                                  # of another key's output
 
 
 class Job(Base):

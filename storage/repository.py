@@ -145,15 +145,17 @@ def start_run(session: Session, cat: Catalog, model: ModelVersion, settings: dic
     run.model_version_id, run.settings_hash, run.parameters = model.id, settings_hash(settings), parameters
     run.status, run.started_at, run.finished_at, run.videos, run.worker, run.cause = \
         "running", utcnow(), None, videos, worker, None
-    run.scored = run.skipped = run.failed = run.failed_earlier = 0
+    run.scored = run.skipped = run.failed = run.failed_earlier = run.copied = 0
     session.commit()
     return run
 
 
 def finish_run(session: Session, run: Run, status: str, scored: int, skipped: int, failed: int,
-               failed_earlier: int = 0, cause: str | None = None) -> None:
+               failed_earlier: int = 0, cause: str | None = None, copied: int = 0) -> None:
+    """The run's end and its counts; `copied`: how many of the `skipped` got a copy of the output of the
+    same content under another key."""
     run.status, run.finished_at, run.cause = status, utcnow(), cause
-    run.scored, run.skipped, run.failed, run.failed_earlier = scored, skipped, failed, failed_earlier
+    run.scored, run.skipped, run.failed, run.failed_earlier, run.copied = scored, skipped, failed, failed_earlier, copied
     session.commit()
 
 

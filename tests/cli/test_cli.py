@@ -111,10 +111,10 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
             job = repo.claim(session, video, model, repo.settings_hash(settings), owner="w")
             repo.release(session, job, "w", status)
         repo.record_error(session, bad, run, "score", "MediaError: bad.mp4: not a readable media file")
-        repo.finish_run(session, run, "completed", scored=1, skipped=0, failed=1)
+        repo.finish_run(session, run, "completed", scored=1, skipped=3, failed=1, copied=2)
 
     listed = json.loads(_gvmgen("runs", "list", "--json").stdout)
-    assert [(r["id"], r["scored"], r["failed"]) for r in listed] == [(run.id, 1, 1)]
+    assert [(r["id"], r["scored"], r["skipped"], r["copied"], r["failed"]) for r in listed] == [(run.id, 1, 1, 2, 1)]
     shown = json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)
     assert shown["failures"] == [{"video": "bad.mp4", "stage": "score", "cause": "MediaError: bad.mp4: not a readable media file"}]
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
@@ -125,11 +125,13 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     # and as people read them: the settings that differ from the defaults, no Python reprs, no "None"
     text = _gvmgen("runs", "show", str(run.id)).stdout
     assert "  settings  generation.seed=7, target_lufs=-23.0\n" in text and "  source    /lib\n" in text, text
+    assert "  videos    1 scored, 1 skipped (done before), 2 copied (the same content, scored before), 1 failed, " \
+           "0 failed earlier\n" in text, text
     assert "  bad.mp4 (score): MediaError: bad.mp4: not a readable media file" in text and "{" not in text
     (header, _, row) = _gvmgen("runs", "list").stdout.strip().splitlines()
-    assert header.split() == ["id", "status", "started", "scored", "skipped", "failed", "failed", "earlier", "model",
-                              "source", "output", "cause"]
-    assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "0", "1", "0", "tiny", "/lib", "/out"]
+    assert header.split() == ["id", "status", "started", "scored", "skipped", "copied", "failed", "failed", "earlier",
+                              "model", "source", "output", "cause"]
+    assert row.split()[:2] == [str(run.id), "completed"] and row.split()[4:] == ["1", "1", "2", "1", "0", "tiny", "/lib", "/out"]
 
     with connect()() as session:   # a fine-tuning's catalog beside it, and a model published again since the run
         clips = repo.catalog(session, "clips", "file:///clips")

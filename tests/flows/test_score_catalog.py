@@ -187,7 +187,7 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
 
     from flows.score_catalog import score_catalog
     from storage.db import connect
-    from storage.models import Output, Video
+    from storage.models import Output, Run, Video
 
     # names a file URI percent-encodes: the copy is found again from the recorded URI
     library, out = tmp_path / "Post Prod" / "library", tmp_path / "Post Prod" / "scored"
@@ -203,6 +203,8 @@ def test_the_same_file_twice_is_scored_once_and_both_get_the_output(prefect_engi
     assert (out / "counter.flac").read_bytes() == (out / "copies" / "counter 50%.flac").read_bytes()
     with connect()() as session:
         assert len(session.scalars(select(Output)).all()) == 1
+        run = session.get(Run, summary["run"])
+        assert (run.scored, run.skipped, run.copied) == (1, 1, 1)   # what runs list shows
         probes = {v.key: (v.duration, v.width, v.fps, [(s.start, s.end) for s in v.shots])
                   for v in session.scalars(select(Video))}
     assert probes["copies/counter 50%.mp4"] == probes["counter.mp4"] and probes["counter.mp4"][0] > 0   # the copy's too
