@@ -136,6 +136,11 @@ def connect(url: str | None = None) -> sessionmaker[Session]:
             cause = str(e.orig or e).strip().splitlines()[0]
             raise ConnectionError(f"{_named(url, _hidden(url))}: the database is unreachable or refused: "
                                   f"{cause}") from None
+        current, needed = _revisions(engine, url)
+        if current != needed:  # else the first query of a column added since fails, mid-run
+            raise ValueError(f"{_named(url, _hidden(url))}: its schema is at revision "
+                             f"{', '.join(sorted(current)) or 'none'}, this gvmgen needs {', '.join(sorted(needed))}: "
+                             "run `gvmgen db upgrade` (once, from one machine)")
     else:
         try:
             migrated = _at_head(engine, url)
@@ -148,10 +153,16 @@ def connect(url: str | None = None) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def _at_head(engine: Engine, url: str) -> bool:
+def _revisions(engine: Engine, url: str) -> tuple[set[str], set[str]]:
+    """The database's schema revisions, and those of this gvmgen's migrations (their heads)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
-    return current == set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    return current, set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+def _at_head(engine: Engine, url: str) -> bool:
+    current, needed = _revisions(engine, url)
+    return current == needed

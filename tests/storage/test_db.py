@@ -392,3 +392,23 @@ def test_a_catalog_recorded_by_a_relative_name_is_taken_over_not_doubled(databas
     assert repo.catalog(session, "other", absolute).id != old.id      # a name of the user's own is its own catalog
     s3 = repo.catalog(session, "s3://bucket/lib/", "s3://bucket/lib/")
     assert repo.catalog(session, "s3://bucket/lib", "s3://bucket/lib").id == s3.id
+
+
+def test_a_server_behind_the_migrations_is_refused_with_what_to_run(database_url):
+    """A shared database is migrated by `gvmgen db upgrade` only; one left behind by an upgrade of gvmgen
+    is refused when first reached (not by a query failing mid-run on a column added since)."""
+    import pytest
+    from alembic.script import ScriptDirectory
+
+    from storage.db import alembic_config
+
+    if database_url.startswith("sqlite"):
+        pytest.skip("the embedded database is migrated on first use (test above)")
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_revision("head")
+    upgrade(database_url, head.down_revision)
+    with pytest.raises(ValueError, match=rf"its schema is at revision {head.down_revision}, this gvmgen needs "
+                                         rf"{head.revision}: run `gvmgen db upgrade`"):
+        connect(database_url)
+    upgrade(database_url)
+    with connect(database_url)() as session:
+        assert repo.runs(session, 5) == []
