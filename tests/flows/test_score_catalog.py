@@ -481,18 +481,26 @@ def test_an_output_inside_the_library_is_never_a_source_even_once_another_is_cho
 
 @pytest.mark.slow
 def test_a_flow_run_prints_its_threads_stacks_on_sigusr1_and_goes_on(prefect_engine, tmp_path, capfd):
-    """As a Prefect worker's flow run, which the command line's handler does not reach."""
+    """As a Prefect worker's flow run, which the command line's handler does not reach. The run also
+    shortens the GIL's switch interval for its process (launches wait less beside Python threads)."""
     import os
     import signal
+    import sys
     import threading
 
-    from flows.score_catalog import score_catalog
+    from flows.score_catalog import GIL_SWITCH_S, score_catalog
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers belong to the main thread")
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # whatever an earlier test in this process set
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)                   # Python's default, whatever an earlier test left
     (tmp_path / "library").mkdir()
-    score_catalog(str(tmp_path / "library"), str(tmp_path / "out"), model="tiny")
+    try:
+        score_catalog(str(tmp_path / "library"), str(tmp_path / "out"), model="tiny")
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_S)
+    finally:
+        sys.setswitchinterval(interval)
     capfd.readouterr()
     os.kill(os.getpid(), signal.SIGUSR1)            # unhandled, this would end the process
     err = capfd.readouterr().err
