@@ -138,9 +138,12 @@ def connect(url: str | None = None) -> sessionmaker[Session]:
                                   f"{cause}") from None
         current, needed = _revisions(engine, url)
         if current != needed:  # else the first query of a column added since fails, mid-run
+            known = _known_revisions(url)
+            action = "run `gvmgen db upgrade` (once, from one machine)" if current <= known else \
+                "a newer gvmgen migrated it: upgrade this one"
             raise ValueError(f"{_named(url, _hidden(url))}: its schema is at revision "
                              f"{', '.join(sorted(current)) or 'none'}, this gvmgen needs {', '.join(sorted(needed))}: "
-                             "run `gvmgen db upgrade` (once, from one machine)")
+                             f"{action}")
     else:
         try:
             migrated = _at_head(engine, url)
@@ -161,6 +164,12 @@ def _revisions(engine: Engine, url: str) -> tuple[set[str], set[str]]:
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
     return current, set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+
+
+def _known_revisions(url: str) -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config(url)).walk_revisions()}
 
 
 def _at_head(engine: Engine, url: str) -> bool:

@@ -394,9 +394,10 @@ def test_a_catalog_recorded_by_a_relative_name_is_taken_over_not_doubled(databas
     assert repo.catalog(session, "s3://bucket/lib", "s3://bucket/lib").id == s3.id
 
 
-def test_a_server_behind_the_migrations_is_refused_with_what_to_run(database_url):
+def test_a_server_behind_or_ahead_of_the_migrations_is_refused_with_what_to_do(database_url):
     """A shared database is migrated by `gvmgen db upgrade` only; one left behind by an upgrade of gvmgen
-    is refused when first reached (not by a query failing mid-run on a column added since)."""
+    is refused when first reached (not by a query failing mid-run on a column added since), as is one a
+    newer gvmgen migrated."""
     import pytest
     from alembic.script import ScriptDirectory
 
@@ -412,3 +413,8 @@ def test_a_server_behind_the_migrations_is_refused_with_what_to_run(database_url
     upgrade(database_url)
     with connect(database_url)() as session:
         assert repo.runs(session, 5) == []
+    with make_engine(database_url).begin() as conn:   # as a newer gvmgen's migration would leave it
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(ValueError, match=rf"at revision 9999, this gvmgen needs {head.revision}: a newer gvmgen "
+                                         "migrated it: upgrade this one"):
+        connect(database_url)
