@@ -701,7 +701,8 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
                   "started": run.started_at, "finished": run.finished_at, "parameters": run.parameters,
                   "scored": run.scored, "skipped": run.skipped - run.copied, "copied": run.copied, "failed": run.failed,
                   "failed_earlier": run.failed_earlier,
-                  "failures": [{"video": v.key, "stage": e.stage, "cause": e.cause} for e, v in repo.errors(session, run)]}
+                  "failures": [{"video": v.key, "stage": e.stage, "cause": repo.cause_for(v, e)}
+                               for e, v in repo.errors(session, run)]}
     if as_json:
         print(json.dumps(report, default=str))
         return

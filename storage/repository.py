@@ -516,8 +516,16 @@ def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoErro
 
 
 def errors(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
-    return list(session.execute(select(VideoError, Video).join(Video).where(VideoError.run_id == run.id)
-                                .order_by(VideoError.id)).tuples())
+    """The failures of a run: each error it recorded, with its video, then the copies in its catalog of
+    a video that failed in it (the same content under another key, failed with it; see `cause_for`)."""
+    recorded = list(session.execute(select(VideoError, Video).join(Video).where(VideoError.run_id == run.id)
+                                    .order_by(VideoError.id)).tuples())
+    by_content = {video.content_hash: error for error, video in recorded if error.stage != "output"}
+    copies = session.scalars(select(Video).where(Video.catalog_id == run.catalog_id,
+                                                 Video.content_hash.in_(by_content),
+                                                 Video.id.not_in([video.id for _, video in recorded]))
+                             .order_by(Video.id)) if by_content else []
+    return recorded + [(by_content[video.content_hash], video) for video in copies]
 
 
 # ---- training --------------------------------------------------------------------------------------

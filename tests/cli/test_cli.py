@@ -116,7 +116,10 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     listed = json.loads(_gvmgen("runs", "list", "--json").stdout)
     assert [(r["id"], r["scored"], r["skipped"], r["copied"], r["failed"]) for r in listed] == [(run.id, 1, 1, 2, 1)]
     shown = json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)
-    assert shown["failures"] == [{"video": "bad.mp4", "stage": "score", "cause": "MediaError: bad.mp4: not a readable media file"}]
+    assert shown["failures"] == [   # the copy too, which failed with bad.mp4 (it shares its job)
+        {"video": "bad.mp4", "stage": "score", "cause": "MediaError: bad.mp4: not a readable media file"},
+        {"video": "copy.mp4", "stage": "score",
+         "cause": "the same content as another file, which failed: MediaError: bad.mp4: not a readable media file"}]
     failed = json.loads(_gvmgen("videos", "list", "--status", "failed", "--json").stdout)
     assert [(v["key"], v["cause"]) for v in failed] == [   # the copy's cause names bad.mp4: it says why
         ("bad.mp4", "MediaError: bad.mp4: not a readable media file"),
