@@ -30,40 +30,8 @@ from .media.stitching import stitch
 from .model.decoding import BATCH_BUCKETS, Sampling, batch_bucket
 from .model.delay import delay, undelay
 from .model.gvmgen import GVMGen
+from .settings import GenerationSettings
 from .windows import Window, plan_windows
-
-STITCH_MODES = ("continue", "parallel")
-DEFAULT_OVERLAP_S = {"continue": 12.0, "parallel": 4.0}
-
-
-SEED_RANGE = (0, 2**31 - 1)  # outputs record it in an SQL INTEGER
-
-
-@dataclass
-class GenerationSettings:
-    stitch: str = "continue"
-    window_s: float = 30.0           # the length the model was trained on
-    overlap_s: float | None = None   # None: 12 s for continue (prompt length), 4 s for parallel
-    cut_snap_s: float = 4.0          # a seam at most this far after a shot cut moves back to it
-    condition: str = "window"        # "window": each window hears its own frames; "video": every frame (official)
-    batch_size: int = 8              # windows per forward pass (twice the rows with guidance)
-    seed: int | None = 0             # the same seed, the same music for a video; None: a fresh random seed each time
-    guidance_scale: float | None = None  # None: the model config's (3.0)
-    top_k: int | None = None             # None: the model config's (250)
-    temperature: float | None = None     # None: the model config's (1.0); 0 samples greedily
-
-    def __post_init__(self):
-        if self.stitch not in STITCH_MODES:
-            raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
-        if self.overlap_s is None:
-            self.overlap_s = DEFAULT_OVERLAP_S[self.stitch]
-        if self.condition not in ("window", "video"):
-            raise ValueError(f"condition must be 'window' or 'video', got {self.condition!r}")
-        if not 0 < self.overlap_s < self.window_s:
-            raise ValueError(f"overlap_s must lie between 0 and window_s ({self.window_s}), got {self.overlap_s}")
-        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
-            raise ValueError(f"seed must lie between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {self.seed}")
-
 
 @dataclass
 class VisualTokens:

@@ -99,3 +99,15 @@ def test_settings_survive_a_round_trip_through_json():
 def test_the_key_is_the_sha256_of_the_canonical_json():
     # SHA-256 of the two bytes "{}" is 44136fa3...; the key keeps its first 32 hex digits
     assert settings_hash({}) == "44136fa355b3678a1146ad16f7e8649e"
+
+
+def test_the_settings_import_no_heavy_library():
+    """The command line checks its options through these settings before any work: importing them must
+    not import torch or the audio libraries (seconds each), or a mistyped option takes ten seconds to say so."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "scipy", "pyloudnorm", "cv2", "scenedetect")
+    done = subprocess.run([sys.executable, "-c", f"import sys, gvmgen.settings; print([m for m in {heavy!r} if m in sys.modules])"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -7,7 +7,8 @@ correction, since limiting lowers the loudness a little. A correction is a gain 
 which the next limiting can only make quieter, so the target is approached from below, never
 overshot. The limiter's gain never jumps: it ramps down over the look-ahead before each peak and
 recovers slowly after it, so it does not click. The true peak, the costly part, is computed twice
-per track (the input's, then the output's), not once per limiting pass: see `normalise`.
+per track (the input's, then the output's), not once per limiting pass: see `normalise`. pyloudnorm and
+SciPy are imported on first use: the settings read STREAMING from here, and must import fast.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyloudnorm
-from scipy.ndimage import minimum_filter1d, uniform_filter1d
-from scipy.signal import resample_poly
 
 STREAMING = -14.0   # LUFS: what the streaming platforms normalise to
 EBU_R128 = -23.0    # LUFS: broadcast
@@ -47,6 +45,8 @@ def true_peak(audio: np.ndarray) -> np.ndarray:
     """|x| upsampled 4x, folded back to one value per input sample (the max of its 4 sub-samples and,
     for (samples, channels) audio, of every channel). In float32: its error (~1e-7) is far below a
     meter's 0.1 dB, and it halves the memory the 4x signal streams through, the cost here."""
+    from scipy.signal import resample_poly
+
     audio = np.asarray(audio, dtype=np.float32).reshape(len(audio), -1)
     up = resample_poly(audio, 4, 1, axis=0)                                    # (4 * samples, channels)
     np.abs(up, out=up)
@@ -66,6 +66,8 @@ def limiter_gain(peaks: np.ndarray, sample_rate: int, ceiling_db: float, lookahe
     """The gain (samples,), at most 1, that brings a track whose true peaks are `peaks` (as `true_peak`
     gives them) to `ceiling_db` or below. It is flat over +-lookahead/2 around every peak it lowers (far
     more than the 4x interpolation's reach of 10 samples), ramps down before it and recovers after."""
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
     ceiling = 10 ** (ceiling_db / 20) * 0.995   # a hair of margin for the meter's own interpolation
     need = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))            # the gain each sample needs
     ahead, release = max(1, int(lookahead_s * sample_rate)), max(1, int(release_s * sample_rate))
@@ -89,6 +91,8 @@ def normalise(audio: np.ndarray, sample_rate: int, target_lufs: float = STREAMIN
     around every peak the limiter lowers; elsewhere it is close, and the output's true peak is measured
     once at the end, with one more limiting pass in the rare case it still exceeds the ceiling. The 4x
     oversampled peak is the costly part (two passes instead of one per limiting)."""
+    import pyloudnorm
+
     meter = pyloudnorm.Meter(sample_rate)
     audio = np.asarray(audio, dtype=np.float64)
     measured = meter.integrated_loudness(audio)
@@ -130,6 +134,8 @@ def short_term_loudness(audio: np.ndarray, sample_rate: int, hop_s: float = 0.5,
     ends = np.arange(block, len(audio) + 1, hop)
     if not len(ends):
         return ends / sample_rate, np.zeros(0)
+    import pyloudnorm
+
     meter = pyloudnorm.Meter(sample_rate, block_size=block / sample_rate, overlap=1 - hop / block)
     meter.integrated_loudness(audio)
     values = np.asarray(meter.blockwise_loudness[:len(ends)], dtype=np.float64)

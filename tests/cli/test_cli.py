@@ -258,7 +258,7 @@ def test_the_command_lines_settings_options_are_the_settings_own():
     from enum import Enum
 
     import cli
-    from gvmgen.generate import STITCH_MODES
+    from gvmgen.settings import STITCH_MODES
     from gvmgen.media.frames import DETECTORS
     from gvmgen.media.mux import MUX_MODES
     from gvmgen.model.config import FEATURE_TRANSFORMATIONS
