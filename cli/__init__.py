@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from flows import embedded_prefect_environment, stacks_on_sigusr1
+from flows import BATCH_RANGE, LEASE_RANGE, embedded_prefect_environment, stacks_on_sigusr1
 
 # Plain help (click's): paragraphs rewrapped to the terminal, flags shown without a value
 PLAIN = dict(no_args_is_help=True, rich_markup_mode=None)
@@ -340,9 +340,10 @@ def score(
                               "model's name, or a checkpoint directory."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Score again the videos that failed before."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in the output that no run of gvmgen wrote."),
-    lease_s: float = typer.Option(900, "--lease", help="Seconds a worker's claim on a video lasts (a crashed "
-                                  "worker's videos are taken again after it; 1 to 604800)."),
-    batch_videos: int = typer.Option(4, "--batch-videos", help="Videos composing together, their windows in the model's batches (1 to 64)."),
+    lease_s: float = typer.Option(900, "--lease", min=LEASE_RANGE[0], max=LEASE_RANGE[1], help="Seconds a worker's "
+                                  "claim on a video lasts (a crashed worker's videos are taken again after it)."),
+    batch_videos: int = typer.Option(4, "--batch-videos", min=BATCH_RANGE[0], max=BATCH_RANGE[1],
+                                     help="Videos composing together, their windows in the model's batches."),
     dask: str = typer.Option(None, "--dask", help="Run media work on a Dask cluster: its scheduler address, "
                              "or 'local' for a local cluster (needs prefect-dask)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -7,6 +7,11 @@ import threading
 import traceback
 from pathlib import Path
 
+# The score-catalog flow's own parameters' ranges; here, where the command line reads them without
+# importing Prefect, to refuse a value out of range before it starts anything.
+BATCH_RANGE = (1, 64)              # batch_videos
+LEASE_RANGE = (1, 7 * 24 * 3600)   # lease_s, seconds
+
 
 def embedded_prefect_environment(home: Path) -> None:
     """Defaults for Prefect in embedded mode (its temporary server, no PREFECT_API_URL), before Prefect

@@ -58,7 +58,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from flows import stacks_on_sigusr1
+from flows import BATCH_RANGE, LEASE_RANGE, stacks_on_sigusr1
 from gvmgen.files import scratch
 from gvmgen.generate import Composer, MusicGenerator
 from gvmgen.media.mux import check_container
@@ -77,8 +77,6 @@ GPU_LIMIT = "gpu"            # the global concurrency limit that model work runs
 GPU_LEASE_S = 60             # renewed while held; a killed process's slot is reclaimed after this (the least Prefect takes)
 MAX_ATTEMPTS = 3             # infrastructure failures of one video before it is failed
 VIDEO_FAULTS = (MediaError, ObjectError)  # the file's fault; anything else is the infrastructure's
-BATCH_RANGE = (1, 64)
-LEASE_RANGE = (1, 7 * 24 * 3600)
 # The flow's threads: one composes for the whole run, the rest prepare and finish (ffmpeg, scene
 # detection, loudness, uploads). A core each (those this process may use): a fixed four left three videos
 # at a time to prepare and finish on any host, with 2 x batch_videos waiting. Four at the least, so a small

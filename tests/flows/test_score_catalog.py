@@ -505,3 +505,14 @@ def test_a_flow_run_prints_its_threads_stacks_on_sigusr1_and_goes_on(prefect_eng
     os.kill(os.getpid(), signal.SIGUSR1)            # unhandled, this would end the process
     err = capfd.readouterr().err
     assert "MainThread" in err and "in test_a_flow_run_prints_its_threads_stacks" in err
+
+
+@pytest.mark.parametrize("batch_videos, lease_s, named", [(0, 900, "batch_videos"), (65, 900, "batch_videos"),
+                                                          (4, 0.5, "lease_s"), (4, 8 * 24 * 3600, "lease_s")])
+def test_a_deployments_parameters_out_of_range_are_refused_before_any_work(tmp_path, batch_videos, lease_s, named):
+    """The command line refuses them as it reads its options; a deployment's parameters meet this check."""
+    from flows.score_catalog import preflight
+
+    with pytest.raises(ValueError, match=rf"^{named} \(--[a-z-]+\) must lie between"):
+        preflight(str(tmp_path / "nowhere"), str(tmp_path / "out"), "tiny", None, batch_videos, lease_s)
+    assert not (tmp_path / "out").exists()
