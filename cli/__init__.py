@@ -703,7 +703,9 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
                   "scored": run.scored, "skipped": run.skipped - run.copied, "copied": run.copied, "failed": run.failed,
                   "failed_earlier": run.failed_earlier,
                   "failures": [{"video": v.key, "stage": e.stage, "cause": repo.cause_for(v, e)}
-                               for e, v in repo.errors(session, run)]}
+                               for e, v in repo.errors(session, run)],
+                  "failed_earlier_videos": [{"video": v.key, "stage": e.stage, "cause": repo.cause_for(v, e)}
+                                            for e, v in repo.failed_before(session, run)]}
     if as_json:
         print(json.dumps(report, default=str))
         return
@@ -723,10 +725,13 @@ def runs_show(run_id: int = typer.Argument(...), as_json: bool = typer.Option(Fa
     out.print(f"run {report['id']}", markup=False, highlight=False)
     for name, value in lines:
         out.print(f"  {name:9} {value}", markup=False, highlight=False)
-    if report["failures"]:
-        out.print("failed videos:", markup=False, highlight=False)
-    for failure in report["failures"]:
-        out.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}", markup=False, highlight=False)
+    for title, failures in (("failed videos:", report["failures"]),
+                            ("failed earlier, not retried (--retry-failed takes them again):",
+                             report["failed_earlier_videos"])):
+        if failures:
+            out.print(title, markup=False, highlight=False)
+        for failure in failures:
+            out.print(f"  {failure['video']} ({failure['stage']}): {failure['cause']}", markup=False, highlight=False)
 
 
 def _differences(defaults: dict, given: dict, prefix: str = "") -> dict[str, object]:

@@ -501,6 +501,22 @@ def content_error(session: Session, content_hash: str) -> VideoError | None:
                           .order_by(VideoError.id.desc()).limit(1))
 
 
+def failed_before(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
+    """The videos of a run's catalog that stand failed for its model and settings by an error of an
+    earlier run (what it counted as failed earlier, not retried), each with that error; as they stand
+    now: one retried and scored since is no longer listed."""
+    failed = select(Job.content_hash).where(Job.model_version_id == run.model_version_id,
+                                            Job.settings_hash == run.settings_hash, Job.status == "failed")
+    videos = list(session.scalars(select(Video).where(Video.catalog_id == run.catalog_id, Video.removed_at.is_(None),
+                                                      Video.content_hash.in_(failed)).order_by(Video.key)))
+    latest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_({v.content_hash for v in videos}),
+                                                                VideoError.run_id < run.id, VideoError.stage != "output")
+              .group_by(Video.content_hash))
+    errors = {video.content_hash: error for error, video in
+              session.execute(select(VideoError, Video).join(Video).where(VideoError.id.in_(latest))).tuples()}
+    return [(errors[v.content_hash], v) for v in videos if v.content_hash in errors]
+
+
 def cause_for(video: Video, error: VideoError) -> str:
     """An error's cause as said of `video`: one recorded against another video of the same content (a
     copy under another key, another catalog's) says so, for its cause names that video's file."""

@@ -150,6 +150,17 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     models = json.loads(_gvmgen("models", "list", "--json").stdout)
     assert [(m["name"], m["kind"]) for m in models] == [("tiny@20260101T000000", "preset")]
 
+    with connect()() as session:   # the next night: the failed content is not retried
+        again = repo.start_run(session, cat, model, settings, {"source": "/lib", "output": "/out", "settings": settings})
+        repo.finish_run(session, again, "failed", scored=0, skipped=1, failed=0, failed_earlier=2)
+    shown = json.loads(_gvmgen("runs", "show", str(again.id), "--json").stdout)
+    cause = "MediaError: bad.mp4: not a readable media file"
+    assert shown["failures"] == [] and [(f["video"], f["cause"]) for f in shown["failed_earlier_videos"]] == [
+        ("bad.mp4", cause), ("copy.mp4", f"the same content as another file, which failed: {cause}")]
+    text = _gvmgen("runs", "show", str(again.id)).stdout
+    assert "failed earlier, not retried (--retry-failed takes them again):\n  bad.mp4 (score): " in text, text
+    assert json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)["failed_earlier_videos"] == []
+
 
 @pytest.mark.slow
 def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):
