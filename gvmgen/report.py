@@ -34,13 +34,18 @@ class ReportData:
     target_lufs: float
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: int) -> Path:
     """Render the page to `path` (atomically: a partial file never carries the final name)."""
     path = Path(path)
     fig = Figure(figsize=(12, 4.8))
     timeline, curve = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 1.6]})
-    fig.suptitle(f"{_drawable(data.title)} — {data.duration:.1f} s, {len(data.shots)} shots, {len(data.windows)} windows, "
-                 f"{data.integrated_lufs:.1f} LUFS, {data.true_peak_dbtp:.1f} dBTP", fontsize=10)
+    fig.suptitle(f"{_drawable(data.title)} — {data.duration:.1f} s, {_counted(len(data.shots), 'shot')}, "
+                 f"{_counted(len(data.windows), 'window')}, {data.integrated_lufs:.1f} LUFS, "
+                 f"{data.true_peak_dbtp:.1f} dBTP", fontsize=10)
 
     for i, (a, b) in enumerate(data.shots):
         timeline.axvspan(a, b, ymin=0.55, ymax=0.95, color=("#9ecae1", "#c6dbef")[i % 2], lw=0)
@@ -55,6 +60,9 @@ def write_report(path: Path, data: ReportData, audio: np.ndarray, sample_rate: i
     timeline.set_ylim(0, 1)
 
     times, lufs = short_term_loudness(audio, sample_rate)
+    if not len(times):
+        curve.text(0.5, 0.5, "shorter than one 3-s block: no short-term loudness", transform=curve.transAxes,
+                   ha="center", va="center", color="grey")
     curve.plot(times, np.where(np.isfinite(lufs), lufs, np.nan), color="#3182bd", lw=1.2, label="short-term (3 s)")
     curve.axhline(data.target_lufs, color="grey", ls=":", lw=1, label=f"target {data.target_lufs:g} LUFS")
     for cut in (a for a, _ in data.shots[1:]):
