@@ -63,8 +63,10 @@ def stall_dumps(every: float):
         except (OSError, subprocess.TimeoutExpired) as e:
             refused = str(e)
     if spy and not refused:
-        loop = (f"while sleep {every:g} && kill -0 {pid} 2>/dev/null; do echo \"--stall-dump: py-spy, $(date +%T)\"; "
-                f"'{spy}' dump --native --pid {pid}; done")
+        # Checks every second that this process lives: killed (a `timeout`), it leaves no loop holding its
+        # output pipe for long (the loop has a process group of its own, for the kill below).
+        loop = (f"n=0; while sleep 1 && kill -0 {pid} 2>/dev/null; do n=$((n + 1)); [ $n -lt {max(1, round(every))} ] "
+                f"&& continue; n=0; echo \"--stall-dump: py-spy, $(date +%T)\"; '{spy}' dump --native --pid {pid}; done")
         watcher = subprocess.Popen(["sh", "-c", loop], stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
         try:
             yield
