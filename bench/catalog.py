@@ -32,6 +32,7 @@ import functools
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,7 +59,8 @@ def stall_dumps(every: float):
     spy, pid, refused = shutil.which("py-spy"), os.getpid(), None
     if spy:
         try:
-            probe = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+            probe = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True,
+                                   timeout=60)
             refused = probe.returncode and (probe.stderr.strip() or f"exit {probe.returncode}")
         except (OSError, subprocess.TimeoutExpired) as e:
             refused = str(e)
@@ -66,7 +68,7 @@ def stall_dumps(every: float):
         # Checks every second that this process lives: killed (a `timeout`), it leaves no loop holding its
         # output pipe for long (the loop has a process group of its own, for the kill below).
         loop = (f"n=0; while sleep 1 && kill -0 {pid} 2>/dev/null; do n=$((n + 1)); [ $n -lt {max(1, round(every))} ] "
-                f"&& continue; n=0; echo \"--stall-dump: py-spy, $(date +%T)\"; '{spy}' dump --native --pid {pid}; done")
+                f"&& continue; n=0; echo \"--stall-dump: py-spy, $(date +%T)\"; {shlex.quote(spy)} dump --native --pid {pid}; done")
         watcher = subprocess.Popen(["sh", "-c", loop], stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
         try:
             yield

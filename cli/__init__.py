@@ -147,12 +147,12 @@ def settings_options(command):
 
         try:
             settings = settings_of(given)
-        except ValueError as e:  # named by the option that alone makes it (the library names the setting)
+        except ValueError:  # the first option wrong alone, named (the library names the setting, not the option)
             for one in given:
                 try:
                     settings_of([one])
-                except ValueError:
-                    raise ValueError(f"{one[0].param_decls[0]}: {e}") from None
+                except ValueError as alone:
+                    raise ValueError(f"{one[0].param_decls[0]}: {alone}") from None
             raise
         return command(**kwargs, settings=settings)
 

@@ -504,11 +504,15 @@ def content_error(session: Session, content_hash: str) -> VideoError | None:
 def failed_before(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
     """The videos of a run's catalog that stand failed for its model and settings by an error of an
     earlier run (what it counted as failed earlier, not retried), each with that error; as they stand
-    now: one retried and scored since is no longer listed."""
+    now: one retried and scored since is no longer listed, nor one this run failed again."""
+    if not run.failed_earlier:   # none, or the run stopped before it came to them
+        return []
     failed = select(Job.content_hash).where(Job.model_version_id == run.model_version_id,
                                             Job.settings_hash == run.settings_hash, Job.status == "failed")
+    failed_now = select(Video.content_hash).join(VideoError).where(VideoError.run_id == run.id)
     videos = list(session.scalars(select(Video).where(Video.catalog_id == run.catalog_id, Video.removed_at.is_(None),
-                                                      Video.content_hash.in_(failed)).order_by(Video.key)))
+                                                      Video.content_hash.in_(failed),
+                                                      Video.content_hash.not_in(failed_now)).order_by(Video.key)))
     latest = (select(func.max(VideoError.id)).join(Video).where(Video.content_hash.in_({v.content_hash for v in videos}),
                                                                 VideoError.run_id < run.id, VideoError.stage != "output")
               .group_by(Video.content_hash))
@@ -533,11 +537,12 @@ def latest_errors(session: Session, video_ids: list[int]) -> dict[int, VideoErro
 
 def errors(session: Session, run: Run) -> list[tuple[VideoError, Video]]:
     """The failures of a run: each error it recorded, with its video, then the copies in its catalog of
-    a video that failed in it (the same content under another key, failed with it; see `cause_for`)."""
+    a video that failed in it (the same content under another key, failed with it; see `cause_for`),
+    those still in the library."""
     recorded = list(session.execute(select(VideoError, Video).join(Video).where(VideoError.run_id == run.id)
                                     .order_by(VideoError.id)).tuples())
     by_content = {video.content_hash: error for error, video in recorded if error.stage != "output"}
-    copies = session.scalars(select(Video).where(Video.catalog_id == run.catalog_id,
+    copies = session.scalars(select(Video).where(Video.catalog_id == run.catalog_id, Video.removed_at.is_(None),
                                                  Video.content_hash.in_(by_content),
                                                  Video.id.not_in([video.id for _, video in recorded]))
                              .order_by(Video.id)) if by_content else []

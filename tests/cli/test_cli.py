@@ -161,6 +161,18 @@ def test_runs_and_videos_are_listed_from_the_database(tmp_path):
     assert "failed earlier, not retried (--retry-failed takes them again):\n  bad.mp4 (score): " in text, text
     assert json.loads(_gvmgen("runs", "show", str(run.id), "--json").stdout)["failed_earlier_videos"] == []
 
+    with connect()() as session:   # retried, and failed again; its copy gone from the library meanwhile
+        retried = repo.start_run(session, cat, model, settings, {"source": "/lib", "output": "/out", "settings": settings})
+        job = repo.claim(session, bad, model, repo.settings_hash(settings), owner="w", retry_failed=True)
+        repo.release(session, job, "w", "failed")
+        repo.record_error(session, bad, retried, "prepare", "MediaError: bad.mp4: still not a media file")
+        repo.mark_removed(session, [repo.video_by_key(session, cat.id, "copy.mp4")], set())
+        # one counted as failed earlier (another video's, say): bad.mp4 must still not be listed as such
+        repo.finish_run(session, retried, "failed", scored=0, skipped=1, failed=1, failed_earlier=1)
+    shown = json.loads(_gvmgen("runs", "show", str(retried.id), "--json").stdout)
+    assert [(f["video"], f["cause"]) for f in shown["failures"]] == [("bad.mp4", "MediaError: bad.mp4: still not a media file")]
+    assert shown["failed_earlier_videos"] == []   # not bad.mp4 again, which failed in this run, nor its removed copy
+
 
 @pytest.mark.slow
 def test_score_can_run_its_media_work_on_a_dask_cluster(fixtures, tmp_path):

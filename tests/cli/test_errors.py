@@ -106,6 +106,8 @@ CASES = {
     "a loudness target out of range": (["score", "library", "--out", "out", "--loudness", "+10"],
                                        "--loudness: the loudness target must lie between -40 and -5 LUFS, got 10"),
     "too many channels": (["generate", VIDEO, "-o", "out.mp4", "--channels", "6"], "--channels: channels must be 1 or 2, got 6"),
+    "two settings out of range": (["generate", VIDEO, "-o", "out.mp4", "--loudness", "10", "--channels", "6"],
+                                  "--loudness: the loudness target must lie between -40 and -5 LUFS, got 10"),
     "an S3 URL to inspect": (["inspect", "s3://bucket/clips/a.mp4"], "s3://bucket/clips/a.mp4: not a local file "
                              "(inspect works on local files; `gvmgen score` reads and writes s3:// URLs)"),
     "an S3 URL to generate into": (["generate", VIDEO, "-o", "s3://bucket/a.mp4"], "s3://bucket/a.mp4: not a local file"),
