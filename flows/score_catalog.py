@@ -86,7 +86,7 @@ MEDIA_THREADS = min(8, max(4, len(os.sched_getaffinity(0))))
 # How long a thread running Python may keep the GIL from one that waits for it (Python's default: 5 ms).
 # Every kernel launch hands the GIL back and waits that long for it beside the media threads' Python (shot
 # detection, loudness): CLIP launches some 600 kernels a chunk of frames, the decoder one replay a 16 steps.
-# bench/gil.py: 4.8 ms a launch at 5 ms, 1.2 ms at 1 ms; Python threads lose no measurable throughput.
+# bench/gil.py: 5.3 ms a launch at 5 ms, 1.2 ms at 1 ms; pure-Python threads lose a few percent at most.
 GIL_SWITCH_S = 0.001
 _STOP = threading.Event()    # set when the run is interrupted: tasks take no new work
 _LOCAL_GPU = threading.Lock()
